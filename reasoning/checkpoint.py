@@ -1,0 +1,92 @@
+"""Checkpoints in save_pretrained format, written atomically.
+
+A checkpoint is built in a hidden temp directory and renamed into place only once
+complete, so a crash mid-write never leaves something that looks like a checkpoint.
+`trainer_state.json` is written last: its presence marks a complete checkpoint.
+
+    checkpoints/step_000140/
+        config.json, model.safetensors, tokenizer files   (full fine-tune)
+        adapter/                                           (LoRA: PeftModel.from_pretrained)
+        trainer_state.json                                 (step, base_model, metrics)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+
+import torch
+
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def save_checkpoint(run_dir: str, step: int, model: torch.nn.Module, tokenizer, state: dict,
+                    zero3: bool = False) -> str:
+    """Write checkpoints/step_NNNNNN atomically; returns its path."""
+    root = os.path.join(run_dir, "checkpoints")
+    os.makedirs(root, exist_ok=True)
+    final = os.path.join(root, checkpoint_name(step))
+    tmp = os.path.join(root, f".tmp-{checkpoint_name(step)}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with gathered(model, zero3):
+        if is_peft(model):
+            model.save_pretrained(os.path.join(tmp, "adapter"))
+        else:
+            model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    with open(os.path.join(tmp, STATE_FILE), "w") as fh:
+        json.dump({"step": step, **state}, fh, indent=2)
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+@contextlib.contextmanager
+def gathered(model: torch.nn.Module, zero3: bool):
+    """Under ZeRO-3 parameters are sharded; gather them to save full tensors."""
+    if not zero3:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        yield
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def is_checkpoint(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, STATE_FILE))
+
+
+def load_checkpoint(path: str, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer, state) from a checkpoint directory (full or LoRA)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint directory '{path}' does not exist")
+    if not is_checkpoint(path):
+        raise ValueError(f"'{path}' is not a complete dlmrl checkpoint (no {STATE_FILE})")
+    with open(os.path.join(path, STATE_FILE)) as fh:
+        state = json.load(fh)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    adapter = os.path.join(path, "adapter")
+    if os.path.isdir(adapter):
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(state["base_model"], dtype=dtype)
+        base.config.is_causal = False
+        model = PeftModel.from_pretrained(base, adapter)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model.config.is_causal = False
+    return model, tokenizer, state

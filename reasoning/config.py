@@ -1,0 +1,179 @@
+"""The run config: one nested dataclass per YAML block (DESIGN.md, "Config blocks").
+
+    cfg = load_config("configs/sudoku4_tiny_sft.yaml", ["sft.steps=50"])
+
+Unknown keys, wrong types and missing files raise `ConfigError` naming the key.
+The resolved config is written to the run directory by `write_resolved`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+import yaml
+
+from reasoning.modeling import ModelConfig
+from reasoning.schema import ConfigError, apply_override, from_dict, parse_override, suggest, to_dict
+from reasoning.tasks.base import DataConfig
+from rollouts.sampler import DecodingConfig
+
+DEEPSPEED_PRESETS = ("zero0", "zero2", "zero3")
+
+
+@dataclass
+class RolloutConfig(DecodingConfig):
+    """Decoding policy used for RL rollouts (and for eval unless `eval.decoding` overrides it)."""
+
+    group_size: int = 8  # G samples per prompt
+
+
+@dataclass
+class RewardSpec:
+    """One reward function and its weight: a registered `name`, or `fn` = 'pkg.mod:func' | 'file.py:func'."""
+
+    name: str | None = None
+    fn: str | None = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if (self.name is None) == (self.fn is None):
+            raise ValueError("each reward needs exactly one of 'name' or 'fn'")
+
+
+@dataclass
+class SFTConfig:
+    """Masked-diffusion supervised fine-tuning (LLaDA objective)."""
+
+    steps: int = 200
+    batch_size: int = 128
+    micro_batch_size: int | None = None  # None = batch_size (no gradient accumulation)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    grad_clip: float = 1.0
+    mask_eps: float = 1e-3  # t ~ U(mask_eps, 1]
+    corrupt_prob: float = 0.0  # replace this fraction of visible answer tokens by random ones (for revision)
+    deepspeed: str = "zero0"  # a preset in configs/deepspeed/ or a path to a JSON file
+    eval_every: int = 50
+    checkpoint_every: int = 0  # 0 = only at the end
+    log_every: int = 10
+
+
+@dataclass
+class TrainerConfig:
+    """RL trainer settings (used by `dlmrl train`)."""
+
+    objective: Literal["trajectory", "mean_field", "coupled"] = "trajectory"
+    steps: int = 100
+    lr: float = 1e-4
+    prompts_per_step: int = 16
+    deepspeed: str = "zero0"
+    grad_clip: float = 1.0
+    checkpoint_every: int = 50
+    resume: str = "none"  # none | auto | PATH
+
+
+@dataclass
+class EvalConfig:
+    n: int = 256  # held-out problems per eval (capped by the test split)
+    batch_size: int = 256
+    decoding: dict = field(default_factory=dict)  # overrides of the rollout's decoding settings
+
+
+@dataclass
+class RayConfig:
+    enabled: bool = False
+    address: str = "local"  # local | auto | ray://host:port
+    num_workers: int = 2
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    wandb: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    threads: int = 1  # torch threads for this process; 1 is fastest under concurrent load
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: list[RewardSpec] = field(default_factory=list)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.output_dir, self.name)
+
+    def eval_decoding(self) -> DecodingConfig:
+        """The rollout's decoding settings with `eval.decoding` overrides applied."""
+        base = {f.name: getattr(self.rollout, f.name) for f in dataclasses.fields(DecodingConfig)}
+        for key in self.eval.decoding:
+            if key not in base:
+                raise ConfigError(f"unknown config key 'eval.decoding.{key}'{suggest(key, base)}")
+        return from_dict(DecodingConfig, {**base, **self.eval.decoding}, "eval.decoding")
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> Config:
+    """YAML file (optional) + `key.sub=value` overrides -> validated Config."""
+    tree: dict = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file '{path}' not found")
+        with open(path) as fh:
+            try:
+                tree = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from exc
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file '{path}': expected a mapping of blocks at the top level")
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(tree, keys, value)
+    cfg = from_dict(Config, tree)
+    check_files(cfg)
+    return cfg
+
+
+def deepspeed_config_path(preset: str, key: str) -> str:
+    """A preset name (zero0/zero2/zero3) or a JSON path -> an existing file path."""
+    if preset in DEEPSPEED_PRESETS:
+        return os.path.join(configs_dir(), "deepspeed", f"{preset}.json")
+    if os.path.isfile(preset):
+        return preset
+    raise ConfigError(f"config key '{key}': '{preset}' is neither a preset{suggest(preset, DEEPSPEED_PRESETS)} nor an existing JSON file")
+
+
+def configs_dir() -> str:
+    """The repository's configs/ folder (next to the packages)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def check_files(cfg: Config) -> None:
+    """Files the config points at must exist; say which key names the missing one."""
+    if cfg.model.path is not None and not os.path.isdir(cfg.model.path):
+        raise ConfigError(f"config key 'model.path': directory '{cfg.model.path}' does not exist")
+    deepspeed_config_path(cfg.sft.deepspeed, "sft.deepspeed")
+    deepspeed_config_path(cfg.trainer.deepspeed, "trainer.deepspeed")
+    cfg.eval_decoding()
+
+
+def write_resolved(cfg: Config, run_dir: str) -> str:
+    """Write the fully resolved config to run_dir/config.yaml (what actually ran)."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "config.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+    return path

@@ -1,0 +1,64 @@
+"""DeepSpeed engine setup for one or many processes, CPU or GPU.
+
+On CPU we run DeepSpeed's CPU accelerator with gloo. The optimizer is torch's fused
+AdamW (as fast as DeepSpeed's CPUAdam, and nothing to JIT-compile); DeepSpeed owns
+ZeRO partitioning, gradient accumulation, clipping and the LR schedule step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import torch
+
+
+def ensure_distributed_env() -> None:
+    """A single process started without a launcher still needs RANK/WORLD_SIZE/MASTER_*."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def build_engine(
+    model: torch.nn.Module,
+    ds_config_path: str,
+    lr: float,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    grad_clip: float = 1.0,
+    micro_batch_size: int = 1,
+    grad_accum: int = 1,
+):
+    """(engine, optimizer) for `model`'s trainable parameters under a ZeRO preset."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    ensure_distributed_env()
+    import deepspeed
+
+    with open(ds_config_path) as fh:
+        ds_config = json.load(fh)
+    ds_config.update(
+        train_micro_batch_size_per_gpu=micro_batch_size,
+        gradient_accumulation_steps=grad_accum,
+        gradient_clipping=grad_clip,
+    )
+    dtype = next(model.parameters()).dtype
+    ds_config.setdefault("bf16", {})["enabled"] = dtype == torch.bfloat16
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    )
+    engine, optimizer, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+    )
+    return engine, optimizer
+
+
+def zero_stage(engine) -> int:
+    return engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else 0

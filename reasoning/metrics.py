@@ -1,0 +1,47 @@
+"""Metrics to metrics.jsonl (always), TensorBoard (by default) and wandb (when asked and installed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str, tensorboard: bool = True, wandb: bool = False, run_name: str = "run",
+                 config: dict | None = None):
+        os.makedirs(run_dir, exist_ok=True)
+        self._file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+        self._tb = None
+        self._wandb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(run_dir, "tb"))
+        if wandb:
+            try:
+                import wandb as wandb_lib
+            except ImportError:
+                print("logging.wandb is true but wandb is not installed; logging to TensorBoard only")
+            else:
+                self._wandb = wandb_lib.init(name=run_name, dir=run_dir, config=config or {})
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        clean = {k: float(v) for k, v in metrics.items()}
+        record = {"step": step, "time": time.time(),
+                  **{k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in clean.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(clean, step=step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

@@ -1,0 +1,122 @@
+"""Models and tokenizers: the tiny built-in DLM, loading by path, and LoRA.
+
+The tiny default is a stock transformers Llama with `is_causal=False` (bidirectional
+attention, LLaDA-like) and a character-level fast tokenizer. No custom modeling code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from reasoning.schema import ConfigError
+
+SPECIAL_TOKENS = ["[PAD]", "[MASK]", "[EOS]", "[UNK]"]
+ANSWER_TOKENS = ["<answer>", "</answer>", "<think>", "</think>"]  # one token each, not characters
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}"
+    "{% else %}{{ message['content'] }}\n{% endif %}"
+    "{% endfor %}"
+)
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the built-in tiny bidirectional Llama (~0.9 M parameters by default)."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_positions: int = 256
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class ModelConfig:
+    family: Literal["bidirectional"] = "bidirectional"
+    path: str | None = None  # a save_pretrained directory; None = build the tiny default
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    shift_logits: bool = False  # Dream-style: the logit at i predicts token i+1
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level tokenizer over printable ASCII + newline, with DLM special tokens."""
+    chars = ["\n"] + [chr(i) for i in range(32, 127)]
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + chars)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="[PAD]", mask_token="[MASK]", eos_token="[EOS]", unk_token="[UNK]"
+    )
+    tokenizer.add_tokens([AddedToken(t, normalized=False) for t in ANSWER_TOKENS])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(cfg: TinyModelConfig, tokenizer) -> LlamaForCausalLM:
+    """A randomly initialised bidirectional Llama sized for CPU training."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+    )
+    config.is_causal = False
+    config.mask_token_id = tokenizer.mask_token_id
+    return LlamaForCausalLM(config)
+
+
+def load_model(cfg: ModelConfig):
+    """(model, tokenizer) for a model block: the tiny default or a local directory."""
+    dtype = getattr(torch, cfg.dtype)
+    if cfg.path is None:
+        tokenizer = build_char_tokenizer()
+        return build_tiny_model(cfg.tiny, tokenizer).to(dtype), tokenizer
+    if not os.path.isdir(cfg.path):
+        raise ConfigError(f"config key 'model.path': directory '{cfg.path}' does not exist")
+    if not os.path.isfile(os.path.join(cfg.path, "config.json")):
+        raise ConfigError(f"config key 'model.path': '{cfg.path}' has no config.json (not a save_pretrained directory)")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.path)
+    model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype)
+    model.config.is_causal = False  # transformers 5 honours this: bidirectional attention
+    return model, tokenizer
+
+
+def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
+    """Wrap with a peft LoRA adapter when enabled (only adapter weights then train)."""
+    if not cfg.enabled:
+        return model
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                              target_modules=list(cfg.target_modules), bias="none")
+    return get_peft_model(model, peft_cfg)
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,156 @@
+"""Turn nested dicts (YAML + `key.sub=value` overrides) into typed, validated dataclasses.
+
+Errors are the point of this module: every problem names the dotted key, what was
+expected, and, for unknown keys, the closest valid one. Nothing here knows about
+dlmrl's blocks; `reasoning.config` declares them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix; the message names the key or file."""
+
+
+def suggest(name: str, valid: typing.Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest valid name, or a list of the valid ones."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    return f" (valid keys: {', '.join(valid)})" if valid else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in get_args(tp))}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; convert where it is lossless (int -> float)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"config key '{key}': expected null, got {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        hint = suggest(str(value), [str(a) for a in get_args(tp)])
+        raise ConfigError(f"config key '{key}': expected one of {_type_name(tp)}, got {value!r}{hint}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        (item_tp,) = get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"schema for '{key}' uses unsupported type {tp!r}")
+    raise ConfigError(
+        f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    where = f"'{prefix}'" if prefix else "the top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config block {where}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{dotted}'{suggest(str(key), fields)}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    try:
+        obj = cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config block {where}: {exc}") from exc
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain dict (for YAML)."""
+    return dataclasses.asdict(obj)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'trainer.lr=1e-4' -> (['trainer', 'lr'], 0.0001). Values are read as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}': expected key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads 1e-4 as a string (no dot); a number is what a user means.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else value
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def apply_override(tree: dict, path: list[str], value: Any) -> None:
+    """Set tree[a][b]... = value, creating intermediate mappings."""
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            dotted = ".".join(path[: i + 1])
+            raise ConfigError(f"override '{'.'.join(path)}': '{dotted}' is not a block")
+        node = child
+    node[path[-1]] = value

@@ -1,0 +1,158 @@
+"""`dlmrl sft CONFIG`: masked-diffusion supervised fine-tuning (the LLaDA objective).
+
+Algorithm, per batch of (prompt, reference answer) pairs:
+  1. draw t ~ U(mask_eps, 1] per sample and mask each answer token with probability t
+     (the prompt is never masked; the answer canvas is the reference + [EOS] padding);
+  2. optionally (`sft.corrupt_prob`) replace a fraction of the still-visible answer tokens
+     by random tokens and add cross-entropy on visible positions, so the model's
+     confidence in visible tokens means something (needed by re-masking/revision);
+  3. loss = sum over masked positions of CE / t, divided by the answer length,
+     averaged over the batch (an upper bound on the negative log-likelihood);
+  4. one DeepSpeed step (ZeRO preset, gradient accumulation over micro-batches, clipping).
+Every `eval_every` steps: held-out accuracy with the run's decoding policy and the
+task's own scorer. Checkpoints are save_pretrained directories, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from reasoning.checkpoint import save_checkpoint
+from reasoning.config import Config, deepspeed_config_path, write_resolved
+from reasoning.data import SFTBatch, collate_sft, tokenize_sft
+from reasoning.engine import build_engine, zero_stage
+from reasoning.evaluate import evaluate
+from reasoning.metrics import MetricsLogger
+from reasoning.modeling import apply_lora, count_parameters, load_model
+from reasoning.schema import ConfigError
+from reasoning.tasks import get_task
+from rollouts import DiffusionPolicy, TokenIds
+
+
+def llada_loss(policy: DiffusionPolicy, batch: SFTBatch, mask_eps: float, corrupt_prob: float,
+               vocab_size: int, generator: torch.Generator) -> torch.Tensor:
+    """The masked-diffusion SFT loss for one (micro-)batch."""
+    answers = batch.answer_ids
+    size, length = answers.shape
+    t = mask_eps + (1 - mask_eps) * torch.rand(size, 1, generator=generator)
+    masked = torch.rand(size, length, generator=generator) < t
+    noisy = answers.masked_fill(masked, policy.ids.mask)
+    if corrupt_prob > 0:
+        corrupt = ~masked & (torch.rand(size, length, generator=generator) < corrupt_prob)
+        random_tokens = torch.randint(0, vocab_size, (size, length), generator=generator)
+        noisy = torch.where(corrupt, random_tokens, noisy)
+    input_ids = torch.cat([batch.prompt_ids, noisy], 1)
+    attention = torch.cat([batch.prompt_mask, torch.ones_like(noisy)], 1)
+    device = next(policy.model.parameters()).device
+    logits = policy.logits(input_ids.to(device), attention.to(device))[:, -length:].float()
+    ce = F.cross_entropy(logits.transpose(1, 2), answers.to(device), reduction="none")
+    masked, t = masked.to(device), t.to(device)
+    loss = ((ce * masked / t).sum(1) / length).mean()
+    if corrupt_prob > 0:
+        visible = ~masked
+        loss = loss + (ce * visible).sum() / visible.sum().clamp(min=1)
+    return loss
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_sft(cfg: Config) -> dict:
+    """Train, evaluate, checkpoint. Returns the final metrics (incl. `eval/<task>/acc`)."""
+    torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    sft = cfg.sft
+    micro = sft.micro_batch_size or sft.batch_size
+    if sft.batch_size % micro:
+        raise ConfigError(f"config key 'sft.micro_batch_size': {micro} must divide sft.batch_size={sft.batch_size}")
+    run_dir = cfg.run_dir
+    write_resolved(cfg, run_dir)
+
+    # --- model, data ------------------------------------------------------------------
+    model, tokenizer = load_model(cfg.model)
+    base_model_dir = cfg.model.path
+    if cfg.model.lora.enabled and base_model_dir is None:  # a LoRA checkpoint needs its base on disk
+        base_model_dir = os.path.join(run_dir, "base_model")
+        model.save_pretrained(base_model_dir)
+        tokenizer.save_pretrained(base_model_dir)
+    model = apply_lora(model, cfg.model.lora)
+    task = get_task(cfg.data.task)
+    splits = task.build(cfg.data)
+    train = tokenize_sft(splits["train"], task, tokenizer, cfg.rollout.gen_length).with_format(
+        columns=["prompt_ids", "answer_ids"])
+    decoding = cfg.eval_decoding()
+
+    engine, optimizer = build_engine(
+        model, deepspeed_config_path(sft.deepspeed, "sft.deepspeed"), lr=sft.lr, weight_decay=sft.weight_decay,
+        warmup_steps=sft.warmup_steps, grad_clip=sft.grad_clip, micro_batch_size=micro,
+        grad_accum=sft.batch_size // micro,
+    )
+    policy = DiffusionPolicy(engine, TokenIds.from_tokenizer(tokenizer), cfg.model.shift_logits)
+    raw_model = engine.module
+    zero3 = zero_stage(engine) == 3
+    logger = MetricsLogger(run_dir, cfg.logging.tensorboard, cfg.logging.wandb, cfg.name)
+    print(f"sft {task.name}: {count_parameters(raw_model) / 1e6:.2f} M parameters "
+          f"({count_parameters(raw_model, trainable_only=True) / 1e6:.2f} M trainable), "
+          f"{len(train)} training examples, run dir {run_dir}")
+
+    def run_eval(step: int) -> dict:
+        result = evaluate(policy, tokenizer, task, splits["test"], decoding, cfg.eval.n, cfg.eval.batch_size,
+                          seed=cfg.seed, progress=cfg.logging.progress)
+        metrics = result.summary(f"eval/{task.name}")
+        logger.log(step, metrics)
+        tqdm.write(f"step {step}: eval {task.name} acc {result.accuracy:.3f} "
+                   + " ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items() if not k.endswith("/acc")))
+        return metrics
+
+    def checkpoint(step: int, metrics: dict) -> str:
+        return save_checkpoint(run_dir, step, raw_model, tokenizer,
+                               {"base_model": base_model_dir, "metrics": metrics, "task": task.name}, zero3=zero3)
+
+    # --- training loop ------------------------------------------------------------------
+    generator = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(train), generator=generator).tolist()
+    cursor, start = 0, time.perf_counter()
+    engine.train()
+    bar = tqdm(range(1, sft.steps + 1), desc=f"sft {task.name}", disable=not cfg.logging.progress)
+    eval_metrics: dict = {}
+    for step in bar:
+        step_loss = 0.0
+        for _ in range(sft.batch_size // micro):
+            if cursor + micro > len(order):  # new epoch, new order
+                order, cursor = torch.randperm(len(train), generator=generator).tolist(), 0
+            batch = collate_sft(train[order[cursor: cursor + micro]], tokenizer.pad_token_id)
+            cursor += micro
+            loss = llada_loss(policy, batch, sft.mask_eps, sft.corrupt_prob, len(tokenizer), generator)
+            engine.backward(loss)
+            engine.step()
+            step_loss += loss.item() * micro / sft.batch_size
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        if step % sft.log_every == 0 or step == sft.steps:
+            logger.log(step, {"loss": step_loss, "lr": optimizer.param_groups[0]["lr"],
+                              "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                              "timing_s/elapsed": time.perf_counter() - start})
+        if sft.eval_every and step % sft.eval_every == 0 and step != sft.steps:
+            eval_metrics = run_eval(step)
+        if sft.checkpoint_every and step % sft.checkpoint_every == 0 and step != sft.steps:
+            checkpoint(step, eval_metrics)
+    bar.close()
+
+    eval_metrics = run_eval(sft.steps)
+    path = checkpoint(sft.steps, eval_metrics)
+    logger.close()
+    final = {"task": task.name, "steps": sft.steps, "loss": step_loss, "checkpoint": path,
+             "seconds": time.perf_counter() - start, **eval_metrics}
+    with open(os.path.join(run_dir, "sft_result.json"), "w") as fh:
+        json.dump(final, fh, indent=2)
+    return final

@@ -1,0 +1,85 @@
+"""What a task is: deterministic train/test data, a prompt template, and one scorer.
+
+`score(completion, example)` is used both as the RL reward and as the eval metric,
+so training reward and eval accuracy never disagree.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasets import Dataset, DatasetDict
+
+from reasoning.schema import ConfigError, suggest
+
+ANSWER_FORMAT = "<answer>{}</answer>"
+
+
+@dataclass
+class DataConfig:
+    task: str = "sudoku4"
+    seed: int = 0
+    train_size: int = 20000
+    test_size: int = 512
+    task_args: dict[str, Any] = field(default_factory=dict)  # task-specific, e.g. {num_numbers: 4}
+
+
+class Task:
+    """A reasoning task. Subclasses fill in `generate`, `reference` and `score`."""
+
+    name: str = ""
+    columns: tuple[str, ...] = ()
+
+    def generate(self, rng: random.Random, n: int, split: str, exclude: set, **task_args) -> list[dict]:
+        """`n` distinct examples for `split`; keys in `exclude` must not be produced."""
+        raise NotImplementedError
+
+    def key(self, example: dict) -> Any:
+        """What must never be shared between train and test."""
+        return example["prompt"]
+
+    def reference(self, example: dict) -> str:
+        """The target completion used by SFT."""
+        raise NotImplementedError
+
+    def score(self, completion: str, example: dict) -> float:
+        """1.0 if the completion answers the example correctly, else 0.0."""
+        raise NotImplementedError
+
+    def metrics(self, completion: str, example: dict) -> dict[str, float]:
+        """Extra per-example eval metrics (averaged by the caller)."""
+        return {}
+
+    def build(self, cfg: DataConfig) -> DatasetDict:
+        """Deterministic train/test splits; the test set depends only on the seed and test_size."""
+        check_task_args(self, cfg.task_args)
+        test = self.generate(random.Random(f"{cfg.seed}-test"), cfg.test_size, "test", set(), **cfg.task_args)
+        held_out = {self.key(ex) for ex in test}
+        train = self.generate(random.Random(f"{cfg.seed}-train"), cfg.train_size, "train", held_out, **cfg.task_args)
+        return DatasetDict(train=Dataset.from_list(train), test=Dataset.from_list(test))
+
+
+def check_task_args(task: Task, task_args: dict) -> None:
+    params = inspect.signature(task.generate).parameters
+    valid = [name for name in params if name not in ("rng", "n", "split", "exclude")]
+    for key in task_args:
+        if key not in valid:
+            raise ConfigError(f"unknown config key 'data.task_args.{key}' for task '{task.name}'{suggest(key, valid)}")
+
+
+def draw_distinct(make, rng: random.Random, n: int, key, exclude: set, what: str) -> list[dict]:
+    """Call `make(rng)` until n examples with distinct keys not in `exclude` exist."""
+    seen, out, tries = set(exclude), [], 0
+    while len(out) < n:
+        tries += 1
+        if tries > 50 * n + 1000:
+            raise ValueError(f"could only generate {len(out)} distinct {what} examples of the {n} asked for")
+        example = make(rng)
+        if example is None or key(example) in seen:
+            continue
+        seen.add(key(example))
+        out.append(example)
+    return out

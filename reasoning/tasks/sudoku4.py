@@ -1,0 +1,75 @@
+"""4x4 sudoku. Train and test are split by *solution grid*: no test grid is ever a
+training grid (the public d1 split leaks grids). Any valid completion counts."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from functools import lru_cache
+
+from rewards.verifiers import SUDOKU_UNITS, sudoku4_cell_accuracy, sudoku4_solved
+from reasoning.tasks.base import ANSWER_FORMAT, Task, draw_distinct
+
+
+@lru_cache(maxsize=1)
+def all_grids() -> tuple[str, ...]:
+    """All 288 valid 4x4 sudoku grids, in a fixed order (rows chosen row by row, pruned)."""
+    rows = ["".join(p) for p in itertools.permutations("1234")]
+    grids = [""]
+    for _ in range(4):
+        grids = [g + r for g in grids for r in rows if _consistent(g + r)]
+    return tuple(grids)
+
+
+def _consistent(partial: str) -> bool:
+    """No repeated digit in any unit, looking only at the cells filled so far."""
+    for unit in SUDOKU_UNITS:
+        seen = [partial[i] for i in unit if i < len(partial)]
+        if len(seen) != len(set(seen)):
+            return False
+    return True
+
+
+def split_grids(seed: int, test_fraction: float) -> dict[str, list[str]]:
+    grids = list(all_grids())
+    random.Random(f"{seed}-grids").shuffle(grids)
+    n_test = max(1, round(len(grids) * test_fraction))
+    return {"test": grids[:n_test], "train": grids[n_test:]}
+
+
+class Sudoku4(Task):
+    name = "sudoku4"
+    columns = ("prompt", "puzzle", "solution")
+
+    def __init__(self) -> None:
+        self.seed = 0
+
+    def generate(self, rng, n, split, exclude, min_blanks: int = 4, max_blanks: int = 10,
+                 test_grid_fraction: float = 0.2):
+        if not 1 <= min_blanks <= max_blanks <= 16:
+            raise ValueError(f"data.task_args: need 1 <= min_blanks <= max_blanks <= 16, got {min_blanks}, {max_blanks}")
+        grids = split_grids(self.seed, test_grid_fraction)[split]
+
+        def make(rng):
+            solution = rng.choice(grids)
+            blanks = set(rng.sample(range(16), rng.randint(min_blanks, max_blanks)))
+            puzzle = "".join("0" if i in blanks else ch for i, ch in enumerate(solution))
+            return {"prompt": f"sudoku {puzzle}", "puzzle": puzzle, "solution": solution}
+
+        return draw_distinct(make, rng, n, self.key, exclude, "sudoku4")
+
+    def build(self, cfg):
+        self.seed = cfg.seed
+        return super().build(cfg)
+
+    def key(self, example):
+        return example["puzzle"]
+
+    def reference(self, example):
+        return ANSWER_FORMAT.format(example["solution"])
+
+    def score(self, completion, example):
+        return float(sudoku4_solved(completion, example["puzzle"]))
+
+    def metrics(self, completion, example):
+        return {"cell_accuracy": sudoku4_cell_accuracy(completion, example["puzzle"], example["solution"])}
