@@ -62,3 +62,18 @@ def build_engine(
 
 def zero_stage(engine) -> int:
     return engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else 0
+
+
+def engine_step(engine) -> float | None:
+    """`engine.step()`; at an optimizer step, returns the global gradient norm before clipping.
+
+    DeepSpeed's ZeRO optimizers report the norm; plain ZeRO-0 fp32 clips without keeping
+    it, so there we measure it ourselves."""
+    norm = None
+    if engine.is_gradient_accumulation_boundary() and zero_stage(engine) == 0:
+        grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+    engine.step()
+    if norm is None and engine.was_step_applied():
+        norm = engine.get_global_grad_norm()
+    return None if norm is None else float(norm)

@@ -10,9 +10,10 @@ import time
 
 class MetricsLogger:
     def __init__(self, run_dir: str, tensorboard: bool = True, wandb: bool = False, run_name: str = "run",
-                 config: dict | None = None):
+                 config: dict | None = None, append: bool = True):
+        """`append=False` starts metrics.jsonl afresh (a new run); resumed runs append."""
         os.makedirs(run_dir, exist_ok=True)
-        self._file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+        self._file = open(os.path.join(run_dir, "metrics.jsonl"), "a" if append else "w")
         self._tb = None
         self._wandb = None
         if tensorboard:

@@ -42,7 +42,7 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; convert where it is lossless (int -> float)."""
-    origin = get_origin(tp)
+    origin = get_origin(tp) or (tp if tp in (list, dict) else None)
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):

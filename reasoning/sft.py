@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from reasoning.checkpoint import save_checkpoint
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import SFTBatch, collate_sft, tokenize_sft
-from reasoning.engine import build_engine, zero_stage
+from reasoning.engine import build_engine, engine_step, zero_stage
 from reasoning.evaluate import evaluate
 from reasoning.metrics import MetricsLogger
 from reasoning.modeling import apply_lora, count_parameters, load_model
@@ -101,7 +101,7 @@ def run_sft(cfg: Config) -> dict:
     policy = DiffusionPolicy(engine, TokenIds.from_tokenizer(tokenizer), cfg.model.shift_logits)
     raw_model = engine.module
     zero3 = zero_stage(engine) == 3
-    logger = MetricsLogger(run_dir, cfg.logging.tensorboard, cfg.logging.wandb, cfg.name)
+    logger = MetricsLogger(run_dir, cfg.logging.tensorboard, cfg.logging.wandb, cfg.name, append=False)
     print(f"sft {task.name}: {count_parameters(raw_model) / 1e6:.2f} M parameters "
           f"({count_parameters(raw_model, trainable_only=True) / 1e6:.2f} M trainable), "
           f"{len(train)} training examples, run dir {run_dir}")
@@ -127,7 +127,7 @@ def run_sft(cfg: Config) -> dict:
     bar = tqdm(range(1, sft.steps + 1), desc=f"sft {task.name}", disable=not cfg.logging.progress)
     eval_metrics: dict = {}
     for step in bar:
-        step_loss = 0.0
+        step_loss, grad_norm = 0.0, None
         for _ in range(sft.batch_size // micro):
             if cursor + micro > len(order):  # new epoch, new order
                 order, cursor = torch.randperm(len(train), generator=generator).tolist(), 0
@@ -135,12 +135,12 @@ def run_sft(cfg: Config) -> dict:
             cursor += micro
             loss = llada_loss(policy, batch, sft.mask_eps, sft.corrupt_prob, len(tokenizer), generator)
             engine.backward(loss)
-            engine.step()
+            grad_norm = engine_step(engine)
             step_loss += loss.item() * micro / sft.batch_size
         bar.set_postfix(loss=f"{step_loss:.4f}")
         if step % sft.log_every == 0 or step == sft.steps:
             logger.log(step, {"loss": step_loss, "lr": optimizer.param_groups[0]["lr"],
-                              "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                              "grad_norm": grad_norm if grad_norm is not None else float("nan"),
                               "timing_s/elapsed": time.perf_counter() - start})
         if sft.eval_every and step % sft.eval_every == 0 and step != sft.steps:
             eval_metrics = run_eval(step)

@@ -1,0 +1,29 @@
+"""Suite-wide environment: CPU DeepSpeed, one torch thread, nothing from a hub."""
+
+import os
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    from reasoning.modeling import build_char_tokenizer
+
+    return build_char_tokenizer()
+
+
+@pytest.fixture
+def tiny_model(tiny_tokenizer):
+    from reasoning.modeling import TinyModelConfig, build_tiny_model
+
+    torch.manual_seed(0)
+    cfg = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=64)
+    return build_tiny_model(cfg, tiny_tokenizer).eval()

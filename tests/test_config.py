@@ -1,0 +1,84 @@
+"""Config system: YAML + overrides into dataclasses; every error names the culprit."""
+
+import os
+
+import pytest
+import yaml
+
+from reasoning.config import Config, load_config, write_resolved
+from reasoning.schema import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = write(tmp_path, "name: x\nsft: {steps: 5, lr: 0.01}\nrollout: {gen_length: 24}\n")
+    cfg = load_config(path, ["sft.lr=1e-4", "rollout.steps=12", "model.lora.enabled=true",
+                             "eval.decoding.temperature=0.5"])
+    assert isinstance(cfg, Config)
+    assert cfg.name == "x" and cfg.sft.steps == 5
+    assert cfg.sft.lr == pytest.approx(1e-4)
+    assert cfg.rollout.gen_length == 24 and cfg.rollout.steps == 12
+    assert cfg.model.lora.enabled is True
+    assert cfg.eval_decoding().temperature == 0.5 and cfg.eval_decoding().gen_length == 24
+    assert cfg.trainer.objective == "trajectory"  # defaults fill the rest
+
+
+def test_shipped_configs_load():
+    configs = os.path.join(os.path.dirname(__file__), "..", "configs")
+    names = [n for n in os.listdir(configs) if n.endswith(".yaml")]
+    assert names
+    for name in names:
+        load_config(os.path.join(configs, name))
+
+
+def test_unknown_key_suggests_closest(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'sft.learning_rat'.*") as err:
+        load_config(write(tmp_path, "sft: {learning_rat: 0.1}\n"))
+    assert "valid keys" in str(err.value) or "did you mean" in str(err.value)
+    with pytest.raises(ConfigError, match=r"'trainer.objectiv'.*did you mean 'objective'"):
+        load_config(None, ["trainer.objectiv=trajectory"])
+    with pytest.raises(ConfigError, match=r"'rollut'.*did you mean 'rollout'"):
+        load_config(write(tmp_path, "rollut: {steps: 3}\n"))
+
+
+def test_wrong_type_names_key_and_expectation(tmp_path):
+    with pytest.raises(ConfigError, match=r"'sft.steps': expected int, got 'many'"):
+        load_config(write(tmp_path, "sft: {steps: many}\n"))
+    with pytest.raises(ConfigError, match=r"'model.lora.enabled': expected bool"):
+        load_config(None, ["model.lora.enabled=3"])
+    with pytest.raises(ConfigError, match=r"'trainer.objective': expected one of .*did you mean 'mean_field'"):
+        load_config(None, ["trainer.objective=meanfield"])
+    with pytest.raises(ConfigError, match=r"'sft': expected a mapping"):
+        load_config(write(tmp_path, "sft: 3\n"))
+    with pytest.raises(ConfigError, match=r"eval.decoding.stepz.*did you mean 'steps'"):
+        load_config(None, ["eval.decoding.stepz=3"])
+    with pytest.raises(ConfigError, match=r"rollout.*block_length"):
+        load_config(None, ["rollout.gen_length=20", "rollout.block_length=7"])
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file '.*nope.yaml' not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match=r"'model.path': directory '.*missing_model' does not exist"):
+        load_config(None, [f"model.path={tmp_path / 'missing_model'}"])
+    with pytest.raises(ConfigError, match=r"'sft.deepspeed': 'zero5'.*did you mean 'zero0'|'sft.deepspeed': 'zero5'"):
+        load_config(None, ["sft.deepspeed=zero5"])
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(None, ["sft.steps"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["name=r", "sft.steps=7", f"output_dir={tmp_path}"])
+    path = write_resolved(cfg, cfg.run_dir)
+    assert path == os.path.join(tmp_path, "r", "config.yaml")
+    again = load_config(path)
+    assert again == cfg
+    assert yaml.safe_load(open(path))["sft"]["steps"] == 7
