@@ -51,6 +51,7 @@ class SFTConfig:
     batch_size: int = 128
     micro_batch_size: int | None = None  # None = batch_size (no gradient accumulation)
     lr: float = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
     weight_decay: float = 0.0
     warmup_steps: int = 10
     grad_clip: float = 1.0

@@ -8,6 +8,7 @@ ZeRO partitioning, gradient accumulation, clipping and the LR schedule step.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 
@@ -33,6 +34,8 @@ def build_engine(
     grad_clip: float = 1.0,
     micro_batch_size: int = 1,
     grad_accum: int = 1,
+    total_steps: int = 0,
+    schedule: str = "constant",
 ):
     """(engine, optimizer) for `model`'s trainable parameters under a ZeRO preset."""
     if not torch.cuda.is_available():
@@ -51,13 +54,25 @@ def build_engine(
     ds_config.setdefault("bf16", {})["enabled"] = dtype == torch.bfloat16
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup_steps, total_steps, schedule))
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
     return engine, optimizer
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
+    """Linear warm-up, then constant or cosine decay to 10% of the peak at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine" and total_steps > warmup_steps:
+            progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
 
 
 def zero_stage(engine) -> int:

@@ -96,7 +96,7 @@ def run_sft(cfg: Config) -> dict:
     engine, optimizer = build_engine(
         model, deepspeed_config_path(sft.deepspeed, "sft.deepspeed"), lr=sft.lr, weight_decay=sft.weight_decay,
         warmup_steps=sft.warmup_steps, grad_clip=sft.grad_clip, micro_batch_size=micro,
-        grad_accum=sft.batch_size // micro,
+        grad_accum=sft.batch_size // micro, total_steps=sft.steps, schedule=sft.lr_schedule,
     )
     policy = DiffusionPolicy(engine, TokenIds.from_tokenizer(tokenizer), cfg.model.shift_logits)
     raw_model = engine.module
