@@ -85,3 +85,12 @@ def test_answer_longer_than_canvas_is_a_clear_error(tmp_path):
     cfg = load_config(None, TINY + ["rollout.gen_length=10", "sft.steps=1", f"output_dir={tmp_path}"])
     with pytest.raises(ValueError, match="rollout.gen_length is 10"):
         run_sft(cfg)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    from reasoning.engine import lr_lambda
+
+    cosine = lr_lambda(warmup_steps=10, total_steps=110, schedule="cosine")
+    assert cosine(0) == pytest.approx(0.1) and cosine(9) == pytest.approx(1.0)
+    assert cosine(60) == pytest.approx(0.55) and cosine(110) == pytest.approx(0.1)
+    assert lr_lambda(0, 100, "constant")(50) == 1.0
