@@ -30,6 +30,7 @@ def test_sudoku_split_shares_no_solution_grid():
 def test_tasks_are_deterministic_and_test_set_ignores_train_size():
     for name in ("sudoku4", "countdown", "addition"):
         a, b = build(name), build(name, train=500)
+        assert tuple(a["train"].column_names) == get_task(name).columns
         assert a["test"]["prompt"] == b["test"]["prompt"]
         assert a["train"]["prompt"][:10] == build(name)["train"]["prompt"][:10]
         assert not set(a["train"]["prompt"]) & set(a["test"]["prompt"])

@@ -1,39 +1,49 @@
 """Countdown: combine the given numbers with + - * / and parentheses to hit the target,
-using each number exactly once. Any correct equation is correct."""
+using each number exactly once. Any correct equation is correct; the SFT reference is
+one canonical equation per problem."""
 
 from __future__ import annotations
 
+import itertools
 import operator
-from fractions import Fraction
 
 from rewards.verifiers import countdown_correct
 from reasoning.tasks.base import ANSWER_FORMAT, Task, draw_distinct
 
-# symbol, function, precedence
+# symbol, function, precedence (integer arithmetic: division is only taken when exact)
 _OPS = [("+", operator.add, 1), ("-", operator.sub, 1), ("*", operator.mul, 2), ("/", operator.truediv, 2)]
 
 
-def random_equation(rng, numbers: list[int]) -> tuple[str, Fraction] | None:
-    """Join the numbers (in random order) with random operators and a random tree shape,
-    writing only the parentheses that are needed. Every intermediate result must be a
-    positive integer. Returns (text, value) or None."""
-    nodes = [(str(n), Fraction(n), 3) for n in rng.sample(numbers, len(numbers))]  # (text, value, precedence)
-    while len(nodes) > 1:
-        i = rng.randrange(len(nodes) - 1)
-        (ltext, a, lprec), (rtext, b, rprec) = nodes[i], nodes[i + 1]
-        symbol, op, prec = rng.choice(_OPS)
-        if symbol == "/" and b == 0:
-            return None
-        value = op(a, b)
-        if value <= 0 or value.denominator != 1:
-            return None
-        if lprec < prec:
-            ltext = f"({ltext})"
-        if rprec < prec or (rprec == prec and symbol in "-/"):
-            rtext = f"({rtext})"
-        nodes[i: i + 2] = [(f"{ltext}{symbol}{rtext}", value, prec)]
-    text, value, _ = nodes[0]
-    return text, value
+def equations(numbers: tuple[int, ...]):
+    """Every equation using all the numbers in this order, as (text, value, precedence),
+    in a fixed preference order: + before - before * before /, left-leaning trees first.
+    Every intermediate result is a positive integer; only needed parentheses are written."""
+    if len(numbers) == 1:
+        yield str(numbers[0]), numbers[0], 3
+        return
+    for split in range(len(numbers) - 1, 0, -1):
+        for symbol, op, prec in _OPS:
+            for ltext, a, lprec in equations(numbers[:split]):
+                for rtext, b, rprec in equations(numbers[split:]):
+                    if symbol == "/" and a % b:
+                        continue
+                    value = a // b if symbol == "/" else op(a, b)
+                    if value <= 0:
+                        continue
+                    left = f"({ltext})" if lprec < prec else ltext
+                    right = f"({rtext})" if rprec < prec or (rprec == prec and symbol in "-/") else rtext
+                    yield f"{left}{symbol}{right}", value, prec
+
+
+def canonical_solutions(numbers: list[int], max_target: int) -> dict[int, str]:
+    """Reachable target -> its canonical equation: the first one found trying the numbers
+    in descending order first. One fixed answer per problem makes SFT targets consistent."""
+    found: dict[int, str] = {}
+    for order in sorted(set(itertools.permutations(numbers)), reverse=True):
+        for text, value, _ in equations(order):
+            if value <= max_target and value not in found:
+                found[value] = text
+    return found
 
 
 class Countdown(Task):
@@ -47,12 +57,12 @@ class Countdown(Task):
 
         def make(rng):
             numbers = [rng.randint(1, max_number) for _ in range(num_numbers)]
-            found = random_equation(rng, numbers)
-            if found is None or not 1 <= found[1] <= max_target:
+            solutions = canonical_solutions(numbers, max_target)
+            if not solutions:
                 return None
-            equation, target = found
-            return {"prompt": f"use {' '.join(map(str, numbers))} to make {int(target)}",
-                    "numbers": numbers, "target": int(target), "solution": equation}
+            target = rng.choice(sorted(solutions))  # uniform over the reachable targets
+            return {"prompt": f"use {' '.join(map(str, numbers))} to make {target}",
+                    "numbers": numbers, "target": target, "solution": solutions[target]}
 
         return draw_distinct(make, rng, n, self.key, exclude, "countdown")
 
