@@ -29,6 +29,11 @@ class EvalResult:
         return out
 
 
+def answer_length(answer: torch.Tensor, eos_id: int) -> int:
+    """Tokens up to and including the first [EOS] (the whole canvas if there is none)."""
+    return int((answer != eos_id).cumprod(0).sum()) + int((answer == eos_id).any())
+
+
 def evaluate(policy: DiffusionPolicy, tokenizer, task, dataset: Dataset, decoding: DecodingConfig,
              n: int, batch_size: int, seed: int = 0, progress: bool = False) -> EvalResult:
     """Greedy or sampled decoding of the first `n` examples; accuracy = mean task score."""
@@ -49,7 +54,7 @@ def evaluate(policy: DiffusionPolicy, tokenizer, task, dataset: Dataset, decodin
             reward = task.score(completion, row)
             for key, value in task.metrics(completion, row).items():
                 extras[key] = extras.get(key, 0.0) + value
-            tokens += len(tokenizer(completion, add_special_tokens=False)["input_ids"]) + 1
+            tokens += answer_length(answer, tokenizer.eos_token_id)
             records.append({"prompt": row["prompt"], "completion": completion, "reward": reward,
                             "correct": reward >= 1.0, "steps": out.forward_passes})
         bar.update(len(rows))

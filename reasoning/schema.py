@@ -46,12 +46,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        errors = []
         for option in get_args(tp):
             try:
                 return _coerce(value, option, key)
-            except ConfigError as exc:
-                errors.append(exc)
+            except ConfigError:
+                pass
         raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
     if tp is type(None):
         if value is None:
