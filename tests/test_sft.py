@@ -94,3 +94,12 @@ def test_lr_schedule_warms_up_then_decays():
     assert cosine(0) == pytest.approx(0.1) and cosine(9) == pytest.approx(1.0)
     assert cosine(60) == pytest.approx(0.55) and cosine(110) == pytest.approx(0.1)
     assert lr_lambda(0, 100, "constant")(50) == 1.0
+
+
+@pytest.mark.parametrize("preset", ["zero2", "zero3"])
+def test_sft_runs_under_zero_presets(tmp_path, preset):
+    cfg = load_config(None, TINY + ["sft.steps=2", f"sft.deepspeed={preset}", f"output_dir={tmp_path}", "name=z"])
+    result = run_sft(cfg)
+    model, _, state = load_checkpoint(result["checkpoint"])
+    assert state["step"] == 2
+    assert all(p.numel() > 0 for p in model.parameters())  # full tensors, not ZeRO-3 shards
