@@ -70,7 +70,9 @@ def is_checkpoint(path: str) -> bool:
 
 def load_checkpoint(path: str, dtype: torch.dtype = torch.float32):
     """(model, tokenizer, state) from a checkpoint directory (full or LoRA)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from reasoning.modeling import load_pretrained
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint directory '{path}' does not exist")
@@ -83,10 +85,7 @@ def load_checkpoint(path: str, dtype: torch.dtype = torch.float32):
     if os.path.isdir(adapter):
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(state["base_model"], dtype=dtype)
-        base.config.is_causal = False
-        model = PeftModel.from_pretrained(base, adapter)
+        model = PeftModel.from_pretrained(load_pretrained(state["base_model"], dtype), adapter)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        model.config.is_causal = False
+        model = load_pretrained(path, dtype)
     return model, tokenizer, state

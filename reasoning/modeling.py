@@ -97,14 +97,17 @@ def load_model(cfg: ModelConfig):
     if cfg.path is None:
         tokenizer = build_char_tokenizer()
         return build_tiny_model(cfg.tiny, tokenizer).to(dtype), tokenizer
-    if not os.path.isdir(cfg.path):
-        raise ConfigError(f"config key 'model.path': directory '{cfg.path}' does not exist")
     if not os.path.isfile(os.path.join(cfg.path, "config.json")):
         raise ConfigError(f"config key 'model.path': '{cfg.path}' has no config.json (not a save_pretrained directory)")
-    tokenizer = AutoTokenizer.from_pretrained(cfg.path)
-    model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype)
-    model.config.is_causal = False  # transformers 5 honours this: bidirectional attention
-    return model, tokenizer
+    return load_pretrained(cfg.path, dtype), AutoTokenizer.from_pretrained(cfg.path)
+
+
+def load_pretrained(path: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A save_pretrained decoder loaded as a DLM: `is_causal=False` (transformers 5 honours
+    it), so attention is bidirectional whatever the saved config says."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.config.is_causal = False
+    return model
 
 
 def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:

@@ -11,7 +11,7 @@ from rewards.verifiers import countdown_correct
 from reasoning.tasks.base import ANSWER_FORMAT, Task, draw_distinct
 
 # symbol, function, precedence (integer arithmetic: division is only taken when exact)
-_OPS = [("+", operator.add, 1), ("-", operator.sub, 1), ("*", operator.mul, 2), ("/", operator.truediv, 2)]
+_OPS = [("+", operator.add, 1), ("-", operator.sub, 1), ("*", operator.mul, 2), ("/", operator.floordiv, 2)]
 
 
 def equations(numbers: tuple[int, ...]):
@@ -27,7 +27,7 @@ def equations(numbers: tuple[int, ...]):
                 for rtext, b, rprec in equations(numbers[split:]):
                     if symbol == "/" and a % b:
                         continue
-                    value = a // b if symbol == "/" else op(a, b)
+                    value = op(a, b)
                     if value <= 0:
                         continue
                     left = f"({ltext})" if lprec < prec else ltext
