@@ -72,7 +72,7 @@ def load_checkpoint(path: str, dtype: torch.dtype = torch.float32):
     """(model, tokenizer, state) from a checkpoint directory (full or LoRA)."""
     from transformers import AutoTokenizer
 
-    from reasoning.modeling import load_pretrained
+    from rollouts.policy import load_pretrained
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint directory '{path}' does not exist")

@@ -10,7 +10,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from reasoning.data import decode_completion, encode_prompt
-from rollouts import DecodingConfig, DiffusionPolicy, generate
+from rollouts import DecodingConfig, DiffusionPolicy, sample, sample_seed
 
 
 @dataclass
@@ -40,23 +40,23 @@ def evaluate(policy: DiffusionPolicy, tokenizer, task, dataset: Dataset, decodin
     was_training = policy.model.training
     policy.model.eval()
     examples = dataset.select(range(min(n, len(dataset))))
-    generator = torch.Generator().manual_seed(seed)
     records, extras = [], {}
     passes, tokens, start = 0, 0, time.perf_counter()
     bar = tqdm(total=len(examples), desc=f"eval {task.name}", disable=not progress, leave=False)
     for lo in range(0, len(examples), batch_size):
         rows = examples.select(range(lo, min(lo + batch_size, len(examples))))
         prompts = [encode_prompt(tokenizer, p) for p in rows["prompt"]]
-        out = generate(policy, prompts, decoding, generator)
-        passes += out.forward_passes * len(rows)
-        for row, answer in zip(rows, out.tokens):
+        seeds = [sample_seed(seed, lo + i, 0) for i in range(len(rows))]
+        for row, traj in zip(rows, sample(policy, prompts, decoding, seeds)):
+            answer = torch.as_tensor(traj.final_tokens)
+            passes += traj.forward_passes
             completion = decode_completion(tokenizer, answer)
             reward = task.score(completion, row)
             for key, value in task.metrics(completion, row).items():
                 extras[key] = extras.get(key, 0.0) + value
             tokens += answer_length(answer, tokenizer.eos_token_id)
             records.append({"prompt": row["prompt"], "completion": completion, "reward": reward,
-                            "correct": reward >= 1.0, "steps": out.forward_passes})
+                            "correct": reward >= 1.0, "steps": traj.forward_passes})
         bar.update(len(rows))
     bar.close()
     policy.model.train(was_training)

@@ -12,9 +12,10 @@ from typing import Literal
 
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from reasoning.schema import ConfigError
+from rollouts.policy import load_pretrained
 
 SPECIAL_TOKENS = ["[PAD]", "[MASK]", "[EOS]", "[UNK]"]
 ANSWER_TOKENS = ["<answer>", "</answer>", "<think>", "</think>"]  # one token each, not characters
@@ -100,14 +101,6 @@ def load_model(cfg: ModelConfig):
     if not os.path.isfile(os.path.join(cfg.path, "config.json")):
         raise ConfigError(f"config key 'model.path': '{cfg.path}' has no config.json (not a save_pretrained directory)")
     return load_pretrained(cfg.path, dtype), AutoTokenizer.from_pretrained(cfg.path)
-
-
-def load_pretrained(path: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A save_pretrained decoder loaded as a DLM: `is_causal=False` (transformers 5 honours
-    it), so attention is bidirectional whatever the saved config says."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    model.config.is_causal = False
-    return model
 
 
 def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:

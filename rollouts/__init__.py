@@ -1,6 +1,12 @@
-"""Rollouts: the denoising sampler and the policy adapter it shares with the trainer."""
+"""Rollouts: the denoising sampler, exact trajectories, replay, and rollout workers.
 
-from rollouts.policy import DiffusionPolicy, TokenIds
-from rollouts.sampler import DecodingConfig, Generation, generate
+Nothing here imports `reasoning` or `rewards`; the trainer imports from here.
+"""
 
-__all__ = ["DecodingConfig", "DiffusionPolicy", "Generation", "TokenIds", "generate"]
+from rollouts.policy import DiffusionPolicy, TokenIds, load_pretrained
+from rollouts.replay import Replayed, replay
+from rollouts.sampler import DecodingConfig, sample, sample_seed
+from rollouts.trajectory import Trajectory, load_jsonl, save_jsonl
+
+__all__ = ["DecodingConfig", "DiffusionPolicy", "Replayed", "TokenIds", "Trajectory", "load_jsonl",
+           "load_pretrained", "replay", "sample", "sample_seed", "save_jsonl"]

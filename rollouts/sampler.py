@@ -1,63 +1,114 @@
-"""Masked-diffusion decoding: start from a canvas of [MASK] and commit tokens by confidence.
+"""Masked-diffusion decoding that records the exact path it took.
 
-One decoding step = one forward pass over the whole canvas. Within the current
-semi-autoregressive block, every masked position gets a proposed token; the commit
-rule picks which proposals become final this step (LLaDA's low-confidence remasking
-keeps the k most confident, `random` keeps k at random). k follows LLaDA's schedule:
-the block's masked count split as evenly as possible over `steps`.
+The answer starts as a canvas of [MASK] (plus any pinned tokens). Each denoising step
+is one forward pass (1 + `latent_steps` with latent thinking) over prompt + canvas;
+within the current semi-autoregressive block it then
+  1. revises (`remask: running_confidence`): committed tokens whose probability under
+     the current prediction fell below `remask_threshold` go back to [MASK]
+     (at most `remask_budget` per answer, lowest first);
+  2. chooses how many masked positions to commit: k = ceil(remaining / steps left in
+     the block) — LLaDA's even split — or, for `commit: threshold`, every position whose
+     confidence exceeds `threshold` (at least k);
+  3. chooses which: the k most confident (`low_confidence`), uniformly at random
+     (`random`), or — with `selection_temperature` > 0 — a Plackett–Luce draw
+     (Gumbel-top-k) over confidence / selection_temperature, whose log-prob is recorded;
+  4. writes a token at each chosen position: the argmax (temperature 0) or a sample of
+     softmax(logits / temperature), recording its log-prob.
+A block ends when it has no [MASK]; once an answer holds [EOS], its later blocks are not
+decoded (they are filled with [EOS] in `final_tokens`).
+
+Every random draw of sample r comes from its own generator seeded by `seeds[r]`, so an
+answer does not depend on which other prompts shared its batch or its worker.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
+import numpy as np
 import torch
 
 from rollouts.policy import DiffusionPolicy
+from rollouts.selection import confidence, gumbel_like, plackett_luce_log_prob
+from rollouts.trajectory import Trajectory
+
+CommitRule = Literal["low_confidence", "random", "threshold"]
+ConfidenceMeasure = Literal["prob", "margin", "entropy"]
+RemaskRule = Literal["none", "running_confidence"]
 
 
 @dataclass
 class DecodingConfig:
-    """The decoding policy knobs (DESIGN.md, "Decoding policies")."""
+    """The decoding policy knobs (DESIGN.md, "Decoding policies"); errors name the setting."""
 
     gen_length: int = 32
-    block_length: int | None = None  # None = gen_length (fully parallel)
-    steps: int | None = None  # per block; None = block_length (one token per step)
-    temperature: float = 0.0  # 0 = argmax
-    commit: Literal["low_confidence", "random"] = "low_confidence"
+    block_length: int | None = None  # semi-AR block size; None = gen_length (fully parallel)
+    steps: int | None = None  # denoising steps over the whole answer, split over blocks; None = gen_length
+    temperature: float = 0.0  # token choice; 0 = argmax
+    commit: CommitRule = "low_confidence"
+    confidence: ConfidenceMeasure = "prob"
+    threshold: float = 0.9  # commit: threshold commits every position above this confidence
+    selection_temperature: float = 0.0  # > 0: stochastic (Plackett–Luce) choice of positions
+    remask: RemaskRule = "none"
+    remask_threshold: float = 0.5  # running_confidence re-masks tokens whose probability fell below this
+    remask_budget: int = 8  # at most this many re-masks per answer (bounds the revision loop)
+    latent_steps: int = 0  # K latent-thinking passes per denoising step
+    latent_mix: float = 0.5  # weight of the belief embedding vs the [MASK] embedding
 
     def __post_init__(self) -> None:
+        for name, rule in (("commit", CommitRule), ("confidence", ConfidenceMeasure), ("remask", RemaskRule)):
+            if getattr(self, name) not in get_args(rule):
+                raise ValueError(f"decoding setting '{name}': expected one of {', '.join(get_args(rule))}, "
+                                 f"got {getattr(self, name)!r}")
         if self.gen_length < 1:
-            raise ValueError(f"gen_length must be >= 1, got {self.gen_length}")
-        block = self.block_length or self.gen_length
-        if block < 1 or self.gen_length % block:
-            raise ValueError(f"block_length ({block}) must divide gen_length ({self.gen_length})")
-        if self.steps is not None and not 1 <= self.steps <= block:
-            raise ValueError(f"steps must be in [1, block_length={block}], got {self.steps}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise ValueError(f"decoding setting 'gen_length' must be >= 1, got {self.gen_length}")
+        if self.block < 1 or self.gen_length % self.block:
+            raise ValueError(f"decoding setting 'block_length' ({self.block}) must divide "
+                             f"'gen_length' ({self.gen_length})")
+        if not self.num_blocks <= self.total_steps <= self.gen_length:
+            raise ValueError(f"decoding setting 'steps' ({self.total_steps}) must be at least the number of blocks "
+                             f"(gen_length / block_length = {self.num_blocks}) and at most gen_length "
+                             f"({self.gen_length})")
+        checks = {"temperature": self.temperature >= 0, "selection_temperature": self.selection_temperature >= 0,
+                  "threshold": 0 <= self.threshold <= 1, "remask_threshold": 0 <= self.remask_threshold <= 1,
+                  "remask_budget": self.remask_budget >= 0, "latent_steps": self.latent_steps >= 0,
+                  "latent_mix": 0 <= self.latent_mix <= 1}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"decoding setting '{name}' is out of range: {getattr(self, name)}")
 
     @property
     def block(self) -> int:
         return self.block_length or self.gen_length
 
     @property
-    def steps_per_block(self) -> int:
-        return self.steps or self.block
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps or self.gen_length
+
+    def block_steps(self) -> list[int]:
+        """Step budget of each block: `steps` split as evenly as possible (earlier blocks first)."""
+        return commit_schedule(self.total_steps, self.num_blocks)
+
+    @property
+    def stochastic_selection(self) -> bool:
+        return self.commit == "random" or self.selection_temperature > 0
+
+    def selection_scores(self, conf: torch.Tensor) -> torch.Tensor:
+        """Plackett–Luce scores of candidate positions (also the deterministic top-k key)."""
+        if self.commit == "random":
+            return torch.zeros_like(conf)
+        return conf / self.selection_temperature if self.selection_temperature > 0 else conf
 
 
-@dataclass
-class Generation:
-    """Decoded answer canvases (B, gen_length) and the forward passes it took."""
-
-    tokens: torch.Tensor
-    forward_passes: int
-
-
-def commit_schedule(masked: int, steps: int) -> list[int]:
-    """How many tokens to commit at each of `steps` steps (LLaDA: even split, remainder first)."""
-    base, extra = divmod(masked, steps)
+def commit_schedule(total: int, steps: int) -> list[int]:
+    """Split `total` over `steps` as evenly as possible, remainder first (LLaDA)."""
+    base, extra = divmod(total, steps)
     return [base + (1 if i < extra else 0) for i in range(steps)]
 
 
@@ -73,50 +124,163 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
+def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """The seed of one (prompt, sample) pair: independent streams, same wherever it runs."""
+    return int(np.random.SeedSequence([seed, prompt_index, sample_index]).generate_state(1)[0])
+
+
+def check_prompts(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfig) -> None:
+    if not prompts:
+        raise ValueError("no prompts to decode")
+    longest = max(len(p) for p in prompts)
+    context = policy.context_length
+    if context is not None and longest + cfg.gen_length > context:
+        raise ValueError(f"a prompt of {longest} tokens plus decoding setting 'gen_length' ({cfg.gen_length}) "
+                         f"exceeds the model's context of {context} positions (max_position_embeddings)")
+
+
+def pin_tokens(answer: torch.Tensor, pinned: list[dict[int, int]] | None, mask_id: int) -> torch.Tensor:
+    """Write pinned tokens into the answer canvases; returns the (B, L) pinned mask."""
+    is_pinned = torch.zeros_like(answer, dtype=torch.bool)
+    for row, pins in enumerate(pinned or []):
+        for position, token in (pins or {}).items():
+            if not 0 <= position < answer.shape[1]:
+                raise ValueError(f"pinned position {position} is outside the answer canvas "
+                                 f"(gen_length {answer.shape[1]})")
+            if token == mask_id:
+                raise ValueError(f"pinned token at position {position} is [MASK]; pin a real token")
+            answer[row, position] = token
+            is_pinned[row, position] = True
+    return is_pinned
+
+
 @torch.no_grad()
-def generate(
-    policy: DiffusionPolicy,
-    prompts: list[list[int]],
-    cfg: DecodingConfig,
-    generator: torch.Generator | None = None,
-) -> Generation:
-    """Decode one answer per prompt; returns the answer canvases, not the prompts."""
-    ids = policy.ids
-    prompt_ids, prompt_mask = left_pad(prompts, ids.pad)
-    batch, width = prompt_ids.shape
-    device = next(policy.model.parameters()).device
-    canvas = torch.cat([prompt_ids, torch.full((batch, cfg.gen_length), ids.mask, dtype=torch.long)], 1).to(device)
-    attention = torch.cat([prompt_mask, torch.ones((batch, cfg.gen_length), dtype=torch.long)], 1).to(device)
-    forward_passes = 0
-    for start in range(width, width + cfg.gen_length, cfg.block):
-        block = slice(start, start + cfg.block)
-        for k in commit_schedule(cfg.block, cfg.steps_per_block):
-            logits = policy.logits(canvas, attention)[:, block].float()
-            forward_passes += 1
-            logits[..., ids.mask] = float("-inf")  # never propose [MASK] or [PAD] as an answer
-            logits[..., ids.pad] = float("-inf")
-            tokens, confidence = propose(logits, cfg.temperature, generator)
-            masked = canvas[:, block] == ids.mask
-            if cfg.commit == "random":
-                confidence = torch.rand(confidence.shape, generator=generator, device=confidence.device)
-            confidence = confidence.masked_fill(~masked, float("-inf"))
-            take = min(k, int(masked.sum(1).max()))
-            if take == 0:
-                continue
-            chosen = confidence.topk(take, dim=1).indices
-            commit = torch.zeros_like(masked).scatter_(1, chosen, True) & masked
-            canvas[:, block] = torch.where(commit, tokens, canvas[:, block])
-    return Generation(tokens=canvas[:, width:].cpu(), forward_passes=forward_passes)
+def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfig, seeds: list[int],
+           pinned: list[dict[int, int]] | None = None) -> list[Trajectory]:
+    """Decode one answer per prompt and return its trajectory (events + behaviour log-probs)."""
+    if len(seeds) != len(prompts):
+        raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+    check_prompts(policy, prompts, cfg)
+    ids, device, n, length, width = policy.ids, policy.device, len(prompts), cfg.gen_length, cfg.block
+    prompt_ids, prompt_mask = (t.to(device) for t in left_pad(prompts, ids.pad))
+    answer = torch.full((n, length), ids.mask, dtype=torch.long, device=device)
+    is_pinned = pin_tokens(answer, pinned, ids.mask)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    block_budget = torch.tensor(cfg.block_steps(), device=device)
+    block = torch.zeros(n, dtype=torch.long, device=device)
+    steps_in_block = torch.zeros(n, dtype=torch.long, device=device)
+    remask_left = torch.full((n,), cfg.remask_budget, dtype=torch.long, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    log = [_EventLog() for _ in range(n)]
+    offsets = torch.arange(width, device=device)
+
+    while not done.all():
+        rows = (~done).nonzero().squeeze(1)
+        logp = policy.step_log_probs(prompt_ids[rows], prompt_mask[rows], answer[rows], cfg.temperature,
+                                     cfg.latent_steps, cfg.latent_mix)
+        positions = block[rows, None] * width + offsets  # (R, W) answer positions of the current block
+        logp = logp.gather(1, positions[..., None].expand(-1, -1, logp.shape[-1]))  # (R, W, V)
+        current = answer[rows].gather(1, positions)
+        masked = current == ids.mask
+        row_generators = [generators[r] for r in rows.tolist()]
+
+        # 1. revision: committed tokens the model no longer believes go back to [MASK]
+        remasked = torch.zeros_like(masked)
+        if cfg.remask == "running_confidence":
+            belief = logp.gather(-1, current.unsqueeze(-1)).squeeze(-1).exp()
+            doubtful = ~masked & ~is_pinned[rows].gather(1, positions) & (belief < cfg.remask_threshold)
+            rank = belief.masked_fill(~doubtful, math.inf).argsort(1).argsort(1)  # 0 = least believed
+            remasked = doubtful & (rank < remask_left[rows, None])
+            remask_left[rows] -= remasked.sum(1)
+
+        # 2. how many to commit
+        candidates = masked
+        steps_left = (block_budget[block[rows]] - steps_in_block[rows]).clamp(min=1)
+        remaining = candidates.sum(1) + remasked.sum(1)
+        count = torch.minimum(torch.ceil(remaining / steps_left).long(), candidates.sum(1))
+        conf = confidence(logp, cfg.confidence)
+        if cfg.commit == "threshold":
+            count = torch.maximum(count, (candidates & (conf > cfg.threshold)).sum(1))
+
+        # 3. which positions (ordered: the order is part of a Plackett–Luce draw)
+        scores = cfg.selection_scores(conf)
+        keys = scores + gumbel_like(scores.shape, row_generators, device) if cfg.stochastic_selection else scores
+        order = keys.masked_fill(~candidates, -math.inf).argsort(1, descending=True)[:, :int(count.max())]
+        selection_logp = (plackett_luce_log_prob(scores, candidates, order, count)
+                          if cfg.stochastic_selection else torch.zeros(len(rows), device=device))
+
+        # 4. which tokens
+        if cfg.temperature > 0:
+            tokens = (logp + gumbel_like(logp.shape, row_generators, device)).argmax(-1)
+        else:
+            tokens = logp.argmax(-1)
+        token_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+        chosen = torch.zeros_like(masked).scatter_(1, order, torch.arange(order.shape[1], device=device)
+                                                   .unsqueeze(0) < count.unsqueeze(1))
+        updated = torch.where(chosen, tokens, current.masked_fill(remasked, ids.mask))
+        answer[rows] = answer[rows].scatter(1, positions, updated)
+        _record(log, rows, positions, remasked, order, count, tokens, token_logp, selection_logp, ids.mask)
+
+        # block and answer bookkeeping
+        steps_in_block[rows] += 1
+        block_done = ~(updated == ids.mask).any(1)
+        finished = rows[block_done]
+        block[finished] += 1
+        steps_in_block[finished] = 0
+        decoded = torch.arange(length, device=device) < (block[finished, None] * width)
+        has_eos = ((answer[finished] == ids.eos) & decoded).any(1)
+        done[finished] = has_eos | (block[finished] >= cfg.num_blocks)
+        for r in rows.tolist():
+            log[r].forward_passes += 1 + cfg.latent_steps
+
+    final = answer.masked_fill(answer == ids.mask, ids.eos).cpu().numpy()  # undecoded blocks after [EOS]
+    return [log[r].trajectory(prompts[r], cfg, ids.mask, final[r], is_pinned[r].cpu(), seeds[r]) for r in range(n)]
 
 
-def propose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None):
-    """Token proposal per position and its probability under the (tempered) model."""
-    if temperature == 0:
-        probs = logits.softmax(-1)
-        tokens = probs.argmax(-1)
-    else:
-        probs = (logits / temperature).softmax(-1)
-        flat = probs.reshape(-1, probs.shape[-1])
-        tokens = torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
-    confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return tokens, confidence
+class _EventLog:
+    """Events of one answer, appended step by step (numpy, on the CPU)."""
+
+    def __init__(self) -> None:
+        self.step, self.position, self.token, self.logp, self.selection = [], [], [], [], []
+        self.forward_passes = 0
+
+    def add_step(self, positions: np.ndarray, tokens: np.ndarray, logps: np.ndarray, selection: float) -> None:
+        t = len(self.selection)
+        self.step.append(np.full(len(positions), t, np.int32))
+        self.position.append(positions.astype(np.int32))
+        self.token.append(tokens.astype(np.int64))
+        self.logp.append(logps.astype(np.float32))
+        self.selection.append(selection)
+
+    def trajectory(self, prompt: list[int], cfg: DecodingConfig, mask_id: int, final: np.ndarray,
+                   pinned: torch.Tensor, seed: int) -> Trajectory:
+        def cat(parts, dtype):
+            return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+        where = pinned.nonzero().squeeze(1).numpy()
+        return Trajectory(
+            prompt_ids=list(prompt), gen_length=cfg.gen_length, block_length=cfg.block, mask_id=mask_id,
+            event_step=cat(self.step, np.int32), event_position=cat(self.position, np.int32),
+            event_token=cat(self.token, np.int64), event_logp=cat(self.logp, np.float32),
+            selection_logp=np.asarray(self.selection, np.float32), final_tokens=final.astype(np.int64),
+            forward_passes=self.forward_passes, pinned_position=where.astype(np.int32),
+            pinned_token=final[where].astype(np.int64), seed=seed,
+        )
+
+
+def _record(log: list[_EventLog], rows, positions, remasked, order, count, tokens, token_logp,
+            selection_logp, mask_id: int) -> None:
+    """Append this step's events: re-masks first, then commits in selection order."""
+    positions, remasked, order = positions.cpu().numpy(), remasked.cpu().numpy(), order.cpu().numpy()
+    count, tokens = count.cpu().numpy(), tokens.cpu().numpy()
+    token_logp, selection_logp = token_logp.float().cpu().numpy(), selection_logp.float().cpu().numpy()
+    for i, r in enumerate(rows.tolist()):
+        undo = remasked[i].nonzero()[0]
+        pick = order[i, :count[i]]
+        log[r].add_step(
+            positions=np.concatenate([positions[i, undo], positions[i, pick]]),
+            tokens=np.concatenate([np.full(len(undo), mask_id), tokens[i, pick]]),
+            logps=np.concatenate([np.full(len(undo), np.nan), token_logp[i, pick]]),
+            selection=float(selection_logp[i]),
+        )

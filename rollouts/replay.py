@@ -1,0 +1,119 @@
+"""Recompute a trajectory's log-probs under the current weights, with gradients.
+
+Each recorded step t is replayed from the canvas the sampler saw (`state_at(t)`): one
+forward (plus the latent-thinking passes) gives the log-probs of the tokens committed
+at t and, when the position choice was stochastic, the Plackett–Luce log-prob of the
+positions picked. States of many steps and trajectories are batched into few forward
+passes (`micro_batch` states each).
+
+`merge_steps` s > 1 scores the tokens of s consecutive steps from the first state of
+the group (TraceRL's "shrink"): s times fewer forwards, at the price of scoring later
+tokens from a slightly staler canvas. With s = 1 replay reproduces the behaviour
+log-probs exactly (DESIGN.md invariant 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rollouts.policy import DiffusionPolicy
+from rollouts.sampler import DecodingConfig, left_pad
+from rollouts.selection import confidence, plackett_luce_log_prob
+from rollouts.trajectory import Trajectory
+
+
+@dataclass
+class Replayed:
+    """Per trajectory: log-probs of its commit events (in event order) and of each step's selection."""
+
+    token_logp: list[torch.Tensor]  # [i]: (commits of trajectory i,)
+    selection_logp: list[torch.Tensor]  # [i]: (steps of trajectory i,) zeros when selection is deterministic
+    forward_passes: int  # batched forwards spent (each = 1 + latent_steps model calls)
+
+    def step_logp(self, trajectories: list[Trajectory]) -> list[torch.Tensor]:
+        """Per trajectory, per step: log-prob of the whole step (its tokens + its selection)."""
+        out = []
+        for traj, tokens, selection in zip(trajectories, self.token_logp, self.selection_logp):
+            steps = torch.as_tensor(traj.event_step[traj.commits], dtype=torch.long, device=tokens.device)
+            out.append(selection + torch.zeros_like(selection).index_add(0, steps, tokens))
+        return out
+
+
+@dataclass
+class _Item:
+    """One replayed state: trajectory i at step `first`, scoring steps first .. first+s-1."""
+
+    trajectory: int
+    first: int
+    steps: range
+
+
+def replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: DecodingConfig,
+           merge_steps: int = 1, micro_batch: int = 256) -> Replayed:
+    """Log-probs of every committed token (and stochastic selection) under the policy's current weights."""
+    if merge_steps < 1:
+        raise ValueError(f"merge_steps must be >= 1, got {merge_steps}")
+    device = policy.device
+    states = [traj.states() for traj in trajectories]
+    items = [_Item(i, t, range(t, min(t + merge_steps, traj.num_steps)))
+             for i, traj in enumerate(trajectories) for t in range(0, traj.num_steps, merge_steps)]
+    token_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
+    selection_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
+    forwards = 0
+    for lo in range(0, len(items), micro_batch):
+        chunk = items[lo:lo + micro_batch]
+        prompt_ids, prompt_mask = left_pad([trajectories[it.trajectory].prompt_ids for it in chunk], policy.ids.pad)
+        answer = torch.as_tensor(np.stack([states[it.trajectory][it.first] for it in chunk]))
+        logp = policy.step_log_probs(prompt_ids.to(device), prompt_mask.to(device), answer.to(device),
+                                     cfg.temperature, cfg.latent_steps, cfg.latent_mix)
+        forwards += 1
+        scores = cfg.selection_scores(confidence(logp, cfg.confidence)) if cfg.stochastic_selection else None
+        for row, item in enumerate(chunk):
+            traj = trajectories[item.trajectory]
+            commit = traj.commits & (traj.event_step >= item.steps.start) & (traj.event_step < item.steps.stop)
+            positions = torch.as_tensor(traj.event_position[commit], dtype=torch.long, device=device)
+            tokens = torch.as_tensor(traj.event_token[commit], dtype=torch.long, device=device)
+            token_parts[item.trajectory].append(logp[row, positions, tokens])
+            if scores is None:
+                selection_parts[item.trajectory].append(logp.new_zeros(len(item.steps)))
+            else:
+                selection_parts[item.trajectory].append(
+                    _selection_logp(traj, states[item.trajectory], item.steps, scores[row], device))
+    return Replayed(
+        token_logp=[torch.cat(parts) if parts else torch.zeros(0, device=device) for parts in token_parts],
+        selection_logp=[torch.cat(parts) if parts else torch.zeros(0, device=device) for parts in selection_parts],
+        forward_passes=forwards,
+    )
+
+
+def _selection_logp(traj: Trajectory, states: np.ndarray, steps: range, scores: torch.Tensor,
+                    device) -> torch.Tensor:
+    """Plackett–Luce log-prob of each step's ordered position choice, scored by `scores` (L,).
+
+    The candidates at step t are the [MASK] positions of its block in state t that were
+    not re-masked at t itself — exactly the set the sampler drew from.
+    """
+    candidates, orders, counts = [], [], []
+    for t in steps:
+        at_t = traj.event_step == t
+        commit = at_t & traj.commits
+        picked = traj.event_position[commit]
+        block = picked[0] // traj.block_length if len(picked) else 0
+        in_block = np.arange(traj.gen_length) // traj.block_length == block
+        candidate = (states[t] == traj.mask_id) & in_block
+        candidates.append(candidate)
+        orders.append(picked)
+        counts.append(len(picked))
+    width = max(max(counts), 1)
+    order = np.zeros((len(counts), width), np.int64)
+    for i, picked in enumerate(orders):
+        order[i, :len(picked)] = picked
+    return plackett_luce_log_prob(
+        scores.unsqueeze(0).expand(len(counts), -1),
+        torch.as_tensor(np.stack(candidates), device=device),
+        torch.as_tensor(order, device=device),
+        torch.as_tensor(counts, device=device),
+    )

@@ -1,0 +1,110 @@
+"""The exact path one answer took through the denoising process, stored compactly.
+
+A trajectory is a list of events `(step, position, token)` — a commit writes a token,
+a revision writes [MASK] — plus the behaviour log-prob of every committed token and of
+each step's position selection. Storage is O(events): canvases are rebuilt on demand
+by `state_at(t)`, never stored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Trajectory:
+    """One sampled answer. Positions index the answer canvas (0 .. gen_length-1)."""
+
+    prompt_ids: list[int]
+    gen_length: int
+    block_length: int
+    mask_id: int
+    event_step: np.ndarray  # (E,) int32, non-decreasing
+    event_position: np.ndarray  # (E,) int32
+    event_token: np.ndarray  # (E,) int64; mask_id for a revision (re-mask)
+    event_logp: np.ndarray  # (E,) float32 behaviour log-prob of the committed token; nan for revisions
+    selection_logp: np.ndarray  # (T,) float32 log-prob of each step's position choice (0 if deterministic)
+    final_tokens: np.ndarray  # (gen_length,) the answer, [EOS]-filled after an early stop
+    forward_passes: int
+    pinned_position: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    pinned_token: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    seed: int = 0
+    policy_version: int = 0
+    prompt_index: int = 0  # which prompt of the request (for grouping)
+    sample_index: int = 0  # which of the G samples of that prompt
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.selection_logp)
+
+    @property
+    def commits(self) -> np.ndarray:
+        """Boolean (E,): which events commit a token (the others are revisions)."""
+        return self.event_token != self.mask_id
+
+    @property
+    def num_remasks(self) -> int:
+        return int((~self.commits).sum())
+
+    def initial_state(self) -> np.ndarray:
+        canvas = np.full(self.gen_length, self.mask_id, dtype=np.int64)
+        canvas[self.pinned_position] = self.pinned_token
+        return canvas
+
+    def state_at(self, step: int) -> np.ndarray:
+        """The answer canvas the model saw at `step` (before that step's events);
+        `state_at(num_steps)` is the last canvas, before any [EOS] fill."""
+        canvas = self.initial_state()
+        upto = np.searchsorted(self.event_step, step, side="left")
+        _apply(canvas, self.event_position[:upto], self.event_token[:upto])
+        return canvas
+
+    def states(self) -> np.ndarray:
+        """All visited canvases (T+1, gen_length), built in one pass (for replay)."""
+        out = np.empty((self.num_steps + 1, self.gen_length), dtype=np.int64)
+        canvas = self.initial_state()
+        bounds = np.searchsorted(self.event_step, np.arange(self.num_steps + 1), side="left")
+        for t in range(self.num_steps + 1):
+            if t:
+                lo, hi = bounds[t - 1], bounds[t]
+                _apply(canvas, self.event_position[lo:hi], self.event_token[lo:hi])
+            out[t] = canvas
+        return out
+
+    def to_json(self) -> dict:
+        out = {}
+        for name, value in self.__dict__.items():
+            out[name] = value.tolist() if isinstance(value, np.ndarray) else value
+        out["event_logp"] = [None if np.isnan(v) else v for v in self.event_logp.tolist()]
+        return out
+
+    @classmethod
+    def from_json(cls, row: dict) -> "Trajectory":
+        dtypes = {"event_step": np.int32, "event_position": np.int32, "event_token": np.int64,
+                  "event_logp": np.float32, "selection_logp": np.float32, "final_tokens": np.int64,
+                  "pinned_position": np.int32, "pinned_token": np.int64}
+        row = dict(row)
+        row["event_logp"] = [np.nan if v is None else v for v in row["event_logp"]]
+        for name, dtype in dtypes.items():
+            row[name] = np.asarray(row[name], dtype=dtype)
+        return cls(**row)
+
+
+def _apply(canvas: np.ndarray, positions: np.ndarray, tokens: np.ndarray) -> None:
+    """Write events in time order: where a position is written twice, the later write wins."""
+    positions, last = np.unique(positions[::-1], return_index=True)
+    canvas[positions] = tokens[::-1][last]
+
+
+def save_jsonl(trajectories: list[Trajectory], path: str) -> None:
+    with open(path, "w") as fh:
+        for trajectory in trajectories:
+            fh.write(json.dumps(trajectory.to_json()) + "\n")
+
+
+def load_jsonl(path: str) -> list[Trajectory]:
+    with open(path) as fh:
+        return [Trajectory.from_json(json.loads(line)) for line in fh if line.strip()]
