@@ -86,9 +86,19 @@ class EvalConfig:
 
 @dataclass
 class RayConfig:
+    """Rollout workers: Ray actors when enabled, else the same worker code in this process."""
+
     enabled: bool = False
-    address: str = "local"  # local | auto | ray://host:port
+    address: str = "local"  # local (a fresh local instance) | auto | ray://host:port
     num_workers: int = 2
+    threads_per_worker: int = 1  # torch threads per worker; 1 is fastest when workers share cores
+
+    def __post_init__(self) -> None:
+        if self.address not in ("local", "auto") and not self.address.startswith("ray://"):
+            raise ConfigError(f"config key 'ray.address': expected local, auto or ray://host:port, got {self.address!r}")
+        for key in ("num_workers", "threads_per_worker"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'ray.{key}': expected >= 1, got {getattr(self, key)}")
 
 
 @dataclass

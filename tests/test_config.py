@@ -82,3 +82,15 @@ def test_resolved_config_round_trips(tmp_path):
     again = load_config(path)
     assert again == cfg
     assert yaml.safe_load(open(path))["sft"]["steps"] == 7
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["rollout.gen_length=16", "rollout.block_length=4", "rollout.steps=2"], "'steps' \\(2\\) must be at least"),
+    (["rollout.gen_length=10", "rollout.block_length=4"], "'block_length' \\(4\\) must divide 'gen_length'"),
+    (["rollout.commit=topk"], "rollout.commit"),
+    (["ray.address=localhost"], "ray.address"),
+    (["ray.num_workers=0"], "ray.num_workers"),
+])
+def test_bad_rollout_and_ray_settings_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

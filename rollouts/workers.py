@@ -1,0 +1,280 @@
+"""Rollout workers: policy copies that sample trajectories, on Ray or in-process.
+
+Each `RolloutWorker` builds its own policy from a `PolicySpec` (frozen base weights
+from a directory + a LoRA adapter) and samples trajectories for its shard of
+(prompt, sample) pairs. A `RolloutGroup` shards a request over its workers, gathers
+the results in (prompt, sample) order, and keeps the workers on the trainer's policy:
+after an update only the LoRA state_dict is shipped — `ray.put` once, applied on each
+worker with peft's `set_peft_model_state_dict` — and every worker reports the new
+`policy_version`.
+
+Faults lose nothing: a worker process that dies mid-sample is restarted by Ray
+(`max_restarts=-1`), gets the current adapter again, and its shard is re-sampled.
+Every sample carries its own seed, so the re-sampled shard is the one that was lost.
+With `use_ray=False` the same worker code runs in this process (tests, debugging).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from rollouts.policy import DiffusionPolicy, TokenIds, load_pretrained
+from rollouts.sampler import DecodingConfig, sample, sample_seed
+from rollouts.trajectory import Trajectory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PolicySpec:
+    """How a worker builds its policy copy: base weights + tokenizer from `path`, then LoRA."""
+
+    path: str
+    lora: object | None = None  # a peft.LoraConfig; None = sync full weights (not LoRA-only)
+    shift_logits: bool = False
+    masked_lm: bool = False
+    dtype: str = "float32"
+
+    def build(self) -> DiffusionPolicy:
+        from transformers import AutoTokenizer
+
+        model = load_pretrained(self.path, getattr(torch, self.dtype), self.masked_lm)
+        if self.lora is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, self.lora)
+        model.eval().requires_grad_(False)
+        tokenizer = AutoTokenizer.from_pretrained(self.path)
+        return DiffusionPolicy(model, TokenIds.from_tokenizer(tokenizer), self.shift_logits)
+
+
+def policy_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a weight sync ships: the LoRA adapter's state_dict for a peft model, else everything."""
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(model)
+    else:
+        state = model.state_dict()
+    return {name: tensor.detach().cpu().clone() for name, tensor in state.items()}
+
+
+def state_bytes(state: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+class StaleWeights(RuntimeError):
+    """A worker was asked to sample with a policy version it does not hold (e.g. after a restart)."""
+
+
+@dataclass
+class SampleJob:
+    """One answer to sample: which prompt, which of its G samples, and the seed of its draws."""
+
+    prompt_index: int
+    sample_index: int
+    prompt_ids: list[int]
+    seed: int
+    pinned: dict[int, int] | None = None
+
+
+class RolloutWorker:
+    """One policy copy. As a Ray actor it is a process of its own with `threads` torch threads."""
+
+    def __init__(self, spec: PolicySpec, decoding: DecodingConfig, threads: int = 1, max_batch: int = 256):
+        torch.set_num_threads(threads)
+        self.policy = spec.build()
+        self.decoding = decoding
+        self.max_batch = max_batch
+        self.version = 0
+
+    def sample(self, jobs: list[SampleJob], expected_version: int | None = None) -> list[Trajectory]:
+        if expected_version is not None and expected_version != self.version:
+            raise StaleWeights(f"worker holds policy_version {self.version}, asked for {expected_version}")
+        out = []
+        for lo in range(0, len(jobs), self.max_batch):
+            chunk = jobs[lo:lo + self.max_batch]
+            trajectories = sample(self.policy, [j.prompt_ids for j in chunk], self.decoding,
+                                  seeds=[j.seed for j in chunk], pinned=[j.pinned for j in chunk])
+            for job, traj in zip(chunk, trajectories):
+                traj.prompt_index, traj.sample_index, traj.policy_version = (
+                    job.prompt_index, job.sample_index, self.version)
+            out.extend(trajectories)
+        return out
+
+    def load_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
+        model = self.policy.model
+        if hasattr(model, "peft_config"):
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(model, state)
+            if result.unexpected_keys:
+                raise ValueError(f"adapter keys the worker's model does not have: {result.unexpected_keys[:3]}")
+        else:
+            model.load_state_dict(state)
+        self.version = version
+        return self.version
+
+    def policy_version(self) -> int:
+        return self.version
+
+    def log_probs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
+        """The worker's per-position log-probs on a canvas (to check it agrees with the trainer)."""
+        with torch.no_grad():
+            d = self.decoding
+            return self.policy.step_log_probs(prompt_ids, prompt_mask, answer, d.temperature,
+                                              d.latent_steps, d.latent_mix)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def connect_ray(address: str = "local", num_cpus: int | None = None) -> None:
+    """`local`: a fresh local Ray instance; `auto`: the running cluster; `ray://host:port`: a client."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address == "local":
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    elif address == "auto" or address.startswith("ray://"):
+        ray.init(address=address, log_to_driver=False)
+    else:
+        raise ValueError(f"config key 'ray.address': expected local, auto or ray://host:port, got {address!r}")
+
+
+class RolloutGroup:
+    """`num_workers` rollout workers that sample together and follow the trainer's weights."""
+
+    def __init__(self, spec: PolicySpec, decoding: DecodingConfig, num_workers: int = 2, use_ray: bool = True,
+                 address: str = "local", threads: int = 1, max_batch: int = 256, max_attempts: int = 3):
+        if num_workers < 1:
+            raise ValueError(f"config key 'ray.num_workers' must be >= 1, got {num_workers}")
+        self.use_ray = use_ray
+        self.max_attempts = max_attempts
+        self.version: int | None = None  # None until the first sync: workers keep their own init
+        self.restarts = 0
+        self.sync_bytes = 0
+        self._weights = None  # the last synced state (an ObjectRef on Ray), re-sent after a restart
+        args = (spec, decoding, threads, max_batch)
+        if not use_ray:
+            self.workers = [RolloutWorker(*args) for _ in range(num_workers)]
+            return
+        import ray
+
+        connect_ray(address, num_cpus=max(os.cpu_count() or 1, num_workers * threads))
+        actor = ray.remote(RolloutWorker).options(num_cpus=threads, max_restarts=-1, max_task_retries=0)
+        self.workers = [actor.remote(*args) for _ in range(num_workers)]
+        ray.get([w.policy_version.remote() for w in self.workers])  # wait until every copy is built
+
+    # --- calls that look the same on Ray and in-process ---------------------------------
+
+    def _call(self, worker, method: str, *args):
+        return getattr(worker, method).remote(*args) if self.use_ray else getattr(worker, method)(*args)
+
+    def _get(self, handles):
+        if not self.use_ray:
+            return handles
+        import ray
+
+        return ray.get(handles)
+
+    # --- public surface -------------------------------------------------------------------
+
+    def sync(self, state: dict[str, torch.Tensor], version: int) -> int:
+        """Ship new weights (LoRA-only for a peft policy) to every worker; returns bytes shipped."""
+        if self.use_ray:
+            import ray
+
+            self._weights = ray.put(state)  # one copy in the object store, read by every worker
+        else:
+            self._weights = state
+        versions = self._get([self._call(w, "load_weights", self._weights, version) for w in self.workers])
+        if any(v != version for v in versions):
+            raise RuntimeError(f"workers report versions {versions} after syncing version {version}")
+        self.version = version
+        self.sync_bytes = state_bytes(state)
+        return self.sync_bytes
+
+    def versions(self) -> list[int]:
+        return self._get([self._call(w, "policy_version") for w in self.workers])
+
+    def log_probs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, answer: torch.Tensor) -> list:
+        return self._get([self._call(w, "log_probs", prompt_ids, prompt_mask, answer) for w in self.workers])
+
+    def pids(self) -> list[int]:
+        return self._get([self._call(w, "pid") for w in self.workers])
+
+    def sample(self, prompts: list[list[int]], group_size: int = 1, seed: int = 0,
+               pinned: list[dict[int, int] | None] | None = None) -> list[Trajectory]:
+        """`group_size` trajectories per prompt, ordered (prompt 0: samples 0..G-1, prompt 1: ...)."""
+        jobs = [SampleJob(i, g, prompt, sample_seed(seed, i, g), pinned[i] if pinned else None)
+                for i, prompt in enumerate(prompts) for g in range(group_size)]
+        shards = [jobs[w::len(self.workers)] for w in range(len(self.workers))]
+        if self.use_ray:
+            results = self._sample_on_ray(shards)
+        else:
+            results = [w.sample(shard, self.version) for w, shard in zip(self.workers, shards)]
+        out = [traj for shard in results for traj in shard]
+        return sorted(out, key=lambda t: (t.prompt_index, t.sample_index))
+
+    def shutdown(self) -> None:
+        if self.use_ray:
+            import ray
+
+            for worker in self.workers:
+                ray.kill(worker)
+        self.workers = []
+
+    # --- fault handling -------------------------------------------------------------------
+
+    def _sample_on_ray(self, shards: list[list[SampleJob]]) -> list[list[Trajectory]]:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        pending = {w: self.workers[w].sample.remote(shard, self.version)
+                   for w, shard in enumerate(shards) if shard}
+        results: dict[int, list[Trajectory]] = {w: [] for w in range(len(shards))}
+        attempts = {w: 1 for w in pending}
+        while pending:
+            ready, _ = ray.wait(list(pending.values()), num_returns=1)
+            w = next(k for k, ref in pending.items() if ref == ready[0])
+            try:
+                results[w] = ray.get(ready[0])
+                del pending[w]
+                continue
+            except RayActorError as err:
+                reason = f"worker {w} died ({type(err).__name__})"
+            except RayTaskError as err:
+                if not isinstance(err.cause, StaleWeights):
+                    raise
+                reason = f"worker {w} lost its weights ({err.cause})"
+            if attempts[w] >= self.max_attempts:
+                raise RuntimeError(f"{reason}; gave up after {attempts[w]} attempts")
+            log.warning("%s; restoring it and re-sampling its shard of %d", reason, len(shards[w]))
+            self._restore(w)
+            attempts[w] += 1
+            pending[w] = self.workers[w].sample.remote(shards[w], self.version)
+        return [results[w] for w in range(len(shards))]
+
+    def _restore(self, w: int, timeout_s: float = 120.0) -> None:
+        """Wait for Ray to restart worker w, then give it the current weights again."""
+        from ray.exceptions import RayActorError
+
+        self.restarts += 1
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                call = (self.workers[w].load_weights.remote(self._weights, self.version)
+                        if self._weights is not None else self.workers[w].policy_version.remote())
+                self._get(call)
+                return
+            except RayActorError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
