@@ -18,6 +18,8 @@ import yaml
 from reasoning.modeling import ModelConfig
 from reasoning.schema import ConfigError, apply_override, from_dict, parse_override, suggest, to_dict
 from reasoning.tasks.base import DataConfig
+import rewards
+from rewards.registry import RewardsConfig
 from rollouts.sampler import DecodingConfig
 
 DEEPSPEED_PRESETS = ("zero0", "zero2", "zero3")
@@ -28,19 +30,6 @@ class RolloutConfig(DecodingConfig):
     """Decoding policy used for RL rollouts (and for eval unless `eval.decoding` overrides it)."""
 
     group_size: int = 8  # G samples per prompt
-
-
-@dataclass
-class RewardSpec:
-    """One reward function and its weight: a registered `name`, or `fn` = 'pkg.mod:func' | 'file.py:func'."""
-
-    name: str | None = None
-    fn: str | None = None
-    weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        if (self.name is None) == (self.fn is None):
-            raise ValueError("each reward needs exactly one of 'name' or 'fn'")
 
 
 @dataclass
@@ -117,7 +106,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    rewards: list[RewardSpec] = field(default_factory=list)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -150,9 +139,13 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
                 raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from exc
         if not isinstance(tree, dict):
             raise ConfigError(f"config file '{path}': expected a mapping of blocks at the top level")
+    if isinstance(tree.get("rewards"), list):  # `rewards: [...]` is short for `rewards: {functions: [...]}`
+        tree["rewards"] = {"functions": tree["rewards"]}
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(tree, keys, value)
+        if isinstance(tree.get("rewards"), list):
+            tree["rewards"] = {"functions": tree["rewards"]}
     cfg = from_dict(Config, tree)
     check_files(cfg)
     return cfg
@@ -176,6 +169,11 @@ def check_files(cfg: Config) -> None:
     """Files the config points at must exist; say which key names the missing one."""
     if cfg.model.path is not None and not os.path.isdir(cfg.model.path):
         raise ConfigError(f"config key 'model.path': directory '{cfg.model.path}' does not exist")
+    for i, spec in enumerate(cfg.rewards.functions):
+        try:
+            rewards.get(spec.reference)
+        except KeyError as exc:
+            raise ConfigError(f"config key 'rewards.functions[{i}]': {exc.args[0]}") from None
     deepspeed_config_path(cfg.sft.deepspeed, "sft.deepspeed")
     deepspeed_config_path(cfg.trainer.deepspeed, "trainer.deepspeed")
     cfg.eval_decoding()

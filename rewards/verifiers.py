@@ -117,3 +117,121 @@ def addition_correct(completion: str, answer: str | int) -> bool:
     """The answer text is exactly the expected integer (spaces and commas ignored)."""
     text = extract_answer(completion).replace(",", "").replace(" ", "")
     return re.fullmatch(r"-?\d+", text) is not None and int(text) == int(answer)
+
+
+# --- gsm8k ---------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
+
+
+def final_number(completion: str) -> Fraction | None:
+    """The final numeric answer: from <answer>…</answer>, else the last \\boxed{}, else the
+    last number in the text. Commas and a trailing period are ignored."""
+    answers = _ANSWER.findall(completion)
+    boxed = _BOXED.findall(completion)
+    source = answers[-1] if answers else boxed[-1] if boxed else completion
+    numbers = _NUMBER.findall(source.replace("$", ""))
+    if not numbers:
+        return None
+    try:
+        return Fraction(numbers[-1].replace(",", ""))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def reference_number(answer: str | int | float) -> Fraction | None:
+    """A reference answer: a number, or GSM8K's 'reasoning … #### 72' format."""
+    text = str(answer)
+    if "####" in text:
+        text = text.rsplit("####", 1)[1]
+    return final_number(text)
+
+
+def gsm8k_correct(completion: str, answer: str | int | float) -> bool:
+    expected, got = reference_number(answer), final_number(completion)
+    return expected is not None and got is not None and abs(got - expected) < Fraction(1, 10**6)
+
+
+# --- math (math-verify) ---------------------------------------------------------------
+
+def math_correct(completion: str, answer: str) -> bool:
+    """math-verify equivalence of the last \\boxed{} (or <answer>) with the reference answer."""
+    from math_verify import parse, verify
+
+    boxed = _BOXED.findall(completion)
+    answers = _ANSWER.findall(completion)
+    candidate = f"\\boxed{{{boxed[-1]}}}" if boxed else f"${answers[-1].strip()}$" if answers else completion
+    reference = answer if "\\boxed" in str(answer) or "$" in str(answer) else f"${answer}$"
+    gold, pred = parse(reference), parse(candidate)
+    return bool(gold) and bool(pred) and bool(verify(gold, pred))
+
+
+# --- format --------------------------------------------------------------------------
+
+_WELL_FORMED = re.compile(r"\s*(?:<think>(?:(?!<think>|</think>|<answer>)[\s\S])*</think>\s*)?"
+                          r"<answer>((?:(?!<answer>|</answer>|<think>|</think>)[\s\S])*)</answer>")
+
+
+def format_score(completion: str) -> float:
+    """1.0: [<think>…</think>] <answer>…</answer> and nothing after; 0.5: well-formed but
+    followed by trailing text (garbage or padding); 0.0: tags missing or malformed."""
+    match = _WELL_FORMED.match(completion)
+    if match is None or not match.group(1).strip():
+        return 0.0
+    return 1.0 if not completion[match.end():].strip() else 0.5
+
+
+# --- code (runs only inside the sandbox) ----------------------------------------------
+
+_CODE_BLOCK = re.compile(r"```(?:python|py)?\n([\s\S]*?)```")
+
+# Runs inside the sandbox: execute the solution, then each test, and report a JSON line.
+_HARNESS = r'''
+import json, sys
+source, tests, marker = json.loads(sys.stdin.read())
+namespace = {"__name__": "__solution__"}
+passed = 0
+try:
+    exec(compile(source, "<solution>", "exec"), namespace)
+    loaded = True
+except BaseException:
+    loaded = False
+if loaded:
+    for test in tests:
+        try:
+            exec(compile(test, "<test>", "exec"), dict(namespace))
+            passed += 1
+        except BaseException:
+            pass
+sys.stdout.flush()
+print("\n" + marker + json.dumps({"passed": passed, "total": len(tests)}), flush=True)
+'''
+
+
+def extract_code(completion: str) -> str:
+    """The last ```python block, else the <answer> text, else the whole completion."""
+    blocks = _CODE_BLOCK.findall(completion)
+    return blocks[-1] if blocks else extract_answer(completion)
+
+
+def code_pass_rate(completion: str, tests: Sequence[str], limits=None) -> float:
+    """Fraction of `tests` (Python snippets, e.g. asserts) that pass against the completion's
+    code, all run in the sandbox in one call. 0.0 if the sandbox refuses or is killed."""
+    import json
+    import secrets
+
+    from rewards.sandbox import run_python
+
+    tests = list(tests)
+    if not tests:
+        return 0.0
+    marker = "@@dlmrl-" + secrets.token_hex(8) + "@@"
+    result = run_python(_HARNESS, stdin=json.dumps([extract_code(completion), tests, marker]), limits=limits)
+    if result.refused or result.timed_out or marker not in result.stdout:
+        return 0.0
+    try:
+        report = json.loads(result.stdout.rsplit(marker, 1)[1].strip().splitlines()[0])
+    except (ValueError, IndexError):
+        return 0.0
+    return report["passed"] / len(tests)

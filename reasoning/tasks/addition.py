@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from rewards.verifiers import addition_correct
 from reasoning.tasks.base import ANSWER_FORMAT, Task, draw_distinct
 
 
 class Addition(Task):
     name = "addition"
+    reward = "addition"
     columns = ("prompt", "answer")
 
     def generate(self, rng, n, split, exclude, digits: int = 4):
@@ -23,5 +23,3 @@ class Addition(Task):
     def reference(self, example):
         return ANSWER_FORMAT.format(example["answer"])
 
-    def score(self, completion, example):
-        return float(addition_correct(completion, example["answer"]))

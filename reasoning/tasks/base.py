@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import rewards
 from datasets import Dataset, DatasetDict
 
 from reasoning.schema import ConfigError, suggest
@@ -27,11 +28,24 @@ class DataConfig:
     task_args: dict[str, Any] = field(default_factory=dict)  # task-specific, e.g. {num_numbers: 4}
 
 
+def score_one(reward: str, completion: str, example: dict) -> float:
+    """Call a registered reward function on a single example (its columns as 1-element lists)."""
+    columns = {key: [value] for key, value in example.items() if key != "prompt"}
+    value = rewards.call_reward(rewards.get(reward), [example.get("prompt")], [completion], None, columns)[0]
+    return 0.0 if value is None else float(value)
+
+
 class Task:
-    """A reasoning task. Subclasses fill in `generate`, `reference` and `score`."""
+    """A reasoning task. Subclasses fill in `generate` and `reference`, and name their reward.
+
+    `score` calls the task's registered reward function (TRL signature) on one example,
+    so evaluation accuracy and the RL training reward are the same function.
+    """
 
     name: str = ""
     columns: tuple[str, ...] = ()
+    reward: str = ""  # the registered reward that decides correctness
+    metric_rewards: dict[str, str] = {}  # eval metric name -> registered reward (e.g. partial credit)
 
     def generate(self, rng: random.Random, n: int, split: str, exclude: set, **task_args) -> list[dict]:
         """`n` distinct examples for `split`; keys in `exclude` must not be produced."""
@@ -46,12 +60,12 @@ class Task:
         raise NotImplementedError
 
     def score(self, completion: str, example: dict) -> float:
-        """1.0 if the completion answers the example correctly, else 0.0."""
-        raise NotImplementedError
+        """The task reward of one completion (1.0 = correct)."""
+        return score_one(self.reward, completion, example)
 
     def metrics(self, completion: str, example: dict) -> dict[str, float]:
         """Extra per-example eval metrics (averaged by the caller)."""
-        return {}
+        return {metric: score_one(reward, completion, example) for metric, reward in self.metric_rewards.items()}
 
     def build(self, cfg: DataConfig) -> DatasetDict:
         """Deterministic train/test splits; the test set depends only on the seed and test_size."""

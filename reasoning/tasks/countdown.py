@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import operator
 
-from rewards.verifiers import countdown_correct
 from reasoning.tasks.base import ANSWER_FORMAT, Task, draw_distinct
 
 # symbol, function, precedence (integer arithmetic: division is only taken when exact)
@@ -48,6 +47,7 @@ def canonical_solutions(numbers: list[int], max_target: int) -> dict[int, str]:
 
 class Countdown(Task):
     name = "countdown"
+    reward = "countdown"
     columns = ("prompt", "numbers", "target", "solution")
 
     def generate(self, rng, n, split, exclude, num_numbers: int = 3, max_number: int = 100,
@@ -72,5 +72,3 @@ class Countdown(Task):
     def reference(self, example):
         return ANSWER_FORMAT.format(example["solution"])
 
-    def score(self, completion, example):
-        return float(countdown_correct(completion, example["numbers"], example["target"]))

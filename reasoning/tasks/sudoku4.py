@@ -7,7 +7,7 @@ import itertools
 import random
 from functools import lru_cache
 
-from rewards.verifiers import SUDOKU_UNITS, sudoku4_cell_accuracy, sudoku4_solved
+from rewards.verifiers import SUDOKU_UNITS
 from reasoning.tasks.base import ANSWER_FORMAT, Task, draw_distinct
 
 
@@ -39,6 +39,8 @@ def split_grids(seed: int, test_fraction: float) -> dict[str, list[str]]:
 
 class Sudoku4(Task):
     name = "sudoku4"
+    reward = "sudoku4"
+    metric_rewards = {"cell_accuracy": "sudoku4_cells"}
     columns = ("prompt", "puzzle", "solution")
 
     def __init__(self) -> None:
@@ -68,8 +70,4 @@ class Sudoku4(Task):
     def reference(self, example):
         return ANSWER_FORMAT.format(example["solution"])
 
-    def score(self, completion, example):
-        return float(sudoku4_solved(completion, example["puzzle"]))
 
-    def metrics(self, completion, example):
-        return {"cell_accuracy": sudoku4_cell_accuracy(completion, example["puzzle"], example["solution"])}

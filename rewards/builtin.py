@@ -1,0 +1,73 @@
+"""The built-in reward functions, in TRL's signature, registered by name.
+
+Each reads the dataset columns it needs from keyword lists and delegates to a checker
+in `rewards.verifiers` — the same checkers evaluation uses, so reward and accuracy agree.
+"""
+
+from __future__ import annotations
+
+from rewards.registry import register
+from rewards.verifiers import (
+    addition_correct,
+    code_pass_rate,
+    countdown_correct,
+    format_score,
+    gsm8k_correct,
+    math_correct,
+    sudoku4_cell_accuracy,
+    sudoku4_solved,
+)
+
+
+def _text(completion) -> str:
+    """A completion as text: TRL passes plain strings or chat messages [{"content": ...}]."""
+    if isinstance(completion, list):
+        return completion[-1]["content"] if completion else ""
+    return completion
+
+
+@register("sudoku4", in_process=True)
+def sudoku4(prompts, completions, puzzle, **kwargs) -> list[float]:
+    """1.0 for a valid grid that keeps every given (any valid completion counts)."""
+    return [float(sudoku4_solved(_text(c), p)) for c, p in zip(completions, puzzle)]
+
+
+@register("sudoku4_cells", in_process=True)
+def sudoku4_cells(prompts, completions, puzzle, solution, **kwargs) -> list[float]:
+    """Partial credit: the fraction of blank cells filled correctly (1.0 for any valid solution)."""
+    return [sudoku4_cell_accuracy(_text(c), p, s) for c, p, s in zip(completions, puzzle, solution)]
+
+
+@register("countdown", in_process=True)
+def countdown(prompts, completions, numbers, target, **kwargs) -> list[float]:
+    """1.0 for an equation that uses each number once and hits the target (AST whitelist, no eval)."""
+    return [float(countdown_correct(_text(c), n, t)) for c, n, t in zip(completions, numbers, target)]
+
+
+@register("addition", in_process=True)
+def addition(prompts, completions, answer, **kwargs) -> list[float]:
+    return [float(addition_correct(_text(c), a)) for c, a in zip(completions, answer)]
+
+
+@register("gsm8k", in_process=True)
+def gsm8k(prompts, completions, answer, **kwargs) -> list[float]:
+    """The final number (<answer>, \\boxed{} or the last number) equals the reference."""
+    return [float(gsm8k_correct(_text(c), a)) for c, a in zip(completions, answer)]
+
+
+@register("math")
+def math(prompts, completions, answer, **kwargs) -> list[float]:
+    """math-verify equivalence on \\boxed{} (sympy can be slow: runs in the reward pool)."""
+    return [float(math_correct(_text(c), a)) for c, a in zip(completions, answer)]
+
+
+@register("format", in_process=True)
+def answer_format(prompts, completions, **kwargs) -> list[float]:
+    """1.0 for well-formed [<think>…</think>]<answer>…</answer> with nothing after it; 0.5 with trailing text."""
+    return [format_score(_text(c)) for c in completions]
+
+
+@register("code")
+def code(prompts, completions, tests, **kwargs) -> list[float]:
+    """Pass rate of the row's tests against the completion's Python, run in the sandbox."""
+    return [code_pass_rate(_text(c), t) for c, t in zip(completions, tests)]

@@ -1,0 +1,143 @@
+"""Reward functions by name: a decorator registry plus `pkg.mod:func` / `file.py:func` references.
+
+A reward function has TRL's GRPOTrainer signature, so users bring theirs unchanged:
+
+    def my_reward(prompts, completions, completion_ids=None, **columns) -> list[float | None]
+
+Dataset columns arrive as keyword lists (one value per completion); `None` means "no
+opinion" for that sample; async functions are allowed.
+
+    @rewards.register("brevity")
+    def brevity(prompts, completions, **kwargs): ...
+
+    rewards.get("brevity") / rewards.get("my_pkg.scoring:f1") / rewards.get("scoring.py:f1")
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import cloudpickle
+
+RewardFn = Callable[..., list]
+
+_REGISTRY: dict[str, RewardFn] = {}
+_IN_PROCESS: set[str] = set()  # built-ins that are safe to call in the trainer's own process
+
+
+def register(name: str, *, in_process: bool = False) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: make `fn` available as `name` in configs (`rewards: [{name: ...}]`)."""
+
+    def decorator(fn: RewardFn) -> RewardFn:
+        if name in _REGISTRY and _where(_REGISTRY[name]) != _where(fn):  # re-importing the same code is fine
+            raise ValueError(f"reward '{name}' is already registered (by {_REGISTRY[name].__module__})")
+        _REGISTRY[name] = fn
+        if in_process:
+            _IN_PROCESS.add(name)
+        return fn
+
+    return decorator
+
+
+def _where(fn: RewardFn) -> tuple:
+    code = getattr(fn, "__code__", None)
+    return (getattr(code, "co_filename", None), getattr(fn, "__qualname__", repr(fn)))
+
+
+def names() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def runs_in_process(name_or_reference: str) -> bool:
+    """True for the built-in verifiers that are bounded by construction (no process pool needed)."""
+    _load_builtins()
+    return name_or_reference in _IN_PROCESS
+
+
+def get(name_or_reference: str) -> RewardFn:
+    """A registered name, 'package.module:function' or 'path/to/file.py:function' -> the callable."""
+    _load_builtins()
+    if name_or_reference in _REGISTRY:
+        return _REGISTRY[name_or_reference]
+    if ":" not in name_or_reference:
+        from difflib import get_close_matches
+
+        close = get_close_matches(name_or_reference, _REGISTRY, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (registered: {', '.join(sorted(_REGISTRY))})"
+        raise KeyError(f"unknown reward '{name_or_reference}'{hint}; or give 'pkg.module:function' "
+                       f"or 'file.py:function'")
+    target, _, attr = name_or_reference.rpartition(":")
+    if target.endswith(".py"):
+        module = _load_file(target)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise KeyError(f"reward '{name_or_reference}': cannot import module '{target}': {exc}") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise KeyError(f"reward '{name_or_reference}': '{target}' has no function '{attr}'")
+    return fn
+
+
+def _load_file(path: str):
+    """Import a .py file by path (once; the module is cached under a name derived from its path)."""
+    full = os.path.abspath(path)
+    if not os.path.isfile(full):
+        raise KeyError(f"reward file '{path}' not found")
+    name = "dlmrl_reward_" + "".join(c if c.isalnum() else "_" for c in full)
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, full)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception:
+            del sys.modules[name]
+            raise
+        # the reward pool's processes cannot import a module by this made-up name: ship its code
+        cloudpickle.register_pickle_by_value(module)
+    return sys.modules[name]
+
+
+def _load_builtins() -> None:
+    import rewards.builtin  # noqa: F401  (registers the built-in verifiers)
+
+
+@dataclass
+class RewardSpec:
+    """One reward function and its weight: a registered `name`, or `fn` = 'pkg.mod:func' | 'file.py:func'."""
+
+    name: str | None = None
+    fn: str | None = None
+    weight: float = 1.0
+    conversational: bool = False  # pass completions as [{"role": "assistant", "content": ...}] (TRL chat format)
+
+    def __post_init__(self) -> None:
+        if (self.name is None) == (self.fn is None):
+            raise ValueError("each reward needs exactly one of 'name' or 'fn'")
+
+    @property
+    def reference(self) -> str:
+        return self.name or self.fn
+
+    @property
+    def label(self) -> str:
+        """The name used in metrics: `rewards/<label>/mean`."""
+        return self.name or self.fn.rpartition(":")[2]
+
+
+@dataclass
+class RewardsConfig:
+    """The `rewards` config block. A plain YAML list is read as `functions`."""
+
+    functions: list[RewardSpec] = field(default_factory=list)
+    timeout_s: float = 30.0  # per call of one function on one batch
+    on_error: Literal["zero", "skip", "raise"] = "zero"  # a raising / hanging / malformed reward
+    workers: int = 2  # processes that run user reward functions (killed and restarted on a hang)

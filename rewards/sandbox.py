@@ -1,0 +1,162 @@
+"""Run untrusted Python (model-written code) in a contained subprocess.
+
+The only place in dlmrl that executes model output (DESIGN.md invariant 4). Layers:
+  - namespaces (util-linux `unshare`): a new network namespace (no network at all), a
+    mount namespace in which `/` is re-mounted read-only and `/tmp`, `/dev/shm` are
+    fresh private tmpfs (the working directory; it vanishes with the namespace), and a
+    PID namespace (the parent's processes are invisible; killing its first process
+    kills everything the code started);
+  - an unprivileged user: a fresh uid per call via `setpriv` when the caller is root (limits such
+    as the process count do not bind root); otherwise a user namespace;
+  - rlimits: CPU seconds, address space, file size (also bounds captured output, which
+    goes to files), process count, no core dumps; a wall-clock limit enforced by
+    killing the process group;
+  - an empty environment and `python -I -S` (no site-packages, no env vars).
+If a namespace cannot be created the call is refused (fail closed), never run bare.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+SANDBOX_UIDS = (200_000, 1_200_000)  # when root: a fresh unprivileged uid per call (no passwd entry needed)
+
+
+@dataclass
+class SandboxLimits:
+    cpu_s: int = 5
+    wall_s: float = 10.0
+    memory_mb: int = 512
+    file_mb: int = 16  # any file the code writes, and captured stdout/stderr
+    processes: int = 16  # processes/threads the sandbox user may hold
+    output_chars: int = 64_000  # returned stdout/stderr are cut to this
+
+
+@dataclass
+class SandboxResult:
+    returncode: int | None  # None: not run (refused)
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    refused: str | None = None  # why the sandbox would not run the code
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out and self.refused is None
+
+
+def sandbox_python() -> str:
+    """The interpreter the sandbox runs: $DLMRL_SANDBOX_PYTHON, else the system python3 (a
+    per-user install such as pyenv under /root is not readable by the sandbox user)."""
+    for candidate in (os.environ.get("DLMRL_SANDBOX_PYTHON"), "/usr/bin/python3", "/usr/local/bin/python3"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return os.path.realpath(sys.executable)
+
+
+def _tool(name: str) -> str | None:
+    return shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin")
+
+
+def _inner_script(as_root: bool, uid: int) -> str:
+    """Shell run inside the new namespaces: private mounts, then drop to the sandbox user."""
+    setup = ("mount -t tmpfs -o size={tmp_mb}m,mode=1777 tmpfs /tmp && "
+             "mount -t tmpfs -o size=1m,mode=1777 tmpfs /dev/shm && "
+             "mount -o remount,bind,ro / && cd /tmp && ")
+    if as_root:
+        drop = f"{_tool('setpriv')} --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all -- "
+    else:
+        drop = ""
+    return setup + "exec " + drop + "/usr/bin/env -i \"$@\""
+
+
+def _limits(limits: SandboxLimits, as_root: bool):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
+        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb << 20,) * 2)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_mb << 20,) * 2)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # as root the count applies to the fresh uid after setpriv; otherwise to this user, who
+        # already runs some processes — allow that many more
+        base = 0 if as_root else _processes_of(os.getuid())
+        resource.setrlimit(resource.RLIMIT_NPROC, (base + limits.processes,) * 2)
+    return apply
+
+
+def _processes_of(uid: int) -> int:
+    count = 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                count += os.stat(f"/proc/{pid}").st_uid == uid
+            except OSError:
+                pass
+    return count
+
+
+def run_python(code: str, stdin: str = "", limits: SandboxLimits | None = None) -> SandboxResult:
+    """Run `code` with the system Python inside the sandbox; never raises for what the code does."""
+    limits = limits or SandboxLimits()
+    start = time.perf_counter()
+    unshare = _tool("unshare")
+    as_root = os.geteuid() == 0
+    if unshare is None or (as_root and _tool("setpriv") is None):
+        return SandboxResult(None, "", "", refused="util-linux unshare/setpriv not found", seconds=0.0)
+    python = sandbox_python()
+    user = [] if as_root else ["--user", "--map-root-user"]
+    uid = random.randrange(*SANDBOX_UIDS)  # its own uid: the process limit is per sandbox, not shared
+    script = _inner_script(as_root, uid).format(tmp_mb=limits.file_mb * 2)
+    argv = [unshare, *user, "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
+            "--", "/bin/sh", "-c", script, "sandbox", python, "-I", "-S", "-c", code]
+    with tempfile.TemporaryDirectory(prefix="dlmrl-sandbox-") as scratch:
+        out_path, err_path = os.path.join(scratch, "stdout"), os.path.join(scratch, "stderr")
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=err,
+                                        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                                        cwd="/", start_new_session=True, preexec_fn=_limits(limits, as_root))
+            except (OSError, subprocess.SubprocessError) as exc:
+                return SandboxResult(None, "", "", refused=f"could not start the sandbox: {exc}")
+            timed_out = False
+            try:
+                proc.communicate(stdin.encode(), timeout=limits.wall_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(proc)
+            finally:
+                _kill_group(proc)  # whatever the code left running
+        stdout, stderr = _read(out_path, limits.output_chars), _read(err_path, limits.output_chars)
+    if proc.returncode not in (0, None) and _namespace_failure(stderr):
+        return SandboxResult(None, stdout, stderr, refused=f"namespaces unavailable: {stderr.strip()[:200]}",
+                             seconds=time.perf_counter() - start)
+    return SandboxResult(proc.returncode, stdout, stderr, timed_out=timed_out, seconds=time.perf_counter() - start)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _read(path: str, limit: int) -> str:
+    with open(path, "rb") as fh:
+        return fh.read(limit).decode("utf-8", errors="replace")
+
+
+def _namespace_failure(stderr: str) -> bool:
+    """unshare/mount failing before the code ran (so nothing was contained: refuse)."""
+    head = stderr[:300]
+    return (head.startswith(("unshare: unshare failed", "unshare: cannot", "mount:", "sandbox:"))
+            or "setpriv:" in head or ("/usr/bin/env:" in head and "Permission denied" in head))

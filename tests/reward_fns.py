@@ -1,0 +1,42 @@
+"""Reward functions for the reward tests, written exactly as for TRL's GRPOTrainer.
+
+A light module of its own: the reward pool's processes import it, so it imports
+nothing heavy.
+"""
+
+import asyncio
+import time
+
+import rewards
+
+
+@rewards.register("test_length_penalty")
+def length_penalty(prompts, completions, answer, **kwargs):
+    """Columns arrive as keyword lists, one value per completion."""
+    return [1.0 if c.strip() == a else -0.1 * len(c) for c, a in zip(completions, answer)]
+
+
+def raising(prompts, completions, **kwargs):
+    raise RuntimeError("boom")
+
+
+def sleeping(prompts, completions, **kwargs):
+    time.sleep(60)
+    return [1.0] * len(completions)
+
+
+def wrong_length(prompts, completions, **kwargs):
+    return [1.0]
+
+
+def not_numbers(prompts, completions, **kwargs):
+    return [1.0, "high", 0.0][: len(completions)]
+
+
+def half_opinion(prompts, completions, **kwargs):
+    return [None if i % 2 else 2.0 for i in range(len(completions))]
+
+
+async def async_reward(prompts, completions, **kwargs):
+    await asyncio.sleep(0)
+    return [float(len(c)) for c in completions]
