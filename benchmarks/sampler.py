@@ -77,9 +77,9 @@ def measure_overhead(policy, prompts: list[list[int]], decoding, batch_size: int
     shapes = []
     logits = policy.logits
 
-    def recording(attention_mask, input_ids=None, inputs_embeds=None, keep=None):
+    def recording(*, attention_mask, input_ids=None, inputs_embeds=None, keep=None):
         shapes.append((tuple(attention_mask.shape), keep))
-        return logits(attention_mask, input_ids=input_ids, inputs_embeds=inputs_embeds, keep=keep)
+        return logits(attention_mask=attention_mask, input_ids=input_ids, inputs_embeds=inputs_embeds, keep=keep)
 
     batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
     sample(policy, batches[0], decoding, seeds=list(range(len(batches[0]))))  # warm-up
@@ -93,7 +93,7 @@ def measure_overhead(policy, prompts: list[list[int]], decoding, batch_size: int
     start = time.perf_counter()
     with torch.no_grad():
         for ids, mask, keep in calls:
-            policy.logits(mask, input_ids=ids, keep=keep)
+            policy.logits(attention_mask=mask, input_ids=ids, keep=keep)
     bare_s = time.perf_counter() - start
     return {"sampler_s": round(sampler_s, 3), "bare_forwards_s": round(bare_s, 3), "forward_calls": len(shapes),
             "overhead_ratio": round(sampler_s / bare_s, 3)}

@@ -52,7 +52,7 @@ def llada_loss(policy: DiffusionPolicy, batch: SFTBatch, mask_eps: float, corrup
     input_ids = torch.cat([batch.prompt_ids, noisy], 1)
     attention = torch.cat([batch.prompt_mask, torch.ones_like(noisy)], 1)
     device = next(policy.model.parameters()).device
-    logits = policy.logits(input_ids.to(device), attention.to(device))[:, -length:].float()
+    logits = policy.logits(attention_mask=attention.to(device), input_ids=input_ids.to(device), keep=length).float()
     ce = F.cross_entropy(logits.transpose(1, 2), answers.to(device), reduction="none")
     masked, t = masked.to(device), t.to(device)
     loss = ((ce * masked / t).sum(1) / length).mean()

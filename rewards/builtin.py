@@ -6,6 +6,9 @@ in `rewards.verifiers` — the same checkers evaluation uses, so reward and accu
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 from rewards.registry import register
 from rewards.verifiers import (
     addition_correct,
@@ -69,5 +72,7 @@ def answer_format(prompts, completions, **kwargs) -> list[float]:
 
 @register("code")
 def code(prompts, completions, tests, **kwargs) -> list[float]:
-    """Pass rate of the row's tests against the completion's Python, run in the sandbox."""
-    return [code_pass_rate(_text(c), t) for c, t in zip(completions, tests)]
+    """Pass rate of the row's tests against the completion's Python, run in the sandbox
+    (one sandboxed process per completion, as many at once as there are cores)."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(lambda pair: code_pass_rate(_text(pair[0]), pair[1]), zip(completions, tests)))

@@ -79,7 +79,7 @@ class DiffusionPolicy:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def logits(self, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
+    def logits(self, *, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
                inputs_embeds: torch.Tensor | None = None, keep: int | None = None) -> torch.Tensor:
         """Raw logits (B, keep or N, V) for a canvas given as ids or as input embeddings."""
         kwargs = {"attention_mask": attention_mask}
@@ -120,7 +120,7 @@ class DiffusionPolicy:
         canvas = torch.cat([prompt_ids, answer], 1)
         attention = torch.cat([prompt_mask, torch.ones_like(answer)], 1)
         keep = answer.shape[1]
-        logp = self.answer_log_probs(self.logits(attention, input_ids=canvas, keep=keep), temperature)
+        logp = self.answer_log_probs(self.logits(attention_mask=attention, input_ids=canvas, keep=keep), temperature)
         if latent_steps == 0:
             return logp
         table = self.model.get_input_embeddings()
@@ -132,5 +132,5 @@ class DiffusionPolicy:
             beliefs = torch.cat([token_embeds[:, :-keep], beliefs], 1)
             mixed = (1 - latent_mix) * mask_embed + latent_mix * beliefs
             embeds = torch.where(masked.unsqueeze(-1), mixed, token_embeds)
-            logp = self.answer_log_probs(self.logits(attention, inputs_embeds=embeds, keep=keep), temperature)
+            logp = self.answer_log_probs(self.logits(attention_mask=attention, inputs_embeds=embeds, keep=keep), temperature)
         return logp

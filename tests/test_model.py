@@ -1,5 +1,6 @@
 """The tiny DLM: a stock bidirectional Llama and a char tokenizer, both round-tripping through disk."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -57,3 +58,22 @@ def test_load_model_by_path(tmp_path, tiny_model, tiny_tokenizer):
     model, tok = load_model(ModelConfig(path=str(tmp_path), tiny=TinyModelConfig()))
     assert model.config.hidden_size == tiny_model.config.hidden_size
     assert tok.mask_token_id == tiny_tokenizer.mask_token_id
+
+
+def test_policy_logits_are_the_models_at_the_answer_positions(tiny_model, tiny_tokenizer):
+    """The canvas -> logits adapter: left padding hidden, positions counted from the first real token."""
+    from rollouts import DiffusionPolicy, TokenIds
+    from rollouts.sampler import left_pad
+
+    policy = DiffusionPolicy(tiny_model, TokenIds.from_tokenizer(tiny_tokenizer))
+    prompts = [tiny_tokenizer("abc")["input_ids"], tiny_tokenizer("a longer prompt")["input_ids"]]
+    ids, mask = left_pad(prompts, policy.ids.pad)
+    answer = torch.full((2, 5), policy.ids.mask)
+    canvas, attention = torch.cat([ids, answer], 1), torch.cat([mask, torch.ones_like(answer)], 1)
+    with torch.no_grad():
+        got = policy.logits(attention_mask=attention, input_ids=canvas, keep=5)
+        alone = tiny_model(input_ids=torch.cat([torch.tensor(prompts[0]), answer[0]])[None]).logits[0, -5:]
+    assert got.shape == (2, 5, tiny_model.config.vocab_size)
+    assert torch.allclose(got[0], alone, atol=1e-5)  # padded row == the same prompt alone
+    with pytest.raises(TypeError):
+        policy.logits(attention, canvas)  # keyword-only: ids and mask cannot be swapped silently
