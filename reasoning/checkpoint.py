@@ -27,8 +27,10 @@ def checkpoint_name(step: int) -> str:
 
 
 def save_checkpoint(run_dir: str, step: int, model: torch.nn.Module, tokenizer, state: dict,
-                    zero3: bool = False) -> str:
-    """Write checkpoints/step_NNNNNN atomically; returns its path."""
+                    zero3: bool = False, extra=None) -> str:
+    """Write checkpoints/step_NNNNNN atomically; returns its path.
+
+    `extra(tmp_dir)` may add more (optimizer state, RNG) before trainer_state.json marks it complete."""
     root = os.path.join(run_dir, "checkpoints")
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, checkpoint_name(step))
@@ -40,6 +42,8 @@ def save_checkpoint(run_dir: str, step: int, model: torch.nn.Module, tokenizer, 
         else:
             model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if extra is not None:
+        extra(tmp)
     with open(os.path.join(tmp, STATE_FILE), "w") as fh:
         json.dump({"step": step, **state}, fh, indent=2)
     if os.path.exists(final):
@@ -66,6 +70,26 @@ def is_peft(model: torch.nn.Module) -> bool:
 
 def is_checkpoint(path: str) -> bool:
     return os.path.isfile(os.path.join(path, STATE_FILE))
+
+
+def complete_checkpoints(run_dir: str) -> list[str]:
+    """Complete checkpoints of a run, oldest first. Temp dirs and directories without
+    trainer_state.json (a write that was killed) are ignored."""
+    root = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(root):
+        return []
+    names = sorted(n for n in os.listdir(root) if n.startswith("step_") and is_checkpoint(os.path.join(root, n)))
+    return [os.path.join(root, n) for n in names]
+
+
+def prune_checkpoints(run_dir: str, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints, and stale temp dirs."""
+    root = os.path.join(run_dir, "checkpoints")
+    for path in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        if name.startswith(".tmp-") and not name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 def load_checkpoint(path: str, dtype: torch.dtype = torch.float32):

@@ -25,6 +25,16 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from reasoning.config import load_config
+    from reasoning.rl import run_rl
+
+    cfg = load_config(args.config, args.overrides)
+    result = run_rl(cfg)
+    print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlmrl", description="RL and reasoning fine-tuning for diffusion LMs")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -32,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("config", help="YAML run config")
     sft.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     sft.set_defaults(func=cmd_sft)
+    train = verbs.add_parser("train", help="RL over denoising trajectories")
+    train.add_argument("config", help="YAML run config")
+    train.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    train.set_defaults(func=cmd_train)
     return parser
 
 

@@ -54,16 +54,38 @@ class SFTConfig:
 
 @dataclass
 class TrainerConfig:
-    """RL trainer settings (used by `dlmrl train`)."""
+    """RL trainer settings (`dlmrl train`); see reasoning/rl.py for the algorithm."""
 
     objective: Literal["trajectory", "mean_field", "coupled"] = "trajectory"
     steps: int = 100
     lr: float = 1e-4
-    prompts_per_step: int = 16
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    prompts_per_step: int = 16  # P; each gets rollout.group_size samples
+    inner_steps: int = 1  # μ: optimizer steps per batch of rollouts (PPO epochs)
+    micro_batch_size: int = 32  # samples per forward/backward (bounds memory; gradients accumulate)
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    kl_coef: float = 0.0  # β of k3 KL to the reference (= the model with its LoRA adapter disabled)
+    normalize_std: bool = True  # divide group-relative advantages by the group's reward std
+    leave_one_out: bool = False  # baseline = mean of the other G-1 rewards
+    merge_steps: int = 1  # trajectory objective: score s consecutive steps from one replayed state
+    prompt_mask_prob: float = 0.15  # mean_field objective: d1's prompt masking
     deepspeed: str = "zero0"
     grad_clip: float = 1.0
+    eval_every: int = 0  # 0 = only at the start and the end
+    log_every: int = 1
     checkpoint_every: int = 50
-    resume: str = "none"  # none | auto | PATH
+    keep_checkpoints: int = 3  # the newest N complete checkpoints are kept
+    save_rollouts: bool = False  # write each step's trajectories to rollouts/step_NNNNNN.jsonl
+    resume: str = "none"  # none | auto (newest complete checkpoint of this run) | PATH to a checkpoint
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "prompts_per_step", "inner_steps", "micro_batch_size", "merge_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'trainer.{key}': expected >= 1, got {getattr(self, key)}")
+        if not 0 <= self.prompt_mask_prob < 1:
+            raise ConfigError(f"config key 'trainer.prompt_mask_prob': expected in [0, 1), got {self.prompt_mask_prob}")
 
 
 @dataclass
@@ -176,6 +198,9 @@ def check_files(cfg: Config) -> None:
             raise ConfigError(f"config key 'rewards.functions[{i}]': {exc.args[0]}") from None
     deepspeed_config_path(cfg.sft.deepspeed, "sft.deepspeed")
     deepspeed_config_path(cfg.trainer.deepspeed, "trainer.deepspeed")
+    if cfg.trainer.resume not in ("none", "auto") and not os.path.isdir(cfg.trainer.resume):
+        raise ConfigError(f"config key 'trainer.resume': checkpoint directory '{cfg.trainer.resume}' does not exist "
+                          f"(expected none, auto or a checkpoint path)")
     cfg.eval_decoding()
 
 

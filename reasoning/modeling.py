@@ -103,15 +103,28 @@ def load_model(cfg: ModelConfig):
     return load_pretrained(cfg.path, dtype), AutoTokenizer.from_pretrained(cfg.path)
 
 
+def peft_lora_config(cfg: LoraConfig):
+    """Our `model.lora` block as a peft LoraConfig (shared by trainer and rollout workers)."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                          target_modules=list(cfg.target_modules), bias="none")
+
+
 def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
     """Wrap with a peft LoRA adapter when enabled (only adapter weights then train)."""
     if not cfg.enabled:
         return model
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                              target_modules=list(cfg.target_modules), bias="none")
-    return get_peft_model(model, peft_cfg)
+    try:
+        return get_peft_model(model, peft_lora_config(cfg))
+    except ValueError as exc:
+        if "target" not in str(exc).lower():
+            raise
+        names = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n and not n[-1].isdigit()})
+        raise ConfigError(f"config key 'model.lora.target_modules': {list(cfg.target_modules)} match no module "
+                          f"of the model (its module names include: {', '.join(names[:12])})") from None
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -32,6 +32,7 @@ class Replayed:
     token_logp: list[torch.Tensor]  # [i]: (commits of trajectory i,)
     selection_logp: list[torch.Tensor]  # [i]: (steps of trajectory i,) zeros when selection is deterministic
     forward_passes: int  # batched forwards spent (each = 1 + latent_steps model calls)
+    token_entropy: list[torch.Tensor] | None = None  # [i]: entropy (nats, detached) at each commit
 
     def step_logp(self, trajectories: list[Trajectory]) -> list[torch.Tensor]:
         """Per trajectory, per step: log-prob of the whole step (its tokens + its selection)."""
@@ -61,6 +62,7 @@ def replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: Decodin
     items = [_Item(i, t, range(t, min(t + merge_steps, traj.num_steps)))
              for i, traj in enumerate(trajectories) for t in range(0, traj.num_steps, merge_steps)]
     token_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
+    entropy_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
     selection_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
     forwards = 0
     for lo in range(0, len(items), micro_batch):
@@ -77,16 +79,18 @@ def replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: Decodin
             positions = torch.as_tensor(traj.event_position[commit], dtype=torch.long, device=device)
             tokens = torch.as_tensor(traj.event_token[commit], dtype=torch.long, device=device)
             token_parts[item.trajectory].append(logp[row, positions, tokens])
+            at = logp[row, positions].detach()
+            entropy_parts[item.trajectory].append(-(at.exp() * at).sum(-1))
             if scores is None:
                 selection_parts[item.trajectory].append(logp.new_zeros(len(item.steps)))
             else:
                 selection_parts[item.trajectory].append(
                     _selection_logp(traj, states[item.trajectory], item.steps, scores[row], device))
-    return Replayed(
-        token_logp=[torch.cat(parts) if parts else torch.zeros(0, device=device) for parts in token_parts],
-        selection_logp=[torch.cat(parts) if parts else torch.zeros(0, device=device) for parts in selection_parts],
-        forward_passes=forwards,
-    )
+    def cat(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts) if parts else torch.zeros(0, device=device)
+
+    return Replayed(token_logp=[cat(p) for p in token_parts], selection_logp=[cat(p) for p in selection_parts],
+                    forward_passes=forwards, token_entropy=[cat(p) for p in entropy_parts])
 
 
 def _selection_logp(traj: Trajectory, states: np.ndarray, steps: range, scores: torch.Tensor,

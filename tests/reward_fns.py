@@ -40,3 +40,8 @@ def half_opinion(prompts, completions, **kwargs):
 async def async_reward(prompts, completions, **kwargs):
     await asyncio.sleep(0)
     return [float(len(c)) for c in completions]
+
+
+def digit_fraction(prompts, completions, **kwargs):
+    """A dense reward (varies between samples even for a random model), for RL tests."""
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]

@@ -1,0 +1,156 @@
+"""The RL trainer end to end on CPU: objectives, KL reference, ZeRO presets, faults and exact resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reasoning.config import load_config
+from reasoning.rl import run_rl
+from reasoning.schema import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "model.tiny={hidden_size: 32, num_layers: 2, num_heads: 2, intermediate_size: 64, max_positions: 64}",
+    "model.lora.enabled=true", "model.lora.r=4",
+    "data.task=sudoku4", "data.train_size=64", "data.test_size=8", "eval.n=8",
+    "rollout.gen_length=20", "rollout.steps=10", "rollout.temperature=1.0", "rollout.group_size=4",
+    "rewards=[{fn: 'reward_fns:digit_fraction'}]",
+    "trainer.prompts_per_step=2", "trainer.micro_batch_size=4", "trainer.lr=0.01", "trainer.steps=2",
+    "trainer.checkpoint_every=0", "logging.progress=false", "logging.tensorboard=false",
+]
+
+
+def config(tmp_path, *overrides):
+    return load_config(None, [f"output_dir={tmp_path}", "name=rl", *TINY, *overrides])
+
+
+def metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
+        return [json.loads(line) for line in fh]
+
+
+def train_steps(run_dir):
+    return [m for m in metrics(run_dir) if "reward" in m]
+
+
+def adapter(run_dir, step):
+    path = os.path.join(run_dir, "checkpoints", f"step_{step:06d}", "adapter", "adapter_model.safetensors")
+    return load_file(path)
+
+
+@pytest.mark.parametrize("objective", ["trajectory", "mean_field", "coupled"])
+def test_two_rl_steps_update_the_adapter_with_ratio_one_at_first(tmp_path, objective):
+    cfg = config(tmp_path, f"trainer.objective={objective}", "trainer.inner_steps=2")
+    result = run_rl(cfg)
+    steps = train_steps(cfg.run_dir)
+    assert [m["step"] for m in steps] == [1, 2] and result["policy_version"] == 2
+    for m in steps:
+        assert m["ratio/first_inner_max_dev"] < 1e-4  # old log-probs are the sampling policy's
+        assert m["train/samples"] > 0 and m["skipped_steps"] == 0
+        assert {"reward", "reward_std", "rewards/digit_fraction/mean", "entropy", "clip_ratio/region_mean",
+                "diffusion/steps", "diffusion/tokens_per_step", "timing_s/rollout", "timing_s/update",
+                "timing_s/weight_sync", "perf/tokens_per_s", "completions/mean_length", "grad_norm"} <= set(m)
+    weights = adapter(cfg.run_dir, 2)
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at 0: the update moved it
+    assert any(m.get("eval/sudoku4/acc") is not None for m in metrics(cfg.run_dir))
+
+
+def test_kl_to_the_adapter_disabled_reference_is_zero_before_the_first_update(tmp_path):
+    cfg = config(tmp_path, "trainer.kl_coef=0.1", "trainer.steps=2")
+    run_rl(cfg)
+    first, second = train_steps(cfg.run_dir)
+    assert abs(first["kl"]) < 1e-6  # LoRA B = 0: adapter disabled == enabled
+    assert second["kl"] > 0
+
+
+def test_zero2_single_process_on_cpu(tmp_path):
+    cfg = config(tmp_path, "trainer.deepspeed=zero2", "trainer.checkpoint_every=1", "trainer.steps=2")
+    run_rl(cfg)
+    assert len(train_steps(cfg.run_dir)) == 2
+    assert os.path.isdir(os.path.join(cfg.run_dir, "checkpoints", "step_000001", "ds"))
+
+
+def test_rollouts_on_ray_workers(tmp_path):
+    pytest.importorskip("ray")
+    cfg = config(tmp_path, "ray.enabled=true", "ray.num_workers=2", "trainer.steps=1", "trainer.save_rollouts=true")
+    run_rl(cfg)
+    (step,) = train_steps(cfg.run_dir)
+    assert step["policy_version"] == 1
+    from rollouts import load_jsonl
+
+    saved = load_jsonl(os.path.join(cfg.run_dir, "rollouts", "step_000001.jsonl"))
+    assert len(saved) == 8 and {t.policy_version for t in saved} == {0}
+
+
+def test_non_finite_loss_skips_the_step(tmp_path, monkeypatch):
+    from reasoning import objectives
+
+    original = objectives.Objective.loss
+
+    def poisoned(self, *args, **kwargs):
+        loss, stats = original(self, *args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(objectives.Objective, "loss", poisoned)
+    cfg = config(tmp_path, "trainer.steps=1")
+    run_rl(cfg)
+    (step,) = train_steps(cfg.run_dir)
+    assert step["skipped_steps"] == 1 and step["policy_version"] == 0
+    assert all(v.abs().sum() == 0 for k, v in adapter(cfg.run_dir, 1).items() if "lora_B" in k)  # untouched
+
+
+def test_bad_trainer_settings_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.objective"):
+        config(tmp_path, "trainer.objective=grpo")
+    with pytest.raises(ConfigError, match="trainer.deepspeed.*zero4"):
+        config(tmp_path, "trainer.deepspeed=zero4")
+    with pytest.raises(ConfigError, match="trainer.resume.*does not exist"):
+        config(tmp_path, "trainer.resume=/no/such/checkpoint")
+    with pytest.raises(ConfigError, match="model.lora.target_modules"):
+        run_rl(config(tmp_path, "model.lora.target_modules=[attn_q]"))
+
+
+def cli(tmp_path, name, *overrides):
+    """`dlmrl train` in a subprocess of its own (so it can be SIGKILLed)."""
+    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # set by in-process tests
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
+    config_file = tmp_path / "rl.yaml"
+    config_file.write_text("seed: 3\n")
+    args = [sys.executable, "-m", "reasoning.cli", "train", str(config_file), *TINY, f"output_dir={tmp_path}",
+            f"name={name}", "trainer.steps=6", "trainer.checkpoint_every=2", *overrides]
+    return subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_and_resume_repeats_an_uninterrupted_run(tmp_path):
+    reference = cli(tmp_path, "straight")
+    victim = cli(tmp_path, "killed")
+    ckpt = tmp_path / "killed" / "checkpoints"
+    deadline = time.monotonic() + 240
+    while not (ckpt / "step_000002" / "trainer_state.json").exists():
+        assert victim.poll() is None and time.monotonic() < deadline, victim.stderr.read()[-2000:]
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)  # mid-step (or mid-checkpoint): whatever was in flight is lost
+    victim.wait()
+    # a directory that looks like a checkpoint but was never completed must be ignored
+    (ckpt / "step_000005").mkdir()
+    (ckpt / "step_000005" / "adapter").mkdir()
+    resumed = cli(tmp_path, "killed", "trainer.resume=auto")
+    assert resumed.wait(timeout=240) == 0, resumed.stderr.read()[-2000:]
+    assert reference.wait(timeout=240) == 0, reference.stderr.read()[-2000:]
+    a, b = train_steps(tmp_path / "straight"), train_steps(tmp_path / "killed")
+    assert [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]  # nothing lost, nothing logged twice
+    for x, y in zip(a, b):
+        for key in ("reward", "data/cursor", "data/epoch", "policy_version", "loss"):
+            assert x[key] == pytest.approx(y[key], abs=1e-6), (x["step"], key)
+    final_a, final_b = adapter(tmp_path / "straight", 6), adapter(tmp_path / "killed", 6)
+    for key in final_a:
+        assert torch.allclose(final_a[key], final_b[key], atol=1e-6)
