@@ -74,6 +74,8 @@ class TrainerConfig:
     deepspeed: str = "zero0"
     grad_clip: float = 1.0
     eval_every: int = 0  # 0 = only at the start and the end
+    eval_every_s: float = 0.0  # also evaluate each time this much training time (eval excluded) has passed
+    max_seconds: float = 0.0  # stop after this much training time (0 = run all `steps`)
     log_every: int = 1
     checkpoint_every: int = 50
     keep_checkpoints: int = 3  # the newest N complete checkpoints are kept

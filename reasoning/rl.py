@@ -202,9 +202,12 @@ def run_rl(cfg: Config) -> dict:
     # --- the RL loop ---------------------------------------------------------------------------
     eval_metrics = run_eval(start_step) if start_step == 0 else {}
     metrics: dict = {}
+    trained_s, next_eval_s = 0.0, tr.eval_every_s  # training wall time, eval excluded
+    final_step = tr.steps
     bar = tqdm(range(start_step + 1, tr.steps + 1), desc=f"rl {task.name}", disable=not cfg.logging.progress)
     try:
         for step in bar:
+            step_start = time.perf_counter()
             timing = {}
             # rollout
             t0 = time.perf_counter()
@@ -246,20 +249,29 @@ def run_rl(cfg: Config) -> dict:
                 os.makedirs(os.path.join(run_dir, "rollouts"), exist_ok=True)
                 save_jsonl(trajectories, os.path.join(run_dir, "rollouts", f"step_{step:06d}.jsonl"))
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", kept=len(kept))
-            if tr.eval_every and step % tr.eval_every == 0 and step != tr.steps:
+            trained_s += time.perf_counter() - step_start
+            if tr.max_seconds and trained_s >= tr.max_seconds:
+                final_step = step
+                break
+            timed_eval = tr.eval_every_s and trained_s >= next_eval_s
+            if (tr.eval_every and step % tr.eval_every == 0 and step != tr.steps) or timed_eval:
                 eval_metrics = run_eval(step)
+                logger.log(step, {"timing_s/trained": trained_s})
+                while tr.eval_every_s and next_eval_s <= trained_s:
+                    next_eval_s += tr.eval_every_s
             if tr.checkpoint_every and step % tr.checkpoint_every == 0 and step != tr.steps:
                 checkpoint(step, eval_metrics)
         bar.close()
-        final_step = tr.steps
-        if start_step < tr.steps:
+        if start_step < final_step:
             eval_metrics = run_eval(final_step)
+            logger.log(final_step, {"timing_s/trained": trained_s})
             checkpoint(final_step, eval_metrics)
     finally:
         rewarder.close()
         group.shutdown()
         logger.close()
-    return {"task": task.name, "steps": tr.steps, "policy_version": version, **eval_metrics}
+    return {"task": task.name, "steps": final_step, "policy_version": version, "trained_s": trained_s,
+            **eval_metrics}
 
 
 def _zero_loss(model: torch.nn.Module) -> torch.Tensor:
