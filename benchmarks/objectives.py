@@ -3,7 +3,7 @@
     python benchmarks/objectives.py [--budget 300] [--tasks sudoku4 countdown]
 
 1. Learning efficiency. From the same SFT checkpoint — sudoku4 deliberately under-trained
-   (`--sudoku-sft-steps`, default 200), countdown the shipped SFT run — `trajectory` and
+   (`--sudoku-sft-steps`, default 250, constant lr), countdown the shipped SFT run — `trajectory` and
    `mean_field` train side by side (one process and one core each, configs/<task>_tiny_rl.yaml)
    for `--budget` seconds of training time; held-out greedy accuracy (512 problems) is
    measured at budget/3, 2·budget/3 and budget (eval time not counted).
@@ -35,8 +35,8 @@ def sft_checkpoint(task: str, steps: int | None) -> str:
     found = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "step_*")))
     if not found:
         overrides = [f"output_dir={os.path.dirname(run_dir)}", f"name={name}", "logging.progress=false", "threads=2"]
-        if steps:
-            overrides += [f"sft.steps={steps}", f"sft.eval_every={steps}"]
+        if steps:  # stop early at a constant learning rate: a usable but clearly unfinished model
+            overrides += [f"sft.steps={steps}", f"sft.eval_every={steps}", "sft.lr_schedule=constant"]
         print(f"training {name} ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "reasoning.cli", "sft",
                         os.path.join(ROOT, "configs", f"{task}_tiny_sft.yaml"), *overrides], check=True, cwd=ROOT,
@@ -89,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=float, default=300.0, help="training seconds per objective")
     parser.add_argument("--tasks", nargs="+", default=["sudoku4", "countdown"])
-    parser.add_argument("--sudoku-sft-steps", type=int, default=200)
+    parser.add_argument("--sudoku-sft-steps", type=int, default=250)
     parser.add_argument("--cost-steps", type=int, default=6)
     args = parser.parse_args()
     os.makedirs(OUT, exist_ok=True)

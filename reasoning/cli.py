@@ -35,6 +35,68 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint (or a config's model) on held-out problems with the task's own scorer."""
+    import dataclasses
+
+    import torch
+
+    from reasoning.checkpoint import is_checkpoint, load_checkpoint
+    from reasoning.config import load_config
+    from reasoning.evaluate import evaluate
+    from reasoning.modeling import load_model
+    from reasoning.tasks import get_task
+    from rollouts import DiffusionPolicy, TokenIds
+
+    target = args.target
+    if os.path.isdir(target):
+        if not is_checkpoint(target):
+            raise ConfigError(f"'{target}' is not a dlmrl checkpoint directory (no trainer_state.json)")
+        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(target)))
+        run_config = os.path.join(run_dir, "config.yaml")
+        cfg = load_config(run_config if os.path.isfile(run_config) else None, args.overrides)
+        model, tokenizer, _ = load_checkpoint(target, getattr(torch, cfg.model.dtype))
+        out_dir = args.output or os.path.join(run_dir, "eval", os.path.basename(os.path.normpath(target)))
+    elif os.path.isfile(target):
+        cfg = load_config(target, args.overrides)
+        model, tokenizer = load_model(cfg.model)
+        out_dir = args.output or os.path.join(cfg.run_dir, "eval", "model")
+    else:
+        raise ConfigError(f"'{target}' is neither a checkpoint directory nor a config file")
+    data = cfg.data
+    if args.task:
+        data = dataclasses.replace(data, task=args.task)
+    if args.data:
+        task_args = {"path": args.data, "answer_field": args.answer_field}
+        if args.prompt_field:
+            task_args["prompt_field"] = args.prompt_field
+        data = dataclasses.replace(data, task=args.task or "gsm8k", task_args=task_args)
+    torch.set_num_threads(cfg.threads)
+    task = get_task(data.task)
+    test = task.build(dataclasses.replace(data, train_size=0))["test"]
+    decoding = cfg.eval_decoding()
+    if args.samples > 1 and decoding.temperature == 0:
+        print("note: --samples > 1 with temperature 0 decodes identical answers; "
+              "set eval.decoding.temperature=...", file=sys.stderr)
+    policy = DiffusionPolicy(model.eval(), TokenIds.from_tokenizer(tokenizer), cfg.model.shift_logits)
+    result = evaluate(policy, tokenizer, task, test, decoding, n=args.n or cfg.eval.n,
+                      batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=True, samples=args.samples)
+    summary = {"task": task.name, "n": result.n, "accuracy": result.accuracy,
+               **{f"pass@{k}": v for k, v in result.pass_at_k.items()},
+               "mean_steps": result.mean_steps, "tokens_per_s": result.tokens_per_s, "samples": args.samples,
+               "decoding": dataclasses.asdict(decoding), "checkpoint": os.path.abspath(target), **result.metrics}
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "eval.json"), "w") as fh:
+        json.dump(summary, fh, indent=2)
+    with open(os.path.join(out_dir, "eval.jsonl"), "w") as fh:
+        for record in result.records:
+            fh.write(json.dumps(record) + "\n")
+    print(f"{task.name}: accuracy {result.accuracy:.4f} on {result.n} problems "
+          f"({result.mean_steps:.1f} forwards per answer); wrote {out_dir}/eval.json", file=sys.stderr)
+    print(json.dumps(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlmrl", description="RL and reasoning fine-tuning for diffusion LMs")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -46,12 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML run config")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     train.set_defaults(func=cmd_train)
+    ev = verbs.add_parser("eval", help="evaluate a checkpoint on held-out problems")
+    ev.add_argument("target", help="a checkpoint directory (runs/NAME/checkpoints/step_N) or a YAML config")
+    ev.add_argument("overrides", nargs="*", help="key.sub=value overrides (e.g. eval.decoding.steps=10)")
+    ev.add_argument("--task", help="task name (default: the run's)")
+    ev.add_argument("--data", help="a JSONL/parquet file of problems (file-backed task, default gsm8k)")
+    ev.add_argument("--prompt-field", help="field holding the problem text (default: question, or problem for math500)")
+    ev.add_argument("--answer-field", default="answer", help="field holding the reference answer")
+    ev.add_argument("--samples", type=int, default=1, help="answers per problem (pass@k)")
+    ev.add_argument("--n", type=int, help="problems to evaluate (default: eval.n)")
+    ev.add_argument("--output", help="directory for eval.json / eval.jsonl")
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # key.sub=value overrides may come anywhere, also after --options
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = build_parser().parse_args([a for a in argv if a not in overrides])
+    args.overrides = overrides
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -20,11 +21,13 @@ class EvalResult:
     accuracy: float
     mean_steps: float  # forward passes per answer
     tokens_per_s: float
+    pass_at_k: dict[int, float] = field(default_factory=dict)  # with samples > 1: any of k samples correct
     metrics: dict[str, float] = field(default_factory=dict)  # task extras, e.g. cell_accuracy
     records: list[dict] = field(default_factory=list)  # one per example
 
     def summary(self, prefix: str) -> dict[str, float]:
         out = {f"{prefix}/acc": self.accuracy, f"{prefix}/mean_steps": self.mean_steps}
+        out.update({f"{prefix}/pass@{k}": v for k, v in self.pass_at_k.items()})
         out.update({f"{prefix}/{k}": v for k, v in self.metrics.items()})
         return out
 
@@ -34,20 +37,31 @@ def answer_length(answer: torch.Tensor, eos_id: int) -> int:
     return int((answer != eos_id).cumprod(0).sum()) + int((answer == eos_id).any())
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
 def evaluate(policy: DiffusionPolicy, tokenizer, task, dataset: Dataset, decoding: DecodingConfig,
-             n: int, batch_size: int, seed: int = 0, progress: bool = False) -> EvalResult:
-    """Greedy or sampled decoding of the first `n` examples; accuracy = mean task score."""
+             n: int, batch_size: int, seed: int = 0, progress: bool = False, samples: int = 1) -> EvalResult:
+    """Decode the first `n` examples (`samples` answers each); accuracy = mean task score
+    over all answers, pass@k over each example's samples. Sample k of example i always uses
+    the seed `sample_seed(seed, i, k)`, so results do not depend on the batch size."""
     was_training = policy.model.training
     policy.model.eval()
     examples = dataset.select(range(min(n, len(dataset))))
+    jobs = [(i, k) for i in range(len(examples)) for k in range(samples)]
     records, extras = [], {}
     passes, tokens, start = 0, 0, time.perf_counter()
-    bar = tqdm(total=len(examples), desc=f"eval {task.name}", disable=not progress, leave=False)
-    for lo in range(0, len(examples), batch_size):
-        rows = examples.select(range(lo, min(lo + batch_size, len(examples))))
-        prompts = [encode_prompt(tokenizer, p) for p in rows["prompt"]]
-        seeds = [sample_seed(seed, lo + i, 0) for i in range(len(rows))]
-        for row, traj in zip(rows, sample(policy, prompts, decoding, seeds)):
+    bar = tqdm(total=len(jobs), desc=f"eval {task.name}", disable=not progress, leave=False)
+    for lo in range(0, len(jobs), batch_size):
+        chunk = jobs[lo:lo + batch_size]
+        rows = [examples[i] for i, _ in chunk]
+        prompts = [encode_prompt(tokenizer, row["prompt"]) for row in rows]
+        seeds = [sample_seed(seed, i, k) for i, k in chunk]
+        for (index, k), row, traj in zip(chunk, rows, sample(policy, prompts, decoding, seeds)):
             answer = torch.as_tensor(traj.final_tokens)
             passes += traj.forward_passes
             completion = decode_completion(tokenizer, answer)
@@ -55,14 +69,21 @@ def evaluate(policy: DiffusionPolicy, tokenizer, task, dataset: Dataset, decodin
             for key, value in task.metrics(completion, row).items():
                 extras[key] = extras.get(key, 0.0) + value
             tokens += answer_length(answer, tokenizer.eos_token_id)
-            records.append({"prompt": row["prompt"], "completion": completion, "reward": reward,
-                            "correct": reward >= 1.0, "steps": traj.forward_passes})
+            records.append({"index": index, "sample": k, "prompt": row["prompt"], "completion": completion,
+                            "reward": reward, "correct": reward >= 1.0, "steps": traj.forward_passes})
         bar.update(len(rows))
     bar.close()
     policy.model.train(was_training)
     count = max(len(records), 1)
+    passes_at = {}
+    if samples > 1:
+        correct = [0] * len(examples)
+        for r in records:
+            correct[r["index"]] += r["correct"]
+        for k in sorted({1, samples}):
+            passes_at[k] = sum(pass_at_k(samples, c, k) for c in correct) / max(len(examples), 1)
     return EvalResult(
-        task=task.name, n=len(records), accuracy=sum(r["correct"] for r in records) / count,
+        task=task.name, n=len(examples), accuracy=sum(r["correct"] for r in records) / count,
         mean_steps=passes / count, tokens_per_s=tokens / max(time.perf_counter() - start, 1e-9),
-        metrics={k: v / count for k, v in extras.items()}, records=records,
+        pass_at_k=passes_at, metrics={k: v / count for k, v in extras.items()}, records=records,
     )

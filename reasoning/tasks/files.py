@@ -1,0 +1,82 @@
+"""File-backed tasks: GSM8K- and MATH-style problems from a local JSONL/parquet file.
+
+    data: {task: gsm8k, task_args: {path: data/gsm8k_test.jsonl, prompt_field: question, answer_field: answer}}
+
+Read through `datasets` (a hub name also works where the hub is reachable). The first
+`test_size` rows are the test split, the rest the train split (all rows when the file
+is smaller). Scored by the registered `gsm8k` / `math` rewards.
+"""
+
+from __future__ import annotations
+
+import os
+
+from datasets import Dataset, DatasetDict, load_dataset
+
+from reasoning.schema import ConfigError
+from reasoning.tasks.base import ANSWER_FORMAT, DataConfig, Task
+
+INSTRUCTION = "\nGive the final answer inside <answer></answer>."
+
+
+def load_rows(path: str, prompt_field: str, answer_field: str, key: str = "data.task_args.path") -> Dataset:
+    """A JSONL / JSON / parquet / CSV file (or hub dataset name) -> Dataset(prompt, answer, ...)."""
+    if os.path.exists(path):
+        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(
+            os.path.splitext(path)[1].lower())
+        if kind is None:
+            raise ConfigError(f"config key '{key}': '{path}' is not a .jsonl, .json, .parquet or .csv file")
+        if os.path.getsize(path) == 0:
+            raise ConfigError(f"config key '{key}': data file '{path}' is empty")
+        rows = load_dataset(kind, data_files=path, split="train")
+    elif os.sep in path or path.endswith((".jsonl", ".json", ".parquet", ".csv")):
+        raise ConfigError(f"config key '{key}': data file '{path}' not found")
+    else:
+        rows = load_dataset(path, split="test")
+    if len(rows) == 0:
+        raise ConfigError(f"config key '{key}': data file '{path}' has no rows")
+    for field, name in ((prompt_field, "prompt_field"), (answer_field, "answer_field")):
+        if field not in rows.column_names:
+            raise ConfigError(f"data file '{path}' has no field '{field}' (data.task_args.{name}); "
+                              f"its fields are {rows.column_names}")
+    rows = rows.map(lambda r: {"prompt": str(r[prompt_field]) + INSTRUCTION, "answer": str(r[answer_field])},
+                    remove_columns=[c for c in rows.column_names if c in ("prompt", "answer")])
+    return rows
+
+
+class FileTask(Task):
+    """Problems and reference answers from a file; the reward names the checker."""
+
+    columns = ("prompt", "answer")
+    default_prompt_field = "question"
+
+    def build(self, cfg: DataConfig) -> DatasetDict:
+        args = dict(cfg.task_args)
+        if "path" not in args:
+            raise ConfigError(f"config key 'data.task_args.path': task '{self.name}' reads its problems from a "
+                              f"file; give a .jsonl or .parquet path")
+        unknown = set(args) - {"path", "prompt_field", "answer_field"}
+        if unknown:
+            raise ConfigError(f"unknown config key 'data.task_args.{sorted(unknown)[0]}' for task '{self.name}' "
+                              f"(expected path, prompt_field, answer_field)")
+        rows = load_rows(args["path"], args.get("prompt_field", self.default_prompt_field),
+                         args.get("answer_field", "answer"))
+        n_test = min(cfg.test_size, len(rows))
+        test = rows.select(range(n_test))
+        train = rows.select(range(n_test, len(rows))) if n_test < len(rows) else rows
+        return DatasetDict(train=train, test=test)
+
+    def reference(self, example):
+        answer = example["answer"]
+        return ANSWER_FORMAT.format(answer.rsplit("####", 1)[-1].strip() if "####" in answer else answer)
+
+
+class GSM8K(FileTask):
+    name = "gsm8k"
+    reward = "gsm8k"
+
+
+class Math500(FileTask):
+    name = "math500"
+    reward = "math"
+    default_prompt_field = "problem"
