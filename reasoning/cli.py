@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import sys
@@ -97,6 +98,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _find_tokenizer(path: str):
+    """The tokenizer of the run a rollouts file or run directory belongs to (None if not found)."""
+    from transformers import AutoTokenizer
+
+    run_dir = path if os.path.isdir(path) else os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    candidates = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "step_*")))[::-1]
+    candidates.append(os.path.join(run_dir, "base_model"))
+    for candidate in candidates:
+        if os.path.isfile(os.path.join(candidate, "tokenizer.json")):
+            return AutoTokenizer.from_pretrained(candidate)
+    return None
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from reasoning.show import plot_run, show_trajectories
+
+    target = args.target
+    if not os.path.exists(target):
+        raise ConfigError(f"'{target}' does not exist (expected a run directory or a rollouts .jsonl file)")
+    tokenizer = _find_tokenizer(target)
+    written = []
+    try:
+        if os.path.isdir(target):
+            written.append(plot_run(target))
+            rollouts = sorted(glob.glob(os.path.join(target, "rollouts", "*.jsonl")))
+            for path in rollouts[:1] + rollouts[-1:] if len(rollouts) > 1 else rollouts:
+                written.extend(show_trajectories(path, tokenizer, args.index))
+        else:
+            written.extend(show_trajectories(target, tokenizer, args.index))
+    except (ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot draw '{target}': {exc}") from exc
+    for path in written:
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlmrl", description="RL and reasoning fine-tuning for diffusion LMs")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -119,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=int, help="problems to evaluate (default: eval.n)")
     ev.add_argument("--output", help="directory for eval.json / eval.jsonl")
     ev.set_defaults(func=cmd_eval)
+    show = verbs.add_parser("show", help="pictures: a denoising trajectory, a run's curves")
+    show.add_argument("target", help="a run directory or a rollouts .jsonl file")
+    show.add_argument("--index", type=int, default=0, help="which trajectory of the file")
+    show.set_defaults(func=cmd_show)
     return parser
 
 

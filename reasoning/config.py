@@ -79,8 +79,9 @@ class TrainerConfig:
     log_every: int = 1
     checkpoint_every: int = 50
     keep_checkpoints: int = 3  # the newest N complete checkpoints are kept
-    save_rollouts: bool = False  # write each step's trajectories to rollouts/step_NNNNNN.jsonl
+    save_rollouts_every: int = 0  # write that step's trajectories to rollouts/step_NNNNNN.jsonl (0 = never)
     resume: str = "none"  # none | auto (newest complete checkpoint of this run) | PATH to a checkpoint
+    sft_warm_start: bool = False  # first run the `sft` block (into RUN_DIR/sft) and start RL from its checkpoint
 
     def __post_init__(self) -> None:
         for key in ("steps", "prompts_per_step", "inner_steps", "micro_batch_size", "merge_steps"):

@@ -104,8 +104,25 @@ class PromptStream:
         return out
 
 
+def warm_start(cfg: Config) -> Config:
+    """`trainer.sft_warm_start`: masked-diffusion SFT with the `sft` block first (reused when a
+    previous attempt finished it), then RL from that checkpoint."""
+    from reasoning.sft import run_sft
+
+    sft_cfg = dataclasses.replace(cfg, output_dir=cfg.run_dir, name="sft")
+    done = complete_checkpoints(sft_cfg.run_dir)
+    if not done or not os.path.isfile(os.path.join(sft_cfg.run_dir, "sft_result.json")):
+        print(f"SFT warm start: {cfg.sft.steps} steps into {sft_cfg.run_dir}")
+        run_sft(sft_cfg)
+        done = complete_checkpoints(sft_cfg.run_dir)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=done[-1]))
+
+
 def run_rl(cfg: Config) -> dict:
-    """Train with RL; returns the final metrics (incl. `eval/<task>/acc`)."""
+    """Train with RL; returns the final metrics (incl. `eval/<task>/acc`, and `before`/`after`)."""
+    started = time.perf_counter()
+    if cfg.trainer.sft_warm_start and cfg.model.path is None:
+        cfg = warm_start(cfg)
     tr = cfg.trainer
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -201,6 +218,7 @@ def run_rl(cfg: Config) -> dict:
 
     # --- the RL loop ---------------------------------------------------------------------------
     eval_metrics = run_eval(start_step) if start_step == 0 else {}
+    before = eval_metrics.get(f"eval/{task.name}/acc")
     metrics: dict = {}
     trained_s, next_eval_s = 0.0, tr.eval_every_s  # training wall time, eval excluded
     final_step = tr.steps
@@ -245,7 +263,7 @@ def run_rl(cfg: Config) -> dict:
             metrics["perf/tokens_per_s"] = metrics["completions/total_tokens"] / max(sum(timing.values()), 1e-9)
             if step % tr.log_every == 0 or step == tr.steps:
                 logger.log(step, metrics)
-            if tr.save_rollouts:
+            if tr.save_rollouts_every and (step % tr.save_rollouts_every == 0 or step == 1):
                 os.makedirs(os.path.join(run_dir, "rollouts"), exist_ok=True)
                 save_jsonl(trajectories, os.path.join(run_dir, "rollouts", f"step_{step:06d}.jsonl"))
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", kept=len(kept))
@@ -270,8 +288,36 @@ def run_rl(cfg: Config) -> dict:
         rewarder.close()
         group.shutdown()
         logger.close()
-    return {"task": task.name, "steps": final_step, "policy_version": version, "trained_s": trained_s,
-            **eval_metrics}
+    after = eval_metrics.get(f"eval/{task.name}/acc")
+    summary = {"task": task.name, "steps": final_step, "policy_version": version, "trained_s": trained_s,
+               **eval_metrics}
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    if before is not None and after is not None:
+        summary.update(before=before, after=after, gain_pts=round(100 * (after - before), 1))
+        table = (f"| {task.name} held-out accuracy ({min(cfg.eval.n, len(test))} problems) | value |\n|---|---|\n"
+                 f"| before RL (start checkpoint) | {100 * before:.1f} % |\n"
+                 f"| after RL ({final_step} steps, {tr.objective}) | {100 * after:.1f} % |\n"
+                 f"| gain | {100 * (after - before):+.1f} pts |\n| wall time | {summary['seconds']:.0f} s |\n")
+        print("\n" + table)
+        with open(os.path.join(run_dir, "summary.md"), "w") as fh:
+            fh.write(table)
+    _draw(run_dir, tokenizer)
+    return summary
+
+
+def _draw(run_dir: str, tokenizer) -> None:
+    """curves.png and pictures of the first and last saved rollouts (best effort: never fails a run)."""
+    import glob
+
+    from reasoning.show import plot_run, show_trajectories
+
+    try:
+        plot_run(run_dir)
+        saved = sorted(glob.glob(os.path.join(run_dir, "rollouts", "*.jsonl")))
+        for path in saved[:1] + saved[-1:] if len(saved) > 1 else saved:
+            show_trajectories(path, tokenizer)
+    except Exception as exc:  # noqa: BLE001 — a picture is not worth losing a finished run
+        print(f"could not draw pictures: {exc}")
 
 
 def _zero_loss(model: torch.nn.Module) -> torch.Tensor:

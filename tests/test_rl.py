@@ -80,7 +80,7 @@ def test_zero2_single_process_on_cpu(tmp_path):
 
 def test_rollouts_on_ray_workers(tmp_path):
     pytest.importorskip("ray")
-    cfg = config(tmp_path, "ray.enabled=true", "ray.num_workers=2", "trainer.steps=1", "trainer.save_rollouts=true")
+    cfg = config(tmp_path, "ray.enabled=true", "ray.num_workers=2", "trainer.steps=1", "trainer.save_rollouts_every=1")
     run_rl(cfg)
     (step,) = train_steps(cfg.run_dir)
     assert step["policy_version"] == 1

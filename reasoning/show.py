@@ -1,0 +1,163 @@
+"""Pictures: a denoising trajectory as a step × position grid, and a run's curves.
+
+    dlmrl show runs/NAME                    # curves.png (+ trajectory pictures of the newest rollouts)
+    dlmrl show runs/NAME/rollouts/step_000010.jsonl [--index 3]
+
+Trajectory picture: row t is the canvas the model saw at step t (· = [MASK]); a cell
+committed at t is coloured by the probability the model gave that token, a re-mask is
+marked red. The title says the decoding (latent-thinking passes per step, forwards).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+
+import numpy as np
+
+from rollouts import Trajectory, load_jsonl
+
+
+def _token_text(tokenizer, token: int, mask_id: int) -> str:
+    if token == mask_id:
+        return "·"
+    if tokenizer is None:
+        return str(token)
+    text = tokenizer.convert_ids_to_tokens(int(token))
+    return {"[EOS]": "∎", "[PAD]": "_", "<answer>": "⟨a", "</answer>": "a⟩", "<think>": "⟨t", "</think>": "t⟩"}.get(
+        text, text)
+
+
+def trajectory_grid(traj: Trajectory) -> dict:
+    """Per step: the canvas, what was committed (with probability) and what was re-masked."""
+    states = traj.states()
+    committed = np.full((traj.num_steps, traj.gen_length), np.nan)
+    remasked = np.zeros((traj.num_steps, traj.gen_length), dtype=bool)
+    for step, position, token, logp in zip(traj.event_step, traj.event_position, traj.event_token, traj.event_logp):
+        if token == traj.mask_id:
+            remasked[step, position] = True
+        else:
+            committed[step, position] = float(np.exp(logp))
+    return {"states": states[:-1], "committed": committed, "remasked": remasked}
+
+
+def plot_trajectory(traj: Trajectory, tokenizer, path_png: str, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = trajectory_grid(traj)
+    steps, length = grid["committed"].shape
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * length + 2), max(3, 0.35 * steps + 1.5)))
+    shown = np.ma.masked_invalid(grid["committed"])
+    image = ax.imshow(shown, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for t in range(steps):
+        for p in range(length):
+            token = grid["states"][t, p]
+            if not np.isnan(grid["committed"][t, p]):
+                token = traj.event_token[(traj.event_step == t) & (traj.event_position == p)][-1]
+            color = "red" if grid["remasked"][t, p] else ("white" if not np.isnan(grid["committed"][t, p]) else "gray")
+            ax.text(p, t, _token_text(tokenizer, token, traj.mask_id), ha="center", va="center", fontsize=7,
+                    color=color, fontweight="bold" if not np.isnan(grid["committed"][t, p]) else "normal")
+    ax.set_xticks(range(length))
+    ax.set_yticks(range(steps))
+    ax.set_xlabel("answer position")
+    ax.set_ylabel("denoising step")
+    ax.set_title(title or f"{steps} steps, {traj.forward_passes} forwards, {traj.num_remasks} re-masks")
+    fig.colorbar(image, ax=ax, label="p(committed token)")
+    fig.tight_layout()
+    fig.savefig(path_png, dpi=120)
+    plt.close(fig)
+
+
+def trajectory_html(traj: Trajectory, tokenizer, title: str = "") -> str:
+    """A self-contained HTML table of the same picture (no scripts, no external files)."""
+    grid = trajectory_grid(traj)
+    rows = []
+    for t in range(grid["committed"].shape[0]):
+        cells = []
+        for p in range(traj.gen_length):
+            prob = grid["committed"][t, p]
+            if grid["remasked"][t, p]:
+                style, tip = "background:#f8d0d0;color:#b00", "re-masked"
+                token = traj.mask_id
+            elif not np.isnan(prob):
+                shade = int(255 - 155 * prob)
+                style, tip = f"background:rgb({shade},{shade},255);font-weight:bold", f"p={prob:.3f}"
+                token = traj.event_token[(traj.event_step == t) & (traj.event_position == p)][-1]
+            else:
+                style, tip, token = "color:#999", "", grid["states"][t, p]
+            text = html.escape(_token_text(tokenizer, token, traj.mask_id))
+            cells.append(f'<td style="{style}" title="{tip}">{text}</td>')
+        rows.append(f"<tr><th>{t}</th>{''.join(cells)}</tr>")
+    head = "".join(f"<th>{p}</th>" for p in range(traj.gen_length))
+    prompt = html.escape(tokenizer.decode(traj.prompt_ids) if tokenizer is not None else str(traj.prompt_ids))
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>dlmrl trajectory</title><style>"
+        "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ddd;"
+        "padding:2px 5px;text-align:center;font-family:monospace}</style></head><body>"
+        f"<h3>{html.escape(title)}</h3><p>prompt: <code>{prompt}</code> · {traj.num_steps} steps · "
+        f"{traj.forward_passes} forwards · {traj.num_remasks} re-masks · policy version {traj.policy_version}</p>"
+        f"<table><tr><th>step</th>{head}</tr>{''.join(rows)}</table>"
+        "<p>bold = committed at that step (blue: the model's probability), red = re-masked, · = [MASK]</p>"
+        "</body></html>"
+    )
+
+
+def show_trajectories(path: str, tokenizer=None, index: int = 0) -> list[str]:
+    """PNG + HTML next to a rollouts JSONL file; returns the written paths."""
+    trajectories = load_jsonl(path)
+    if not trajectories:
+        raise ValueError(f"'{path}' holds no trajectories")
+    if not 0 <= index < len(trajectories):
+        raise ValueError(f"--index {index} is out of range: '{path}' holds {len(trajectories)} trajectories")
+    traj = trajectories[index]
+    stem = os.path.splitext(path)[0] + f"_{index}"
+    title = f"{os.path.basename(path)} #{index}"
+    plot_trajectory(traj, tokenizer, stem + ".png", title)
+    with open(stem + ".html", "w") as fh:
+        fh.write(trajectory_html(traj, tokenizer, title))
+    return [stem + ".png", stem + ".html"]
+
+
+CURVES = (("reward", "reward (train rollouts)"), ("eval/*/acc", "held-out accuracy"), ("kl", "KL to reference"),
+          ("loss", "loss"))
+
+
+def plot_run(run_dir: str) -> str:
+    """curves.png from metrics.jsonl: reward, eval accuracy, KL and loss against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise ValueError(f"'{run_dir}' has no metrics.jsonl (not a dlmrl run directory)")
+    with open(path) as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    series = {}
+    for key, label in CURVES:
+        points = []
+        for row in rows:
+            for name, value in row.items():
+                matches = name == key or (key.startswith("eval/") and name.startswith("eval/") and name.endswith("/acc"))
+                if matches and isinstance(value, (int, float)):
+                    points.append((row["step"], value))
+        if points:
+            series[label] = points
+    fig, axes = plt.subplots(1, max(len(series), 1), figsize=(4.2 * max(len(series), 1), 3.2), squeeze=False)
+    for ax, (label, points) in zip(axes[0], series.items()):
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3)
+        ax.set_title(label)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
+    fig.tight_layout()
+    out = os.path.join(run_dir, "curves.png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
