@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	touch $(STAMP)
 
 run: install
-	$(VENV)/bin/dlmrl sft configs/sudoku4_tiny_sft.yaml
+	$(VENV)/bin/dlmrl train configs/default.yaml
 
 test: install
 	$(PY) -m pytest -q tests

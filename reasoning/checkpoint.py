@@ -88,7 +88,7 @@ def prune_checkpoints(run_dir: str, keep: int) -> None:
     for path in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(path, ignore_errors=True)
     for name in os.listdir(root) if os.path.isdir(root) else []:
-        if name.startswith(".tmp-") and not name.endswith(f"-{os.getpid()}"):
+        if name.startswith(".ds-") or (name.startswith(".tmp-") and not name.endswith(f"-{os.getpid()}")):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 

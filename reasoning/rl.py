@@ -32,6 +32,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 
 import numpy as np
@@ -39,7 +40,8 @@ import torch
 from tqdm.auto import tqdm
 
 from reasoning.advantages import group_advantages
-from reasoning.checkpoint import complete_checkpoints, is_checkpoint, prune_checkpoints, save_checkpoint
+from reasoning.checkpoint import (checkpoint_name, complete_checkpoints, is_checkpoint, prune_checkpoints,
+                                  save_checkpoint)
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import decode_completion, encode_prompt
 from reasoning.engine import build_engine, engine_step, zero_stage
@@ -149,14 +151,25 @@ def run_rl(cfg: Config) -> dict:
     train, test = splits["train"], splits["test"]
     decoding = DecodingConfig(**{f.name: getattr(cfg.rollout, f.name) for f in dataclasses.fields(DecodingConfig)})
     group_size = cfg.rollout.group_size
-    samples_per_step = tr.prompts_per_step * group_size
-    micro_batches = math.ceil(samples_per_step / tr.micro_batch_size)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # several processes: each takes 1/world of the prompts
+    if world_size > 1 and cfg.model.path is None:
+        raise ConfigError("config key 'model.path': several trainer processes start from a checkpoint on disk "
+                          "(train the SFT warm start in a single process first)")
+    if tr.prompts_per_step % world_size:
+        raise ConfigError(f"config key 'trainer.prompts_per_step': {tr.prompts_per_step} does not split over "
+                          f"{world_size} processes")
+    samples_per_rank = tr.prompts_per_step // world_size * group_size
+    micro_batches = math.ceil(samples_per_rank / tr.micro_batch_size)
 
     engine, optimizer = build_engine(
         model, deepspeed_config_path(tr.deepspeed, "trainer.deepspeed"), lr=tr.lr, weight_decay=tr.weight_decay,
         warmup_steps=tr.warmup_steps, grad_clip=tr.grad_clip, micro_batch_size=1, grad_accum=micro_batches,
         total_steps=tr.steps * tr.inner_steps, schedule="constant")
     raw_model = engine.module
+    rank, world = _rank_and_world()
+    if world > 1 and cfg.ray.enabled:
+        raise ConfigError("config key 'ray.enabled': with several trainer processes each rank samples with its own "
+                          "in-process rollout worker; set ray.enabled=false (Ray workers serve one trainer process)")
     policy = DiffusionPolicy(raw_model, TokenIds.from_tokenizer(tokenizer), cfg.model.shift_logits)
     objective = build_objective(tr.objective, ObjectiveSettings(
         clip_eps_low=tr.clip_eps_low, clip_eps_high=tr.clip_eps_high, kl_coef=tr.kl_coef,
@@ -171,17 +184,18 @@ def run_rl(cfg: Config) -> dict:
             state = json.load(fh)
         engine.load_checkpoint(os.path.join(resume_from, "ds"), tag="state", load_module_strict=False,
                                load_optimizer_states=True, load_lr_scheduler_states=True)
-        rng = torch.load(os.path.join(resume_from, "rng.pt"), weights_only=False)
+        rng = torch.load(os.path.join(resume_from, "ds", f"rng_rank{rank}.pt"), weights_only=False)
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         start_step, version = state["step"], state["policy_version"]
         stream = PromptStream(len(train), cfg.seed, state["data_epoch"], state["data_cursor"])
-        truncate_metrics(run_dir, start_step)
+        if rank == 0:
+            truncate_metrics(run_dir, start_step)
         print(f"resumed from {resume_from} at step {start_step}")
 
-    logger = MetricsLogger(run_dir, cfg.logging.tensorboard, cfg.logging.wandb, cfg.name,
-                           append=resume_from is not None)
+    logger = (MetricsLogger(run_dir, cfg.logging.tensorboard, cfg.logging.wandb, cfg.name,
+                            append=resume_from is not None) if rank == 0 else _NoLogger())
     group = RolloutGroup(
         PolicySpec(path=base_dir, lora=peft_lora_config(cfg.model.lora) if lora else None,
                    shift_logits=cfg.model.shift_logits, dtype=cfg.model.dtype),
@@ -203,17 +217,22 @@ def run_rl(cfg: Config) -> dict:
         return metrics
 
     def checkpoint(step: int, metrics: dict) -> str:
-        def extra(tmp: str) -> None:
-            engine.save_checkpoint(os.path.join(tmp, "ds"), tag="state", save_latest=False,
-                                   exclude_frozen_parameters=lora)
-            torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                        "python": random.getstate()}, os.path.join(tmp, "rng.pt"))
-
-        path = save_checkpoint(run_dir, step, raw_model, tokenizer, {
-            "base_model": base_dir, "policy_version": version, "data_epoch": stream.epoch,
-            "data_cursor": stream.cursor, "metrics": metrics, "task": task.name, "objective": tr.objective,
-        }, zero3=zero_stage(engine) == 3, extra=extra)
-        prune_checkpoints(run_dir, tr.keep_checkpoints)
+        """Every rank writes its optimizer shard and RNG to a staging dir; rank 0 then builds the
+        checkpoint around it in a temp dir and renames it into place (trainer_state.json last)."""
+        staging = os.path.join(run_dir, "checkpoints", f".ds-{checkpoint_name(step)}")
+        engine.save_checkpoint(staging, tag="state", save_latest=False, exclude_frozen_parameters=lora)
+        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+                   os.path.join(staging, f"rng_rank{rank}.pt"))
+        _barrier()
+        path = os.path.join(run_dir, "checkpoints", checkpoint_name(step))
+        if rank == 0:
+            path = save_checkpoint(run_dir, step, raw_model, tokenizer, {
+                "base_model": base_dir, "policy_version": version, "data_epoch": stream.epoch,
+                "data_cursor": stream.cursor, "metrics": metrics, "task": task.name, "objective": tr.objective,
+                "world_size": world,
+            }, zero3=zero_stage(engine) == 3, extra=lambda tmp: shutil.move(staging, os.path.join(tmp, "ds")))
+            prune_checkpoints(run_dir, tr.keep_checkpoints)
+        _barrier()
         return path
 
     # --- the RL loop ---------------------------------------------------------------------------
@@ -229,7 +248,7 @@ def run_rl(cfg: Config) -> dict:
             timing = {}
             # rollout
             t0 = time.perf_counter()
-            rows = train.select(stream.take(tr.prompts_per_step))
+            rows = train.select(stream.take(tr.prompts_per_step)[rank::world])
             prompts = [encode_prompt(tokenizer, p) for p in rows["prompt"]]
             trajectories = group.sample(prompts, group_size, seed=step_seed(cfg.seed, step, 0))
             timing["rollout"] = time.perf_counter() - t0
@@ -247,7 +266,8 @@ def run_rl(cfg: Config) -> dict:
             kept = [i for i in range(len(trajectories)) if advantages.keep[i]]
             batch = RolloutBatch([trajectories[i] for i in kept], advantages.values[kept], decoding)
             update = _update(engine, optimizer, policy, objective, batch, micro_batches, tr.inner_steps,
-                             torch.Generator().manual_seed(step_seed(cfg.seed, step, 1)), lora, timing)
+                             torch.Generator().manual_seed(step_seed(cfg.seed, step, 1 + rank)), lora, timing,
+                             world)
             if update["updated"]:
                 t0 = time.perf_counter()
                 version += 1
@@ -263,7 +283,7 @@ def run_rl(cfg: Config) -> dict:
             metrics["perf/tokens_per_s"] = metrics["completions/total_tokens"] / max(sum(timing.values()), 1e-9)
             if step % tr.log_every == 0 or step == tr.steps:
                 logger.log(step, metrics)
-            if tr.save_rollouts_every and (step % tr.save_rollouts_every == 0 or step == 1):
+            if rank == 0 and tr.save_rollouts_every and (step % tr.save_rollouts_every == 0 or step == 1):
                 os.makedirs(os.path.join(run_dir, "rollouts"), exist_ok=True)
                 save_jsonl(trajectories, os.path.join(run_dir, "rollouts", f"step_{step:06d}.jsonl"))
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", kept=len(kept))
@@ -299,9 +319,11 @@ def run_rl(cfg: Config) -> dict:
                  f"| after RL ({final_step} steps, {tr.objective}) | {100 * after:.1f} % |\n"
                  f"| gain | {100 * (after - before):+.1f} pts |\n| wall time | {summary['seconds']:.0f} s |\n")
         print("\n" + table)
-        with open(os.path.join(run_dir, "summary.md"), "w") as fh:
-            fh.write(table)
-    _draw(run_dir, tokenizer)
+        if rank == 0:
+            with open(os.path.join(run_dir, "summary.md"), "w") as fh:
+                fh.write(table)
+    if rank == 0:
+        _draw(run_dir, tokenizer)
     return summary
 
 
@@ -327,18 +349,22 @@ def _zero_loss(model: torch.nn.Module) -> torch.Tensor:
 
 
 def _update(engine, optimizer, policy, objective, batch: RolloutBatch, micro_batches: int, inner_steps: int,
-            generator: torch.Generator, lora: bool, timing: dict) -> dict:
-    """`inner_steps` optimizer steps over `batch`; each = `micro_batches` accumulated backward passes."""
+            generator: torch.Generator, lora: bool, timing: dict, world: int = 1) -> dict:
+    """`inner_steps` optimizer steps over `batch`; each = `micro_batches` accumulated backward passes.
+
+    With several processes every rank makes the same number of backward/step calls (empty
+    micro-batches contribute a zero loss) and a skip is agreed by all ranks."""
     totals: dict[str, float] = {}
-    if not batch.trajectories:  # every group had equal rewards: nothing to learn from
+    if not _any_rank(bool(batch.trajectories), world):  # every group had equal rewards: nothing to learn
         return {"updated": False, "metrics": {"skipped_steps": 0.0}}
     model = engine.module
     t0 = time.perf_counter()
     reference = model.disable_adapter() if lora and objective.s.kl_coef > 0 else None
     engine.eval()  # dropout off: replay must see the sampler's function
-    objective.prepare(policy, batch, generator, reference)
+    if batch.trajectories:
+        objective.prepare(policy, batch, generator, reference)
     timing["logp"] = time.perf_counter() - t0
-    units = objective.units(batch)
+    units = objective.units(batch) if batch.trajectories else 1
     chunks = [c.tolist() for c in np.array_split(np.arange(len(batch.trajectories)), micro_batches)]
     t0 = time.perf_counter()
     skipped, grad_norm, first_dev = 0, float("nan"), 0.0
@@ -358,7 +384,7 @@ def _update(engine, optimizer, policy, objective, batch: RolloutBatch, micro_bat
                 loss = _zero_loss(model)
             engine.backward(loss, scale_wrt_gas=False)  # already normalised by the batch's units
             if k == len(chunks) - 1:
-                bad = bad or not _grads_finite(model)
+                bad = _any_rank(bad or not _grads_finite(model), world)
                 if bad:  # skip: zero gradients and a zero learning rate leave the weights as they are
                     for p in model.parameters():
                         if p.grad is not None:
@@ -383,6 +409,40 @@ def _update(engine, optimizer, policy, objective, batch: RolloutBatch, micro_bat
     if "kl_sum" in totals:
         metrics["kl"] = totals["kl_sum"] / n_units
     return {"updated": skipped < inner_steps, "metrics": metrics}
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _any_rank(flag: bool, world: int) -> bool:
+    """True on every rank if it is true on any rank (so all ranks take the same branch)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class _NoLogger:
+    """Ranks other than 0 do not write metrics."""
+
+    def log(self, step: int, metrics: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _grads_finite(model: torch.nn.Module) -> bool:
