@@ -92,7 +92,8 @@ def prune_checkpoints(run_dir: str, keep: int) -> None:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
-def load_checkpoint(path: str, dtype: torch.dtype = torch.float32):
+def load_checkpoint(path: str, dtype: torch.dtype = torch.float32, family: str = "bidirectional",
+                    trust_remote_code: bool = False):
     """(model, tokenizer, state) from a checkpoint directory (full or LoRA)."""
     from transformers import AutoTokenizer
 
@@ -104,12 +105,13 @@ def load_checkpoint(path: str, dtype: torch.dtype = torch.float32):
         raise ValueError(f"'{path}' is not a complete dlmrl checkpoint (no {STATE_FILE})")
     with open(os.path.join(path, STATE_FILE)) as fh:
         state = json.load(fh)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     adapter = os.path.join(path, "adapter")
     if os.path.isdir(adapter):
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(load_pretrained(state["base_model"], dtype), adapter)
+        base = load_pretrained(state["base_model"], dtype, family, trust_remote_code)
+        model = PeftModel.from_pretrained(base, adapter)
     else:
-        model = load_pretrained(path, dtype)
+        model = load_pretrained(path, dtype, family, trust_remote_code)
     return model, tokenizer, state

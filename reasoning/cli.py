@@ -56,7 +56,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         run_dir = os.path.dirname(os.path.dirname(os.path.abspath(target)))
         run_config = os.path.join(run_dir, "config.yaml")
         cfg = load_config(run_config if os.path.isfile(run_config) else None, args.overrides)
-        model, tokenizer, _ = load_checkpoint(target, getattr(torch, cfg.model.dtype))
+        model, tokenizer, _ = load_checkpoint(target, getattr(torch, cfg.model.dtype), cfg.model.family,
+                                              cfg.model.trust_remote_code)
         out_dir = args.output or os.path.join(run_dir, "eval", os.path.basename(os.path.normpath(target)))
     elif os.path.isfile(target):
         cfg = load_config(target, args.overrides)
@@ -79,7 +80,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.samples > 1 and decoding.temperature == 0:
         print("note: --samples > 1 with temperature 0 decodes identical answers; "
               "set eval.decoding.temperature=...", file=sys.stderr)
-    policy = DiffusionPolicy(model.eval(), TokenIds.from_tokenizer(tokenizer), cfg.model.shift_logits)
+    policy = DiffusionPolicy(model.eval(), TokenIds.from_tokenizer(tokenizer, model.config), cfg.model.shift_logits)
     result = evaluate(policy, tokenizer, task, test, decoding, n=args.n or cfg.eval.n,
                       batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=True, samples=args.samples)
     summary = {"task": task.name, "n": result.n, "accuracy": result.accuracy,

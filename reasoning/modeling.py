@@ -49,8 +49,9 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    family: Literal["bidirectional"] = "bidirectional"
+    family: Literal["bidirectional", "remote", "masked_lm"] = "bidirectional"
     path: str | None = None  # a save_pretrained directory; None = build the tiny default
+    trust_remote_code: bool = False  # family remote: run the modeling code shipped with the checkpoint
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     shift_logits: bool = False  # Dream-style: the logit at i predicts token i+1
@@ -96,11 +97,20 @@ def load_model(cfg: ModelConfig):
     """(model, tokenizer) for a model block: the tiny default or a local directory."""
     dtype = getattr(torch, cfg.dtype)
     if cfg.path is None:
+        if cfg.family != "bidirectional":
+            raise ConfigError(f"config key 'model.path': family '{cfg.family}' needs a checkpoint directory "
+                              f"(only the tiny bidirectional default is built from a config)")
         tokenizer = build_char_tokenizer()
         return build_tiny_model(cfg.tiny, tokenizer).to(dtype), tokenizer
     if not os.path.isfile(os.path.join(cfg.path, "config.json")):
         raise ConfigError(f"config key 'model.path': '{cfg.path}' has no config.json (not a save_pretrained directory)")
-    return load_pretrained(cfg.path, dtype), AutoTokenizer.from_pretrained(cfg.path)
+    try:
+        model = load_pretrained(cfg.path, dtype, cfg.family, cfg.trust_remote_code)
+    except ValueError as exc:
+        if "config key" in str(exc):
+            raise ConfigError(str(exc)) from None
+        raise
+    return model, AutoTokenizer.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
 
 
 def peft_lora_config(cfg: LoraConfig):

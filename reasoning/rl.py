@@ -170,7 +170,7 @@ def run_rl(cfg: Config) -> dict:
     if world > 1 and cfg.ray.enabled:
         raise ConfigError("config key 'ray.enabled': with several trainer processes each rank samples with its own "
                           "in-process rollout worker; set ray.enabled=false (Ray workers serve one trainer process)")
-    policy = DiffusionPolicy(raw_model, TokenIds.from_tokenizer(tokenizer), cfg.model.shift_logits)
+    policy = DiffusionPolicy(raw_model, TokenIds.from_tokenizer(tokenizer, raw_model.config), cfg.model.shift_logits)
     objective = build_objective(tr.objective, ObjectiveSettings(
         clip_eps_low=tr.clip_eps_low, clip_eps_high=tr.clip_eps_high, kl_coef=tr.kl_coef,
         merge_steps=tr.merge_steps, prompt_mask_prob=tr.prompt_mask_prob))
@@ -198,7 +198,8 @@ def run_rl(cfg: Config) -> dict:
                             append=resume_from is not None) if rank == 0 else _NoLogger())
     group = RolloutGroup(
         PolicySpec(path=base_dir, lora=peft_lora_config(cfg.model.lora) if lora else None,
-                   shift_logits=cfg.model.shift_logits, dtype=cfg.model.dtype),
+                   shift_logits=cfg.model.shift_logits, family=cfg.model.family,
+                   trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype),
         decoding, num_workers=cfg.ray.num_workers if cfg.ray.enabled else 1, use_ray=cfg.ray.enabled,
         address=cfg.ray.address, threads=cfg.ray.threads_per_worker)
     group.sync(policy_weights(raw_model), version)

@@ -98,7 +98,7 @@ def run_sft(cfg: Config) -> dict:
         warmup_steps=sft.warmup_steps, grad_clip=sft.grad_clip, micro_batch_size=micro,
         grad_accum=sft.batch_size // micro, total_steps=sft.steps, schedule=sft.lr_schedule,
     )
-    policy = DiffusionPolicy(engine, TokenIds.from_tokenizer(tokenizer), cfg.model.shift_logits)
+    policy = DiffusionPolicy(engine, TokenIds.from_tokenizer(tokenizer, engine.module.config), cfg.model.shift_logits)
     raw_model = engine.module
     zero3 = zero_stage(engine) == 3
     logger = MetricsLogger(run_dir, cfg.logging.tensorboard, cfg.logging.wandb, cfg.name, append=False)

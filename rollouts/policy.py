@@ -29,22 +29,63 @@ class TokenIds:
     eos: int
 
     @classmethod
-    def from_tokenizer(cls, tokenizer) -> "TokenIds":
-        missing = [name for name in ("mask_token_id", "pad_token_id", "eos_token_id")
-                   if getattr(tokenizer, name, None) is None]
+    def from_tokenizer(cls, tokenizer, model_config=None) -> "TokenIds":
+        """Ids from the tokenizer, else from the model's config (LLaDA/Dream keep `mask_token_id`
+        there); pad falls back to eos."""
+        def pick(name: str):
+            value = getattr(tokenizer, name, None)
+            return value if value is not None else getattr(model_config, name, None)
+
+        mask, eos = pick("mask_token_id"), pick("eos_token_id")
+        pad = pick("pad_token_id")
+        pad = eos if pad is None else pad
+        missing = [name for name, value in (("mask_token_id", mask), ("eos_token_id", eos)) if value is None]
         if missing:
-            raise ValueError(f"tokenizer has no {', '.join(missing)}; a DLM tokenizer needs mask, pad and eos tokens")
-        return cls(mask=tokenizer.mask_token_id, pad=tokenizer.pad_token_id, eos=tokenizer.eos_token_id)
+            raise ValueError(f"neither the tokenizer nor the model config has {', '.join(missing)}; a DLM needs "
+                             f"a mask and an eos token")
+        return cls(mask=int(mask), pad=int(pad), eos=int(eos))
 
 
-def load_pretrained(path: str, dtype: torch.dtype = torch.float32, masked_lm: bool = False) -> torch.nn.Module:
-    """A save_pretrained directory loaded as a DLM.
+FAMILIES = ("bidirectional", "remote", "masked_lm")
 
-    Decoders get `is_causal=False` (transformers 5 honours it), so attention is
-    bidirectional whatever the saved config says; `masked_lm=True` loads an
-    `AutoModelForMaskedLM` (already bidirectional).
+
+def _saved_config(path: str) -> dict:
+    import json
+    import os
+
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        return {}
+    with open(config_file) as fh:
+        return json.load(fh)
+
+
+def load_pretrained(path: str, dtype: torch.dtype = torch.float32, family: str = "bidirectional",
+                    trust_remote_code: bool = False) -> torch.nn.Module:
+    """A save_pretrained directory loaded as a DLM of the given family.
+
+    bidirectional: any transformers decoder with `is_causal=False` (transformers 5 honours
+                   it), so attention is bidirectional whatever the saved config says;
+    masked_lm:     `AutoModelForMaskedLM` (e.g. ModernBERT), bidirectional already;
+    remote:        a checkpoint that carries its own modeling code (LLaDA, Dream) via
+                   `auto_map` — only with `trust_remote_code=True`.
     """
-    if masked_lm:
+    from transformers import AutoConfig, AutoModel
+
+    if family not in FAMILIES:
+        raise ValueError(f"config key 'model.family': unknown family '{family}' (expected {', '.join(FAMILIES)})")
+    if family == "remote":
+        if not trust_remote_code:
+            raise ValueError(f"config key 'model.trust_remote_code': the 'remote' family runs the modeling code "
+                             f"shipped in '{path}'; set model.trust_remote_code: true if you trust it")
+        config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+        auto_map = getattr(config, "auto_map", None) or {}
+        loader = AutoModelForCausalLM if "AutoModelForCausalLM" in auto_map else AutoModel
+        return loader.from_pretrained(path, dtype=dtype, trust_remote_code=True)
+    if _saved_config(path).get("auto_map"):
+        raise ValueError(f"config key 'model.family': '{path}' ships its own modeling code (auto_map); "
+                         f"use family 'remote' with trust_remote_code: true")
+    if family == "masked_lm":
         return AutoModelForMaskedLM.from_pretrained(path, dtype=dtype)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.config.is_causal = False

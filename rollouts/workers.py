@@ -37,20 +37,21 @@ class PolicySpec:
     path: str
     lora: object | None = None  # a peft.LoraConfig; None = sync full weights (not LoRA-only)
     shift_logits: bool = False
-    masked_lm: bool = False
+    family: str = "bidirectional"  # see rollouts.policy.load_pretrained
+    trust_remote_code: bool = False
     dtype: str = "float32"
 
     def build(self) -> DiffusionPolicy:
         from transformers import AutoTokenizer
 
-        model = load_pretrained(self.path, getattr(torch, self.dtype), self.masked_lm)
+        model = load_pretrained(self.path, getattr(torch, self.dtype), self.family, self.trust_remote_code)
         if self.lora is not None:
             from peft import get_peft_model
 
             model = get_peft_model(model, self.lora)
         model.eval().requires_grad_(False)
-        tokenizer = AutoTokenizer.from_pretrained(self.path)
-        return DiffusionPolicy(model, TokenIds.from_tokenizer(tokenizer), self.shift_logits)
+        tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+        return DiffusionPolicy(model, TokenIds.from_tokenizer(tokenizer, model.config), self.shift_logits)
 
 
 def policy_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
