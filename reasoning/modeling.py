@@ -52,6 +52,7 @@ class ModelConfig:
     family: Literal["bidirectional", "remote", "masked_lm"] = "bidirectional"
     path: str | None = None  # a save_pretrained directory; None = build the tiny default
     trust_remote_code: bool = False  # family remote: run the modeling code shipped with the checkpoint
+    gradient_checkpointing: bool = False  # recompute activations in backward (long canvases on a GPU)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     shift_logits: bool = False  # Dream-style: the logit at i predicts token i+1
@@ -119,6 +120,14 @@ def peft_lora_config(cfg: LoraConfig):
 
     return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                           target_modules=list(cfg.target_modules), bias="none")
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Activation checkpointing through transformers; inputs must require grad for a frozen base + LoRA."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError("config key 'model.gradient_checkpointing': this model does not support it")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
 
 
 def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:

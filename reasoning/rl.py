@@ -47,7 +47,7 @@ from reasoning.data import decode_completion, encode_prompt
 from reasoning.engine import build_engine, engine_step, zero_stage
 from reasoning.evaluate import answer_length, evaluate
 from reasoning.metrics import MetricsLogger
-from reasoning.modeling import apply_lora, count_parameters, load_model, peft_lora_config
+from reasoning.modeling import apply_lora, enable_gradient_checkpointing, count_parameters, load_model, peft_lora_config
 from reasoning.objectives import ObjectiveSettings, RolloutBatch, build_objective
 from reasoning.schema import ConfigError
 from reasoning.sft import seed_everything
@@ -141,6 +141,8 @@ def run_rl(cfg: Config) -> dict:
             model.save_pretrained(base_dir)
             tokenizer.save_pretrained(base_dir)
         model, tokenizer = load_model(dataclasses.replace(cfg.model, path=base_dir))
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     lora = cfg.model.lora.enabled
     model = apply_lora(model, cfg.model.lora)
     if not lora and tr.kl_coef > 0:
@@ -361,7 +363,12 @@ def _update(engine, optimizer, policy, objective, batch: RolloutBatch, micro_bat
     model = engine.module
     t0 = time.perf_counter()
     reference = model.disable_adapter() if lora and objective.s.kl_coef > 0 else None
-    engine.eval()  # dropout off: replay must see the sampler's function
+    # dropout off: replay must see the sampler's function. transformers only checkpoints activations
+    # in train mode, so with gradient checkpointing we stay in train mode (DLM configs have dropout 0).
+    if getattr(model, "is_gradient_checkpointing", False):
+        engine.train()
+    else:
+        engine.eval()
     if batch.trajectories:
         objective.prepare(policy, batch, generator, reference)
     timing["logp"] = time.perf_counter() - t0

@@ -31,7 +31,7 @@ from reasoning.data import SFTBatch, collate_sft, tokenize_sft
 from reasoning.engine import build_engine, engine_step, zero_stage
 from reasoning.evaluate import evaluate
 from reasoning.metrics import MetricsLogger
-from reasoning.modeling import apply_lora, count_parameters, load_model
+from reasoning.modeling import apply_lora, enable_gradient_checkpointing, count_parameters, load_model
 from reasoning.schema import ConfigError
 from reasoning.tasks import get_task
 from rollouts import DiffusionPolicy, TokenIds
@@ -86,6 +86,8 @@ def run_sft(cfg: Config) -> dict:
         base_model_dir = os.path.join(run_dir, "base_model")
         model.save_pretrained(base_model_dir)
         tokenizer.save_pretrained(base_model_dir)
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     model = apply_lora(model, cfg.model.lora)
     task = get_task(cfg.data.task)
     splits = task.build(cfg.data)

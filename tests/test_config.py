@@ -94,3 +94,11 @@ def test_resolved_config_round_trips(tmp_path):
 def test_bad_rollout_and_ray_settings_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_gpu_configs_parse(tmp_path):
+    gpu = os.path.join(os.path.dirname(__file__), "..", "configs", "gpu")
+    for name in sorted(os.listdir(gpu)):
+        cfg = load_config(os.path.join(gpu, name), [f"model.path={tmp_path}"])
+        assert cfg.model.family == "remote" and cfg.model.trust_remote_code and cfg.model.dtype == "bfloat16"
+        assert cfg.model.lora.enabled and cfg.trainer.deepspeed == "zero2" and cfg.model.gradient_checkpointing

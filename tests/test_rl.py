@@ -72,9 +72,11 @@ def test_kl_to_the_adapter_disabled_reference_is_zero_before_the_first_update(tm
 
 
 def test_zero2_single_process_on_cpu(tmp_path):
-    cfg = config(tmp_path, "trainer.deepspeed=zero2", "trainer.checkpoint_every=1", "trainer.steps=2")
+    cfg = config(tmp_path, "trainer.deepspeed=zero2", "trainer.checkpoint_every=1", "trainer.steps=2",
+                 "model.gradient_checkpointing=true")
     run_rl(cfg)
     assert len(train_steps(cfg.run_dir)) == 2
+    assert all(m["ratio/first_inner_max_dev"] < 1e-4 for m in train_steps(cfg.run_dir))
     assert os.path.isdir(os.path.join(cfg.run_dir, "checkpoints", "step_000001", "ds"))
 
 
