@@ -20,6 +20,7 @@ import glob
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -91,7 +92,10 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["sudoku4", "countdown"])
     parser.add_argument("--sudoku-sft-steps", type=int, default=250)
     parser.add_argument("--cost-steps", type=int, default=6)
+    parser.add_argument("--cost-only", action="store_true", help="skip the learning curves")
     args = parser.parse_args()
+    if args.cost_only:
+        args.tasks = []
     os.makedirs(OUT, exist_ok=True)
 
     curves, gains = {}, {}
@@ -108,10 +112,12 @@ def main() -> None:
 
     costs = {}
     checkpoint = sft_checkpoint("sudoku4", args.sudoku_sft_steps)
-    variants = {"trajectory_merge1": ["trainer.objective=trajectory"],
+    variants = {"trajectory_merge1": ["trainer.objective=trajectory", "trainer.merge_steps=1"],
                 "trajectory_merge2": ["trainer.objective=trajectory", "trainer.merge_steps=2"],
                 "trajectory_merge4": ["trainer.objective=trajectory", "trainer.merge_steps=4"],
                 "mean_field": ["trainer.objective=mean_field"], "coupled": ["trainer.objective=coupled"]}
+    for name in variants:
+        shutil.rmtree(os.path.join(OUT, f"cost_{name}"), ignore_errors=True)
     run_pair([("sudoku4", f"cost_{name}", checkpoint, [f"trainer.steps={args.cost_steps}", "eval.n=64", *extra])
               for name, extra in variants.items()])
     for name in variants:

@@ -99,6 +99,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    """One answer from a checkpoint, with its trajectory saved as JSONL + pictures."""
+    import torch
+
+    from reasoning.checkpoint import is_checkpoint, load_checkpoint
+    from reasoning.config import load_config
+    from reasoning.data import decode_completion, encode_prompt
+    from reasoning.show import show_trajectories
+    from rollouts import DiffusionPolicy, TokenIds, sample, save_jsonl
+
+    if not (os.path.isdir(args.checkpoint) and is_checkpoint(args.checkpoint)):
+        raise ConfigError(f"'{args.checkpoint}' is not a dlmrl checkpoint directory (no trainer_state.json)")
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(args.checkpoint)))
+    run_config = os.path.join(run_dir, "config.yaml")
+    cfg = load_config(run_config if os.path.isfile(run_config) else None, args.overrides)
+    model, tokenizer, _ = load_checkpoint(args.checkpoint, getattr(torch, cfg.model.dtype), cfg.model.family,
+                                          cfg.model.trust_remote_code)
+    policy = DiffusionPolicy(model.eval(), TokenIds.from_tokenizer(tokenizer, model.config), cfg.model.shift_logits)
+    trajectory = sample(policy, [encode_prompt(tokenizer, args.prompt)], cfg.eval_decoding(), seeds=[args.seed])[0]
+    completion = decode_completion(tokenizer, trajectory.final_tokens)
+    out_dir = args.output or os.path.join(run_dir, "samples")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"sample_{args.seed}.jsonl")
+    save_jsonl([trajectory], path)
+    pictures = show_trajectories(path, tokenizer)
+    print(json.dumps({"prompt": args.prompt, "completion": completion, "steps": trajectory.num_steps,
+                      "forward_passes": trajectory.forward_passes, "remasks": trajectory.num_remasks,
+                      "trajectory": path, "pictures": pictures}))
+    return 0
+
+
 def _find_tokenizer(path: str):
     """The tokenizer of the run a rollouts file or run directory belongs to (None if not found)."""
     from transformers import AutoTokenizer
@@ -157,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=int, help="problems to evaluate (default: eval.n)")
     ev.add_argument("--output", help="directory for eval.json / eval.jsonl")
     ev.set_defaults(func=cmd_eval)
+    smp = verbs.add_parser("sample", help="one answer from a checkpoint, with its trajectory")
+    smp.add_argument("checkpoint", help="a checkpoint directory")
+    smp.add_argument("--prompt", required=True, help="the prompt text (the task's template, e.g. 'sudoku 1030...')")
+    smp.add_argument("--seed", type=int, default=0)
+    smp.add_argument("--output", help="directory for the trajectory and pictures (default RUN_DIR/samples)")
+    smp.add_argument("overrides", nargs="*", help="key.sub=value overrides (eval.decoding.* sets the decoding)")
+    smp.set_defaults(func=cmd_sample)
     show = verbs.add_parser("show", help="pictures: a denoising trajectory, a run's curves")
     show.add_argument("target", help="a run directory or a rollouts .jsonl file")
     show.add_argument("--index", type=int, default=0, help="which trajectory of the file")

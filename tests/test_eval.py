@@ -99,3 +99,11 @@ def test_eval_bad_inputs_name_the_path_or_field(sft_run, tmp_path, capsys):
     assert f"'{empty}' is empty" in capsys.readouterr().err
     assert main(["eval", checkpoint, "--data", str(tmp_path / "missing.jsonl")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_sample_prints_one_answer_with_its_trajectory(sft_run, tmp_path, capsys):
+    _, checkpoint = sft_run
+    assert main(["sample", checkpoint, "--prompt", "sudoku 1030040220100300", "--output", str(tmp_path),
+                 "eval.decoding.remask=running_confidence"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["steps"] >= 1 and os.path.isfile(out["trajectory"]) and all(os.path.isfile(p) for p in out["pictures"])
