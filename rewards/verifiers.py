@@ -193,14 +193,14 @@ source, tests, marker = json.loads(sys.stdin.read())
 namespace = {"__name__": "__solution__"}
 passed = 0
 try:
-    exec(compile(source, "<solution>", "exec"), namespace)
+    exec(compile(source, "<solution>", "exec"), namespace)  # sandbox-ok: this harness runs inside run_python
     loaded = True
 except BaseException:
     loaded = False
 if loaded:
     for test in tests:
         try:
-            exec(compile(test, "<test>", "exec"), dict(namespace))
+            exec(compile(test, "<test>", "exec"), dict(namespace))  # sandbox-ok
             passed += 1
         except BaseException:
             pass

@@ -59,6 +59,7 @@ def replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: Decodin
         raise ValueError(f"merge_steps must be >= 1, got {merge_steps}")
     device = policy.device
     states = [traj.states() for traj in trajectories]
+    bounds = [traj.step_bounds() for traj in trajectories]
     items = [_Item(i, t, range(t, min(t + merge_steps, traj.num_steps)))
              for i, traj in enumerate(trajectories) for t in range(0, traj.num_steps, merge_steps)]
     token_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
@@ -75,17 +76,18 @@ def replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: Decodin
         scores = cfg.selection_scores(confidence(logp, cfg.confidence)) if cfg.stochastic_selection else None
         for row, item in enumerate(chunk):
             traj = trajectories[item.trajectory]
-            commit = traj.commits & (traj.event_step >= item.steps.start) & (traj.event_step < item.steps.stop)
-            positions = torch.as_tensor(traj.event_position[commit], dtype=torch.long, device=device)
-            tokens = torch.as_tensor(traj.event_token[commit], dtype=torch.long, device=device)
+            events = slice(bounds[item.trajectory][item.steps.start], bounds[item.trajectory][item.steps.stop])
+            commit = traj.event_token[events] != traj.mask_id
+            positions = torch.as_tensor(traj.event_position[events][commit], dtype=torch.long, device=device)
+            tokens = torch.as_tensor(traj.event_token[events][commit], dtype=torch.long, device=device)
             token_parts[item.trajectory].append(logp[row, positions, tokens])
             at = logp[row, positions].detach()
             entropy_parts[item.trajectory].append(-(at.exp() * at).sum(-1))
             if scores is None:
                 selection_parts[item.trajectory].append(logp.new_zeros(len(item.steps)))
             else:
-                selection_parts[item.trajectory].append(
-                    _selection_logp(traj, states[item.trajectory], item.steps, scores[row], device))
+                selection_parts[item.trajectory].append(_selection_logp(
+                    traj, states[item.trajectory], bounds[item.trajectory], item.steps, scores[row], device))
     def cat(parts: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(parts) if parts else torch.zeros(0, device=device)
 
@@ -93,7 +95,7 @@ def replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: Decodin
                     forward_passes=forwards, token_entropy=[cat(p) for p in entropy_parts])
 
 
-def _selection_logp(traj: Trajectory, states: np.ndarray, steps: range, scores: torch.Tensor,
+def _selection_logp(traj: Trajectory, states: np.ndarray, bounds: np.ndarray, steps: range, scores: torch.Tensor,
                     device) -> torch.Tensor:
     """Plackett–Luce log-prob of each step's ordered position choice, scored by `scores` (L,).
 
@@ -102,9 +104,8 @@ def _selection_logp(traj: Trajectory, states: np.ndarray, steps: range, scores: 
     """
     candidates, orders, counts = [], [], []
     for t in steps:
-        at_t = traj.event_step == t
-        commit = at_t & traj.commits
-        picked = traj.event_position[commit]
+        events = slice(bounds[t], bounds[t + 1])
+        picked = traj.event_position[events][traj.event_token[events] != traj.mask_id]
         block = picked[0] // traj.block_length if len(picked) else 0
         in_block = np.arange(traj.gen_length) // traj.block_length == block
         candidate = (states[t] == traj.mask_id) & in_block

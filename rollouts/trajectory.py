@@ -49,6 +49,10 @@ class Trajectory:
     def num_remasks(self) -> int:
         return int((~self.commits).sum())
 
+    def step_bounds(self) -> np.ndarray:
+        """(T+1,): the events of step t are event_*[bounds[t]:bounds[t+1]] (events are in time order)."""
+        return np.searchsorted(self.event_step, np.arange(self.num_steps + 1), side="left")
+
     def initial_state(self) -> np.ndarray:
         canvas = np.full(self.gen_length, self.mask_id, dtype=np.int64)
         canvas[self.pinned_position] = self.pinned_token
@@ -66,7 +70,7 @@ class Trajectory:
         """All visited canvases (T+1, gen_length), built in one pass (for replay)."""
         out = np.empty((self.num_steps + 1, self.gen_length), dtype=np.int64)
         canvas = self.initial_state()
-        bounds = np.searchsorted(self.event_step, np.arange(self.num_steps + 1), side="left")
+        bounds = self.step_bounds()
         for t in range(self.num_steps + 1):
             if t:
                 lo, hi = bounds[t - 1], bounds[t]
