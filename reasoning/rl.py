@@ -44,6 +44,7 @@ from reasoning.checkpoint import (checkpoint_name, complete_checkpoints, is_chec
                                   save_checkpoint)
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import decode_completion, encode_prompt
+from reasoning.distributed import NoLogger, any_rank, barrier, rank_and_world
 from reasoning.engine import build_engine, engine_step, zero_stage
 from reasoning.evaluate import answer_length, evaluate
 from reasoning.metrics import MetricsLogger
@@ -168,7 +169,7 @@ def run_rl(cfg: Config) -> dict:
         warmup_steps=tr.warmup_steps, grad_clip=tr.grad_clip, micro_batch_size=1, grad_accum=micro_batches,
         total_steps=tr.steps * tr.inner_steps, schedule="constant")
     raw_model = engine.module
-    rank, world = _rank_and_world()
+    rank, world = rank_and_world()
     if world > 1 and cfg.ray.enabled:
         raise ConfigError("config key 'ray.enabled': with several trainer processes each rank samples with its own "
                           "in-process rollout worker; set ray.enabled=false (Ray workers serve one trainer process)")
@@ -197,7 +198,7 @@ def run_rl(cfg: Config) -> dict:
         print(f"resumed from {resume_from} at step {start_step}")
 
     logger = (MetricsLogger(run_dir, cfg.logging.tensorboard, cfg.logging.wandb, cfg.name,
-                            append=resume_from is not None) if rank == 0 else _NoLogger())
+                            append=resume_from is not None) if rank == 0 else NoLogger())
     group = RolloutGroup(
         PolicySpec(path=base_dir, lora=peft_lora_config(cfg.model.lora) if lora else None,
                    shift_logits=cfg.model.shift_logits, family=cfg.model.family,
@@ -226,7 +227,7 @@ def run_rl(cfg: Config) -> dict:
         engine.save_checkpoint(staging, tag="state", save_latest=False, exclude_frozen_parameters=lora)
         torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
                    os.path.join(staging, f"rng_rank{rank}.pt"))
-        _barrier()
+        barrier()
         path = os.path.join(run_dir, "checkpoints", checkpoint_name(step))
         if rank == 0:
             path = save_checkpoint(run_dir, step, raw_model, tokenizer, {
@@ -235,7 +236,7 @@ def run_rl(cfg: Config) -> dict:
                 "world_size": world,
             }, zero3=zero_stage(engine) == 3, extra=lambda tmp: shutil.move(staging, os.path.join(tmp, "ds")))
             prune_checkpoints(run_dir, tr.keep_checkpoints)
-        _barrier()
+        barrier()
         return path
 
     # --- the RL loop ---------------------------------------------------------------------------
@@ -358,7 +359,7 @@ def _update(engine, optimizer, policy, objective, batch: RolloutBatch, micro_bat
     With several processes every rank makes the same number of backward/step calls (empty
     micro-batches contribute a zero loss) and a skip is agreed by all ranks."""
     totals: dict[str, float] = {}
-    if not _any_rank(bool(batch.trajectories), world):  # every group had equal rewards: nothing to learn
+    if not any_rank(bool(batch.trajectories), world):  # every group had equal rewards: nothing to learn
         return {"updated": False, "metrics": {"skipped_steps": 0.0}}
     model = engine.module
     t0 = time.perf_counter()
@@ -392,7 +393,7 @@ def _update(engine, optimizer, policy, objective, batch: RolloutBatch, micro_bat
                 loss = _zero_loss(model)
             engine.backward(loss, scale_wrt_gas=False)  # already normalised by the batch's units
             if k == len(chunks) - 1:
-                bad = _any_rank(bad or not _grads_finite(model), world)
+                bad = any_rank(bad or not _grads_finite(model), world)
                 if bad:  # skip: zero gradients and a zero learning rate leave the weights as they are
                     for p in model.parameters():
                         if p.grad is not None:
@@ -417,40 +418,6 @@ def _update(engine, optimizer, policy, objective, batch: RolloutBatch, micro_bat
     if "kl_sum" in totals:
         metrics["kl"] = totals["kl_sum"] / n_units
     return {"updated": skipped < inner_steps, "metrics": metrics}
-
-
-def _rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def _any_rank(flag: bool, world: int) -> bool:
-    """True on every rank if it is true on any rank (so all ranks take the same branch)."""
-    if world == 1:
-        return flag
-    import torch.distributed as dist
-
-    value = torch.tensor([1.0 if flag else 0.0])
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
-
-
-class _NoLogger:
-    """Ranks other than 0 do not write metrics."""
-
-    def log(self, step: int, metrics: dict) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _grads_finite(model: torch.nn.Module) -> bool:
