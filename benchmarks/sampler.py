@@ -105,7 +105,7 @@ def bench_task(task_name: str, checkpoint: str, n: int, batch_size: int) -> tupl
     from reasoning.data import encode_prompt
     from reasoning.evaluate import evaluate
     from reasoning.tasks import get_task
-    from rollouts import DecodingConfig, DiffusionPolicy, TokenIds
+    from rollouts import DiffusionPolicy, TokenIds
 
     run_dir = os.path.dirname(os.path.dirname(checkpoint))
     cfg = load_config(os.path.join(run_dir, "config.yaml"))
@@ -113,10 +113,9 @@ def bench_task(task_name: str, checkpoint: str, n: int, batch_size: int) -> tupl
     test = task.build(dataclasses.replace(cfg.data, train_size=0))["test"]
     model, tokenizer, _ = load_checkpoint(checkpoint)
     policy = DiffusionPolicy(model.eval(), TokenIds.from_tokenizer(tokenizer))
-    base = {f.name: getattr(cfg.rollout, f.name) for f in dataclasses.fields(DecodingConfig)}
     results = {}
     for name, overrides in policies(cfg.rollout.gen_length).items():
-        decoding = DecodingConfig(**{**base, **overrides})
+        decoding = cfg.rollout_decoding(**overrides)
         with torch.no_grad():
             res = evaluate(policy, tokenizer, task, test, decoding, n=n, batch_size=batch_size)
         results[name] = {"accuracy": round(res.accuracy, 4), "forwards_per_answer": round(res.mean_steps, 2)}
@@ -127,7 +126,7 @@ def bench_task(task_name: str, checkpoint: str, n: int, batch_size: int) -> tupl
     ratio, tau = max(within) if within else (None, None)
     threshold = {"ratio": None if ratio is None else round(ratio, 2), "threshold": tau}
     prompts = [encode_prompt(tokenizer, p) for p in test.select(range(min(n, len(test))))["prompt"]]
-    overhead = measure_overhead(policy, prompts, DecodingConfig(**{**base, "steps": cfg.rollout.gen_length}),
+    overhead = measure_overhead(policy, prompts, cfg.rollout_decoding(steps=cfg.rollout.gen_length),
                                 batch_size)
     return {"policies": results, "threshold": threshold, "checkpoint": checkpoint}, overhead
 

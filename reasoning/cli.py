@@ -36,13 +36,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_run_checkpoint(path: str, overrides: list[str]):
+    """(config, model, tokenizer, run_dir) for a checkpoint: the config is its run's config.yaml
+    (runs/NAME/checkpoints/step_N -> runs/NAME/config.yaml) with the command-line overrides."""
+    import torch
+
+    from reasoning.checkpoint import is_checkpoint, load_checkpoint
+    from reasoning.config import load_config
+
+    if not (os.path.isdir(path) and is_checkpoint(path)):
+        raise ConfigError(f"'{path}' is not a dlmrl checkpoint directory (no trainer_state.json)")
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    run_config = os.path.join(run_dir, "config.yaml")
+    cfg = load_config(run_config if os.path.isfile(run_config) else None, overrides)
+    model, tokenizer, _ = load_checkpoint(path, getattr(torch, cfg.model.dtype), cfg.model.family,
+                                          cfg.model.trust_remote_code)
+    return cfg, model, tokenizer, run_dir
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint (or a config's model) on held-out problems with the task's own scorer."""
     import dataclasses
 
     import torch
 
-    from reasoning.checkpoint import is_checkpoint, load_checkpoint
     from reasoning.config import load_config
     from reasoning.evaluate import evaluate
     from reasoning.modeling import load_model
@@ -51,13 +68,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     target = args.target
     if os.path.isdir(target):
-        if not is_checkpoint(target):
-            raise ConfigError(f"'{target}' is not a dlmrl checkpoint directory (no trainer_state.json)")
-        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(target)))
-        run_config = os.path.join(run_dir, "config.yaml")
-        cfg = load_config(run_config if os.path.isfile(run_config) else None, args.overrides)
-        model, tokenizer, _ = load_checkpoint(target, getattr(torch, cfg.model.dtype), cfg.model.family,
-                                              cfg.model.trust_remote_code)
+        cfg, model, tokenizer, run_dir = _load_run_checkpoint(target, args.overrides)
         out_dir = args.output or os.path.join(run_dir, "eval", os.path.basename(os.path.normpath(target)))
     elif os.path.isfile(target):
         cfg = load_config(target, args.overrides)
@@ -101,21 +112,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """One answer from a checkpoint, with its trajectory saved as JSONL + pictures."""
-    import torch
-
-    from reasoning.checkpoint import is_checkpoint, load_checkpoint
-    from reasoning.config import load_config
     from reasoning.data import decode_completion, encode_prompt
     from reasoning.show import show_trajectories
     from rollouts import DiffusionPolicy, TokenIds, sample, save_jsonl
 
-    if not (os.path.isdir(args.checkpoint) and is_checkpoint(args.checkpoint)):
-        raise ConfigError(f"'{args.checkpoint}' is not a dlmrl checkpoint directory (no trainer_state.json)")
-    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(args.checkpoint)))
-    run_config = os.path.join(run_dir, "config.yaml")
-    cfg = load_config(run_config if os.path.isfile(run_config) else None, args.overrides)
-    model, tokenizer, _ = load_checkpoint(args.checkpoint, getattr(torch, cfg.model.dtype), cfg.model.family,
-                                          cfg.model.trust_remote_code)
+    cfg, model, tokenizer, run_dir = _load_run_checkpoint(args.checkpoint, args.overrides)
     policy = DiffusionPolicy(model.eval(), TokenIds.from_tokenizer(tokenizer, model.config), cfg.model.shift_logits)
     trajectory = sample(policy, [encode_prompt(tokenizer, args.prompt)], cfg.eval_decoding(), seeds=[args.seed])[0]
     completion = decode_completion(tokenizer, trajectory.final_tokens)

@@ -142,9 +142,14 @@ class Config:
     def run_dir(self) -> str:
         return os.path.join(self.output_dir, self.name)
 
+    def rollout_decoding(self, **overrides) -> DecodingConfig:
+        """The rollout block's decoding settings (without group_size), optionally overridden."""
+        base = {f.name: getattr(self.rollout, f.name) for f in dataclasses.fields(DecodingConfig)}
+        return DecodingConfig(**{**base, **overrides})
+
     def eval_decoding(self) -> DecodingConfig:
         """The rollout's decoding settings with `eval.decoding` overrides applied."""
-        base = {f.name: getattr(self.rollout, f.name) for f in dataclasses.fields(DecodingConfig)}
+        base = dataclasses.asdict(self.rollout_decoding())
         for key in self.eval.decoding:
             if key not in base:
                 raise ConfigError(f"unknown config key 'eval.decoding.{key}'{suggest(key, base)}")

@@ -169,21 +169,22 @@ class _AnswerTokenObjective(Objective):
         device = policy.device
         logp = policy.step_log_probs(prompt_ids.to(device), prompt_mask.to(device), answers.to(device),
                                      batch.decoding.temperature)
-        per_sample: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in indices}
+        positions: dict[int, list[torch.Tensor]] = {i: [] for i in indices}
+        token_logps: dict[int, list[torch.Tensor]] = {i: [] for i in indices}
+        entropies: dict[int, list[torch.Tensor]] = {i: [] for i in indices}
         for row, (i, (_, _, scored)) in enumerate(zip(owners, rows)):
             final = torch.as_tensor(batch.trajectories[i].final_tokens, device=device)
-            positions = scored.nonzero().squeeze(1).to(device)
-            at = logp[row, positions]
-            per_sample[i].append((positions, at.gather(-1, final[positions].unsqueeze(-1)).squeeze(-1)))
-            per_sample[i].append((positions, -(at.detach().exp() * at.detach()).sum(-1)))
-        logps, entropies = [], []
+            where = scored.nonzero().squeeze(1).to(device)
+            at = logp[row, where]
+            positions[i].append(where)
+            token_logps[i].append(at.gather(-1, final[where].unsqueeze(-1)).squeeze(-1))
+            entropies[i].append(-(at.detach().exp() * at.detach()).sum(-1))
+        logps, entropy = [], []
         for i in indices:
-            parts = per_sample[i]
-            positions = torch.cat([p for p, _ in parts[0::2]])
-            order = positions.argsort()  # every answer position once, in position order
-            logps.append(torch.cat([v for _, v in parts[0::2]])[order])
-            entropies.append(torch.cat([v for _, v in parts[1::2]])[order])
-        return logps, entropies
+            order = torch.cat(positions[i]).argsort()  # every answer position once, in position order
+            logps.append(torch.cat(token_logps[i])[order])
+            entropy.append(torch.cat(entropies[i])[order])
+        return logps, entropy
 
 
 class MeanFieldObjective(_AnswerTokenObjective):

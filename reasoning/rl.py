@@ -54,7 +54,7 @@ from reasoning.schema import ConfigError
 from reasoning.sft import seed_everything
 from reasoning.tasks import get_task
 from rewards import RewardRunner, RewardSpec
-from rollouts import DecodingConfig, DiffusionPolicy, TokenIds, save_jsonl
+from rollouts import DiffusionPolicy, TokenIds, save_jsonl
 from rollouts.workers import PolicySpec, RolloutGroup, policy_weights
 
 
@@ -152,7 +152,7 @@ def run_rl(cfg: Config) -> dict:
     task = get_task(cfg.data.task)
     splits = task.build(cfg.data)
     train, test = splits["train"], splits["test"]
-    decoding = DecodingConfig(**{f.name: getattr(cfg.rollout, f.name) for f in dataclasses.fields(DecodingConfig)})
+    decoding = cfg.rollout_decoding()
     group_size = cfg.rollout.group_size
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # several processes: each takes 1/world of the prompts
     if world_size > 1 and cfg.model.path is None:

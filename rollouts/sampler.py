@@ -194,7 +194,7 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
             remask_left[rows] -= remasked.sum(1)
 
         # 2. how many to commit
-        candidates = masked
+        candidates = masked  # [MASK] positions of the block (pins are never masked, re-masks wait a step)
         steps_left = (block_budget[block[rows]] - steps_in_block[rows]).clamp(min=1)
         remaining = candidates.sum(1) + remasked.sum(1)
         count = torch.minimum(torch.ceil(remaining / steps_left).long(), candidates.sum(1))
@@ -231,8 +231,6 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
         decoded = torch.arange(length, device=device) < (block[finished, None] * width)
         has_eos = ((answer[finished] == ids.eos) & decoded).any(1)
         done[finished] = has_eos | (block[finished] >= cfg.num_blocks)
-        for r in rows.tolist():
-            log[r].forward_passes += 1 + cfg.latent_steps
 
     final = answer.masked_fill(answer == ids.mask, ids.eos).cpu().numpy()  # undecoded blocks after [EOS]
     return [log[r].trajectory(prompts[r], cfg, ids.mask, final[r], is_pinned[r].cpu(), seeds[r]) for r in range(n)]
@@ -243,7 +241,6 @@ class _EventLog:
 
     def __init__(self) -> None:
         self.step, self.position, self.token, self.logp, self.selection = [], [], [], [], []
-        self.forward_passes = 0
 
     def add_step(self, positions: np.ndarray, tokens: np.ndarray, logps: np.ndarray, selection: float) -> None:
         t = len(self.selection)
@@ -264,7 +261,7 @@ class _EventLog:
             event_step=cat(self.step, np.int32), event_position=cat(self.position, np.int32),
             event_token=cat(self.token, np.int64), event_logp=cat(self.logp, np.float32),
             selection_logp=np.asarray(self.selection, np.float32), final_tokens=final.astype(np.int64),
-            forward_passes=self.forward_passes, pinned_position=where.astype(np.int32),
+            forward_passes=len(self.selection) * (1 + cfg.latent_steps), pinned_position=where.astype(np.int32),
             pinned_token=final[where].astype(np.int64), seed=seed,
         )
 

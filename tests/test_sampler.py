@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rollouts import DecodingConfig, DiffusionPolicy, TokenIds, Trajectory, load_jsonl, replay, sample, save_jsonl
+from rollouts import DecodingConfig, DiffusionPolicy, TokenIds, load_jsonl, replay, sample, save_jsonl
 from rollouts.sampler import commit_schedule, left_pad
 
 POLICIES = {
