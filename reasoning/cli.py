@@ -64,7 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from reasoning.evaluate import evaluate
     from reasoning.modeling import load_model
     from reasoning.tasks import get_task
-    from rollouts import DiffusionPolicy, TokenIds
+    from rollouts import make_policy
 
     target = args.target
     if os.path.isdir(target):
@@ -91,7 +91,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.samples > 1 and decoding.temperature == 0:
         print("note: --samples > 1 with temperature 0 decodes identical answers; "
               "set eval.decoding.temperature=...", file=sys.stderr)
-    policy = DiffusionPolicy(model.eval(), TokenIds.from_tokenizer(tokenizer, model.config), cfg.model.shift_logits)
+    policy = make_policy(model.eval(), tokenizer, cfg.model.shift_logits)
     result = evaluate(policy, tokenizer, task, test, decoding, n=args.n or cfg.eval.n,
                       batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=True, samples=args.samples)
     summary = {"task": task.name, "n": result.n, "accuracy": result.accuracy,
@@ -114,10 +114,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """One answer from a checkpoint, with its trajectory saved as JSONL + pictures."""
     from reasoning.data import decode_completion, encode_prompt
     from reasoning.show import show_trajectories
-    from rollouts import DiffusionPolicy, TokenIds, sample, save_jsonl
+    from rollouts import make_policy, sample, save_jsonl
 
     cfg, model, tokenizer, run_dir = _load_run_checkpoint(args.checkpoint, args.overrides)
-    policy = DiffusionPolicy(model.eval(), TokenIds.from_tokenizer(tokenizer, model.config), cfg.model.shift_logits)
+    policy = make_policy(model.eval(), tokenizer, cfg.model.shift_logits)
     trajectory = sample(policy, [encode_prompt(tokenizer, args.prompt)], cfg.eval_decoding(), seeds=[args.seed])[0]
     completion = decode_completion(tokenizer, trajectory.final_tokens)
     out_dir = args.output or os.path.join(run_dir, "samples")

@@ -49,7 +49,7 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    family: Literal["bidirectional", "remote", "masked_lm"] = "bidirectional"
+    family: Literal["bidirectional", "remote", "masked_lm", "diffusion_gemma"] = "bidirectional"
     path: str | None = None  # a save_pretrained directory; None = build the tiny default
     trust_remote_code: bool = False  # family remote: run the modeling code shipped with the checkpoint
     gradient_checkpointing: bool = False  # recompute activations in backward (long canvases on a GPU)
@@ -114,12 +114,18 @@ def load_model(cfg: ModelConfig):
     return model, AutoTokenizer.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
 
 
-def peft_lora_config(cfg: LoraConfig):
+# Modules LoRA must never wrap, per family: DiffusionGemma's vision tower names its
+# (clippable, non-Linear) projections q_proj/k_proj/... too, and text RL never uses it.
+LORA_EXCLUDE = {"diffusion_gemma": r".*\.(vision_tower|embed_vision)\..*"}
+
+
+def peft_lora_config(cfg: LoraConfig, family: str = "bidirectional"):
     """Our `model.lora` block as a peft LoraConfig (shared by trainer and rollout workers)."""
     from peft import LoraConfig as PeftLoraConfig
 
     return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                          target_modules=list(cfg.target_modules), bias="none")
+                          target_modules=list(cfg.target_modules), exclude_modules=LORA_EXCLUDE.get(family),
+                          bias="none")
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
@@ -130,14 +136,14 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     model.enable_input_require_grads()
 
 
-def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
+def apply_lora(model: torch.nn.Module, cfg: LoraConfig, family: str = "bidirectional") -> torch.nn.Module:
     """Wrap with a peft LoRA adapter when enabled (only adapter weights then train)."""
     if not cfg.enabled:
         return model
     from peft import get_peft_model
 
     try:
-        return get_peft_model(model, peft_lora_config(cfg))
+        return get_peft_model(model, peft_lora_config(cfg, family))
     except ValueError as exc:
         if "target" not in str(exc).lower():
             raise

@@ -54,7 +54,7 @@ from reasoning.schema import ConfigError
 from reasoning.sft import seed_everything
 from reasoning.tasks import get_task
 from rewards import RewardRunner, RewardSpec
-from rollouts import DiffusionPolicy, TokenIds, save_jsonl
+from rollouts import make_policy, save_jsonl
 from rollouts.workers import PolicySpec, RolloutGroup, policy_weights
 
 
@@ -145,7 +145,7 @@ def run_rl(cfg: Config) -> dict:
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     lora = cfg.model.lora.enabled
-    model = apply_lora(model, cfg.model.lora)
+    model = apply_lora(model, cfg.model.lora, cfg.model.family)
     if not lora and tr.kl_coef > 0:
         raise ConfigError("config key 'trainer.kl_coef' > 0 needs model.lora.enabled: the reference policy is "
                           "the model with its adapter disabled")
@@ -173,7 +173,7 @@ def run_rl(cfg: Config) -> dict:
     if world > 1 and cfg.ray.enabled:
         raise ConfigError("config key 'ray.enabled': with several trainer processes each rank samples with its own "
                           "in-process rollout worker; set ray.enabled=false (Ray workers serve one trainer process)")
-    policy = DiffusionPolicy(raw_model, TokenIds.from_tokenizer(tokenizer, raw_model.config), cfg.model.shift_logits)
+    policy = make_policy(raw_model, tokenizer, cfg.model.shift_logits)
     objective = build_objective(tr.objective, ObjectiveSettings(
         clip_eps_low=tr.clip_eps_low, clip_eps_high=tr.clip_eps_high, kl_coef=tr.kl_coef,
         merge_steps=tr.merge_steps, prompt_mask_prob=tr.prompt_mask_prob))
@@ -200,7 +200,7 @@ def run_rl(cfg: Config) -> dict:
     logger = (MetricsLogger(run_dir, cfg.logging.tensorboard, cfg.logging.wandb, cfg.name,
                             append=resume_from is not None) if rank == 0 else NoLogger())
     group = RolloutGroup(
-        PolicySpec(path=base_dir, lora=peft_lora_config(cfg.model.lora) if lora else None,
+        PolicySpec(path=base_dir, lora=peft_lora_config(cfg.model.lora, cfg.model.family) if lora else None,
                    shift_logits=cfg.model.shift_logits, family=cfg.model.family,
                    trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype),
         decoding, num_workers=cfg.ray.num_workers if cfg.ray.enabled else 1, use_ray=cfg.ray.enabled,

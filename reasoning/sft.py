@@ -34,7 +34,7 @@ from reasoning.metrics import MetricsLogger
 from reasoning.modeling import apply_lora, enable_gradient_checkpointing, count_parameters, load_model
 from reasoning.schema import ConfigError
 from reasoning.tasks import get_task
-from rollouts import DiffusionPolicy, TokenIds
+from rollouts import DiffusionPolicy, make_policy
 
 
 def llada_loss(policy: DiffusionPolicy, batch: SFTBatch, mask_eps: float, corrupt_prob: float,
@@ -88,7 +88,7 @@ def run_sft(cfg: Config) -> dict:
         tokenizer.save_pretrained(base_model_dir)
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    model = apply_lora(model, cfg.model.lora)
+    model = apply_lora(model, cfg.model.lora, cfg.model.family)
     task = get_task(cfg.data.task)
     splits = task.build(cfg.data)
     train = tokenize_sft(splits["train"], task, tokenizer, cfg.rollout.gen_length).with_format(
@@ -100,7 +100,7 @@ def run_sft(cfg: Config) -> dict:
         warmup_steps=sft.warmup_steps, grad_clip=sft.grad_clip, micro_batch_size=micro,
         grad_accum=sft.batch_size // micro, total_steps=sft.steps, schedule=sft.lr_schedule,
     )
-    policy = DiffusionPolicy(engine, TokenIds.from_tokenizer(tokenizer, engine.module.config), cfg.model.shift_logits)
+    policy = make_policy(engine, tokenizer, cfg.model.shift_logits)
     raw_model = engine.module
     zero3 = zero_stage(engine) == 3
     logger = MetricsLogger(run_dir, cfg.logging.tensorboard, cfg.logging.wandb, cfg.name, append=False)

@@ -3,10 +3,10 @@
 Nothing here imports `reasoning` or `rewards`; the trainer imports from here.
 """
 
-from rollouts.policy import DiffusionPolicy, TokenIds, load_pretrained
+from rollouts.policy import BlockDiffusionPolicy, DiffusionPolicy, TokenIds, load_pretrained, make_policy
 from rollouts.replay import Replayed, replay
 from rollouts.sampler import DecodingConfig, sample, sample_seed
 from rollouts.trajectory import Trajectory, load_jsonl, save_jsonl
 
-__all__ = ["DecodingConfig", "DiffusionPolicy", "Replayed", "TokenIds", "Trajectory", "load_jsonl",
-           "load_pretrained", "replay", "sample", "sample_seed", "save_jsonl"]
+__all__ = ["BlockDiffusionPolicy", "DecodingConfig", "DiffusionPolicy", "Replayed", "TokenIds", "Trajectory", "load_jsonl",
+           "load_pretrained", "make_policy", "replay", "sample", "sample_seed", "save_jsonl"]

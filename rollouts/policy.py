@@ -46,7 +46,7 @@ class TokenIds:
         return cls(mask=int(mask), pad=int(pad), eos=int(eos))
 
 
-FAMILIES = ("bidirectional", "remote", "masked_lm")
+FAMILIES = ("bidirectional", "remote", "masked_lm", "diffusion_gemma")
 
 
 def _saved_config(path: str) -> dict:
@@ -68,7 +68,9 @@ def load_pretrained(path: str, dtype: torch.dtype = torch.float32, family: str =
                    it), so attention is bidirectional whatever the saved config says;
     masked_lm:     `AutoModelForMaskedLM` (e.g. ModernBERT), bidirectional already;
     remote:        a checkpoint that carries its own modeling code (LLaDA, Dream) via
-                   `auto_map` — only with `trust_remote_code=True`.
+                   `auto_map` — only with `trust_remote_code=True`;
+    diffusion_gemma: transformers' `DiffusionGemmaForBlockDiffusion` (encoder for the
+                   prompt, bidirectional decoder for the canvas; see `BlockDiffusionPolicy`).
     """
     from transformers import AutoConfig, AutoModel
 
@@ -87,6 +89,13 @@ def load_pretrained(path: str, dtype: torch.dtype = torch.float32, family: str =
                          f"use family 'remote' with trust_remote_code: true")
     if family == "masked_lm":
         return AutoModelForMaskedLM.from_pretrained(path, dtype=dtype)
+    if family == "diffusion_gemma":
+        from transformers import DiffusionGemmaForBlockDiffusion
+
+        model_type = _saved_config(path).get("model_type")
+        if model_type != "diffusion_gemma":
+            raise ValueError(f"config key 'model.family': '{path}' holds a '{model_type}' model, not diffusion_gemma")
+        return DiffusionGemmaForBlockDiffusion.from_pretrained(path, dtype=dtype)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.config.is_causal = False
     return model
@@ -114,7 +123,9 @@ class DiffusionPolicy:
     @property
     def context_length(self) -> int | None:
         """The longest canvas the model accepts (None if its config does not say)."""
-        return getattr(self.model.config, "max_position_embeddings", None)
+        config = self.model.config
+        config = getattr(config, "text_config", None) or config
+        return getattr(config, "max_position_embeddings", None)
 
     @property
     def device(self) -> torch.device:
@@ -175,3 +186,55 @@ class DiffusionPolicy:
             embeds = torch.where(masked.unsqueeze(-1), mixed, token_embeds)
             logp = self.answer_log_probs(self.logits(attention_mask=attention, inputs_embeds=embeds, keep=keep), temperature)
         return logp
+
+
+class BlockDiffusionPolicy(DiffusionPolicy):
+    """The `diffusion_gemma` family: transformers' DiffusionGemmaForBlockDiffusion.
+
+    That model splits the canvas in two: the prompt goes through its (causal) encoder
+    into a KV cache, and the answer canvas through its bidirectional decoder, which
+    attends to the cache and to the whole canvas. Positions continue after each row's
+    real prompt tokens, so left padding changes nothing. Unknown answer positions hold
+    the tokenizer's [MASK] like every other family (DiffusionGemma itself starts from
+    random tokens; a [MASK] canvas is what our sampler and replay define).
+
+    Latent thinking maps to the model's own self-conditioning: pass k feeds the previous
+    pass's answer logits as `self_conditioning_logits` (`latent_mix` is not used — the
+    model learned its own mixing). Still a deterministic function of θ and the canvas.
+    """
+
+    def logits(self, *, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
+               inputs_embeds: torch.Tensor | None = None, keep: int | None = None,
+               self_conditioning: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, keep, V) of the last `keep` positions of `input_ids` (the canvas)."""
+        if input_ids is None or keep is None:
+            raise ValueError("diffusion_gemma: logits need input_ids and keep (the canvas length); "
+                             "embedding inputs are not supported")
+        prompt, canvas = input_ids[:, :-keep], input_ids[:, -keep:]
+        prompt_mask = attention_mask[:, :-keep].long()
+        prompt_lengths = prompt_mask.sum(-1, keepdim=True)
+        out = self.model(
+            input_ids=prompt, attention_mask=prompt_mask,
+            position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
+            decoder_input_ids=canvas,
+            decoder_attention_mask=torch.cat([prompt_mask, torch.ones_like(canvas)], 1),
+            decoder_position_ids=prompt_lengths + torch.arange(keep, device=canvas.device),
+            self_conditioning_logits=self_conditioning, use_cache=True)
+        return out.logits
+
+    def step_log_probs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, answer: torch.Tensor,
+                       temperature: float, latent_steps: int = 0, latent_mix: float = 0.5) -> torch.Tensor:
+        canvas = torch.cat([prompt_ids, answer], 1)
+        attention = torch.cat([prompt_mask, torch.ones_like(answer)], 1)
+        logits = self.logits(attention_mask=attention, input_ids=canvas, keep=answer.shape[1])
+        for _ in range(latent_steps):
+            logits = self.logits(attention_mask=attention, input_ids=canvas, keep=answer.shape[1],
+                                 self_conditioning=logits)
+        return self.answer_log_probs(logits, temperature)
+
+
+def make_policy(model: torch.nn.Module, tokenizer, shift_logits: bool = False) -> DiffusionPolicy:
+    """The policy adapter for a loaded model (peft-wrapped or not), special ids from the tokenizer."""
+    config = model.config
+    cls = BlockDiffusionPolicy if getattr(config, "model_type", None) == "diffusion_gemma" else DiffusionPolicy
+    return cls(model, TokenIds.from_tokenizer(tokenizer, config), shift_logits)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rollouts.policy import DiffusionPolicy, TokenIds, load_pretrained
+from rollouts.policy import DiffusionPolicy, load_pretrained, make_policy
 from rollouts.sampler import DecodingConfig, sample, sample_seed
 from rollouts.trajectory import Trajectory
 
@@ -51,7 +51,7 @@ class PolicySpec:
             model = get_peft_model(model, self.lora)
         model.eval().requires_grad_(False)
         tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
-        return DiffusionPolicy(model, TokenIds.from_tokenizer(tokenizer, model.config), self.shift_logits)
+        return make_policy(model, tokenizer, self.shift_logits)
 
 
 def policy_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

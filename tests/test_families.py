@@ -13,7 +13,7 @@ from reasoning.config import load_config
 from reasoning.modeling import ModelConfig, build_char_tokenizer, load_model
 from reasoning.rl import run_rl
 from reasoning.schema import ConfigError
-from rollouts import DecodingConfig, DiffusionPolicy, TokenIds, replay, sample
+from rollouts import DecodingConfig, make_policy, replay, sample
 
 REMOTE_CODE = textwrap.dedent('''
     """A checkpoint's own modeling code (like LLaDA's or Dream's), loaded through auto_map."""
@@ -71,9 +71,28 @@ def save_remote(path, tokenizer):
     tokenizer.save_pretrained(path)
 
 
+def save_diffusion_gemma(path, tokenizer):
+    """transformers' native DiffusionGemmaForBlockDiffusion, shrunk: 2 layers (one sliding-window, one full),
+    2 experts, and a one-layer vision tower (text RL never uses it, but the class always builds one)."""
+    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=16, global_head_dim=16,
+                max_position_embeddings=96, sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+                num_experts=2, top_k_experts=1, moe_intermediate_size=32, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    vision = dict(model_type="gemma4_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=1, num_key_value_heads=1, head_dim=16, position_embedding_size=64)
+    torch.manual_seed(0)
+    config = DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=20)
+    DiffusionGemmaForBlockDiffusion(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
 FAMILIES = {
     "masked_lm": (save_masked_lm, ["model.family=masked_lm", "model.lora.target_modules=[Wqkv,Wo]"]),
     "remote": (save_remote, ["model.family=remote", "model.trust_remote_code=true"]),
+    "diffusion_gemma": (save_diffusion_gemma, ["model.family=diffusion_gemma"]),
 }
 
 
@@ -92,7 +111,9 @@ def test_family_samples_and_replays_exactly(family):
     model, tokenizer = load_model(cfg)
     if name == "remote":
         assert type(model).__name__ == "TinyDLMForMaskedDiffusion"
-    policy = DiffusionPolicy(model.eval(), TokenIds.from_tokenizer(tokenizer, model.config))
+    if name == "diffusion_gemma":
+        assert type(model).__name__ == "DiffusionGemmaForBlockDiffusion"
+    policy = make_policy(model.eval(), tokenizer)
     decoding = DecodingConfig(gen_length=8, block_length=4, steps=4, temperature=1.0, selection_temperature=0.5,
                               latent_steps=1)
     prompts = [tokenizer(text)["input_ids"] for text in ("sudoku 12..", "abc")]
@@ -128,3 +149,34 @@ def test_remote_code_needs_explicit_trust(tmp_path):
         load_model(ModelConfig(family="remote", path=path))
     with pytest.raises(ConfigError, match="family 'remote'"):
         load_model(ModelConfig(family="bidirectional", path=path))
+
+
+def test_diffusion_gemma_adapter_pads_and_self_conditions(tmp_path):
+    """Prompt -> encoder, canvas -> decoder: left padding changes nothing, latent thinking is the model's
+    self-conditioning, and LoRA wraps the text layers only (the vision tower has q_proj too)."""
+    from reasoning.modeling import LoraConfig, apply_lora
+    from rollouts import BlockDiffusionPolicy
+
+    path = str(tmp_path / "dg")
+    save_diffusion_gemma(path, build_char_tokenizer())
+    model, tokenizer = load_model(ModelConfig(family="diffusion_gemma", path=path))
+    policy = make_policy(model.eval(), tokenizer)
+    assert isinstance(policy, BlockDiffusionPolicy) and policy.context_length == 96
+    prompt = torch.tensor([tokenizer("sudoku 1234")["input_ids"]])
+    answer = torch.full((1, 6), policy.ids.mask)
+    answer[0, 2] = tokenizer.convert_tokens_to_ids("3")
+    pad = torch.full((1, 3), policy.ids.pad)
+    with torch.no_grad():
+        plain = policy.step_log_probs(prompt, torch.ones_like(prompt), answer, 1.0)
+        padded = policy.step_log_probs(torch.cat([pad, prompt], 1),
+                                       torch.cat([torch.zeros_like(pad), torch.ones_like(prompt)], 1), answer, 1.0)
+        thought = policy.step_log_probs(prompt, torch.ones_like(prompt), answer, 1.0, latent_steps=1)
+    assert (plain - padded).abs().max() < 1e-5
+    assert (plain - thought).abs().max() > 1e-4
+    wrapped = apply_lora(model, LoraConfig(enabled=True, r=2), "diffusion_gemma")
+    names = [n for n, _ in wrapped.named_parameters() if "lora_A" in n]
+    assert names and not any("vision" in n for n in names)
+    assert any(".decoder." in n for n in names) and any(".language_model." in n for n in names)
+    save_masked_lm(str(tmp_path / "bert"), build_char_tokenizer())
+    with pytest.raises(ConfigError, match="'modernbert' model, not diffusion_gemma"):
+        load_model(ModelConfig(family="diffusion_gemma", path=str(tmp_path / "bert")))
