@@ -27,6 +27,14 @@ def test_sudoku_split_shares_no_solution_grid():
     assert min(blanks) >= 4 and max(blanks) <= 10
 
 
+def test_sudoku_puzzle_split_shares_grids_but_no_puzzle():
+    data = build("sudoku4", task_args={"split_by": "puzzle"})
+    assert set(data["train"]["solution"]) & set(data["test"]["solution"])
+    assert not set(data["train"]["puzzle"]) & set(data["test"]["puzzle"])
+    with pytest.raises(ValueError, match="split_by"):
+        build("sudoku4", task_args={"split_by": "row"})
+
+
 def test_tasks_are_deterministic_and_test_set_ignores_train_size():
     for name in ("sudoku4", "countdown", "addition"):
         a, b = build(name), build(name, train=500)
