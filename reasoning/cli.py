@@ -48,7 +48,7 @@ def _load_run_checkpoint(path: str, overrides: list[str]):
         raise ConfigError(f"'{path}' is not a dlmrl checkpoint directory (no trainer_state.json)")
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     run_config = os.path.join(run_dir, "config.yaml")
-    cfg = load_config(run_config if os.path.isfile(run_config) else None, overrides)
+    cfg = load_config(run_config if os.path.isfile(run_config) else None, overrides, saved_by_run=True)
     model, tokenizer, _ = load_checkpoint(path, getattr(torch, cfg.model.dtype), cfg.model.family,
                                           cfg.model.trust_remote_code)
     return cfg, model, tokenizer, run_dir

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
 import yaml
 
 from reasoning.modeling import ModelConfig
-from reasoning.schema import ConfigError, apply_override, from_dict, parse_override, suggest, to_dict
+from reasoning.schema import ConfigError, apply_override, drop_unknown_keys, from_dict, parse_override, suggest, to_dict
 from reasoning.tasks.base import DataConfig
 import rewards
 from rewards.registry import RewardsConfig
@@ -156,8 +157,11 @@ class Config:
         return from_dict(DecodingConfig, {**base, **self.eval.decoding}, "eval.decoding")
 
 
-def load_config(path: str | None, overrides: list[str] = ()) -> Config:
-    """YAML file (optional) + `key.sub=value` overrides -> validated Config."""
+def load_config(path: str | None, overrides: list[str] = (), saved_by_run: bool = False) -> Config:
+    """YAML file (optional) + `key.sub=value` overrides -> validated Config.
+
+    `saved_by_run`: the file is a run's own config.yaml (eval/sample of its checkpoints);
+    keys this version does not know are dropped with a note instead of refused."""
     tree: dict = {}
     if path is not None:
         if not os.path.isfile(path):
@@ -171,6 +175,11 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"config file '{path}': expected a mapping of blocks at the top level")
     if isinstance(tree.get("rewards"), list):  # `rewards: [...]` is short for `rewards: {functions: [...]}`
         tree["rewards"] = {"functions": tree["rewards"]}
+    if saved_by_run:
+        dropped = drop_unknown_keys(Config, tree)
+        if dropped:
+            print(f"note: {path} was written by another dlmrl version; ignoring its keys "
+                  f"{', '.join(dropped)}", file=sys.stderr)
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(tree, keys, value)

@@ -27,6 +27,26 @@ def any_rank(flag: bool, world: int) -> bool:
     return bool(value.item())
 
 
+SUMMED_METRICS = ("completions/total_tokens",)
+
+
+def combine_metrics(metrics: dict, world: int) -> dict:
+    """One step's metrics over all ranks: totals summed, everything else averaged.
+
+    Ranks hold equal numbers of samples, so the mean of per-rank means is the global
+    mean; for *_std metrics it is the mean of the per-rank standard deviations."""
+    if world == 1:
+        return metrics
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, metrics)
+    combined = {}
+    for key in dict.fromkeys(k for g in gathered for k in g):
+        values = [g[key] for g in gathered if isinstance(g.get(key), (int, float))]
+        if values:
+            combined[key] = float(sum(values)) if key in SUMMED_METRICS else sum(values) / len(values)
+    return combined
+
+
 class NoLogger:
     """Ranks other than 0 do not write metrics."""
 

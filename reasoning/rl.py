@@ -44,7 +44,7 @@ from reasoning.checkpoint import (checkpoint_name, complete_checkpoints, is_chec
                                   save_checkpoint)
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import decode_completion, encode_prompt
-from reasoning.distributed import NoLogger, any_rank, barrier, rank_and_world
+from reasoning.distributed import NoLogger, any_rank, barrier, combine_metrics, rank_and_world
 from reasoning.engine import build_engine, engine_step, zero_stage
 from reasoning.evaluate import answer_length, evaluate
 from reasoning.metrics import MetricsLogger
@@ -181,7 +181,7 @@ def run_rl(cfg: Config) -> dict:
         cfg.rewards, functions=[RewardSpec(name=task.reward)])
 
     # --- resume -----------------------------------------------------------------------------
-    start_step, version, stream = 0, 0, PromptStream(len(train), cfg.seed)
+    start_step, version, stream, trained_s = 0, 0, PromptStream(len(train), cfg.seed), 0.0
     if resume_from is not None:
         with open(os.path.join(resume_from, "trainer_state.json")) as fh:
             state = json.load(fh)
@@ -192,6 +192,7 @@ def run_rl(cfg: Config) -> dict:
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         start_step, version = state["step"], state["policy_version"]
+        trained_s = state.get("trained_s", 0.0)  # max_seconds is a budget for the whole run
         stream = PromptStream(len(train), cfg.seed, state["data_epoch"], state["data_cursor"])
         if rank == 0:
             truncate_metrics(run_dir, start_step)
@@ -233,7 +234,7 @@ def run_rl(cfg: Config) -> dict:
             path = save_checkpoint(run_dir, step, raw_model, tokenizer, {
                 "base_model": base_dir, "policy_version": version, "data_epoch": stream.epoch,
                 "data_cursor": stream.cursor, "metrics": metrics, "task": task.name, "objective": tr.objective,
-                "world_size": world,
+                "world_size": world, "trained_s": trained_s,
             }, zero3=zero_stage(engine) == 3, extra=lambda tmp: shutil.move(staging, os.path.join(tmp, "ds")))
             prune_checkpoints(run_dir, tr.keep_checkpoints)
         barrier()
@@ -243,7 +244,8 @@ def run_rl(cfg: Config) -> dict:
     eval_metrics = run_eval(start_step) if start_step == 0 else {}
     before = eval_metrics.get(f"eval/{task.name}/acc")
     metrics: dict = {}
-    trained_s, next_eval_s = 0.0, tr.eval_every_s  # training wall time, eval excluded
+    # training wall time (evals excluded), carried over a resume; the next timed eval is the next multiple
+    next_eval_s = tr.eval_every_s * (math.floor(trained_s / tr.eval_every_s) + 1) if tr.eval_every_s else 0.0
     final_step = tr.steps
     bar = tqdm(range(start_step + 1, tr.steps + 1), desc=f"rl {task.name}", disable=not cfg.logging.progress)
     try:
@@ -284,6 +286,7 @@ def run_rl(cfg: Config) -> dict:
                        "data/epoch": stream.epoch, "data/cursor": stream.cursor,
                        "lr": optimizer.param_groups[0]["lr"],
                        **{f"timing_s/{k}": v for k, v in timing.items()}}
+            metrics = combine_metrics(metrics, world)
             metrics["perf/tokens_per_s"] = metrics["completions/total_tokens"] / max(sum(timing.values()), 1e-9)
             if step % tr.log_every == 0 or step == tr.steps:
                 logger.log(step, metrics)

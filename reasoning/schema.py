@@ -115,6 +115,26 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     return obj
 
 
+def drop_unknown_keys(cls: type, data: Any, prefix: str = "") -> list[str]:
+    """Remove, in place, the keys of `data` that `cls` does not declare; return their dotted names.
+
+    For configs a run saved itself (an older dlmrl may have named a setting differently):
+    a user's own config is never pruned, its unknown keys stay errors."""
+    if not isinstance(data, dict):
+        return []
+    hints = get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    dropped = []
+    for key in list(data):
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            dropped.append(dotted)
+            del data[key]
+        elif dataclasses.is_dataclass(hints[key]):
+            dropped += drop_unknown_keys(hints[key], data[key], dotted)
+    return dropped
+
+
 def to_dict(obj: Any) -> Any:
     """Dataclass -> plain dict (for YAML)."""
     return dataclasses.asdict(obj)

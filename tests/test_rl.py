@@ -145,6 +145,8 @@ def test_kill_and_resume_repeats_an_uninterrupted_run(tmp_path):
     # a directory that looks like a checkpoint but was never completed must be ignored
     (ckpt / "step_000005").mkdir()
     (ckpt / "step_000005" / "adapter").mkdir()
+    trained_at_kill = json.loads((ckpt / "step_000002" / "trainer_state.json").read_text())["trained_s"]
+    assert trained_at_kill > 0
     resumed = cli(tmp_path, "killed", "trainer.resume=auto")
     assert resumed.wait(timeout=240) == 0, resumed.stderr.read()[-2000:]
     assert reference.wait(timeout=240) == 0, reference.stderr.read()[-2000:]
@@ -153,6 +155,8 @@ def test_kill_and_resume_repeats_an_uninterrupted_run(tmp_path):
     for x, y in zip(a, b):
         for key in ("reward", "data/cursor", "data/epoch", "policy_version", "loss"):
             assert x[key] == pytest.approx(y[key], abs=1e-6), (x["step"], key)
+    # the training-time budget (trainer.max_seconds) counts the time before the kill too
+    assert json.loads((ckpt / "step_000006" / "trainer_state.json").read_text())["trained_s"] > trained_at_kill
     final_a, final_b = adapter(tmp_path / "straight", 6), adapter(tmp_path / "killed", 6)
     for key in final_a:
         assert torch.allclose(final_a[key], final_b[key], atol=1e-6)
@@ -181,5 +185,7 @@ def test_two_trainer_processes_with_zero2(tmp_path):
     steps = train_steps(tmp_path / "mp")
     assert [m["step"] for m in steps] == [1, 2]  # rank 0 logs, once per step
     assert steps[0]["train/samples"] <= 8  # each rank trains on its own half of the 4 prompts x 4 samples
+    # metrics cover both ranks: 16 answers in all, not rank 0's 8
+    assert steps[0]["completions/total_tokens"] == pytest.approx(16 * steps[0]["completions/mean_length"])
     ds = tmp_path / "mp" / "checkpoints" / "step_000002" / "ds"
     assert (ds / "rng_rank0.pt").exists() and (ds / "rng_rank1.pt").exists()
