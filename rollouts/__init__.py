@@ -8,5 +8,5 @@ from rollouts.replay import Replayed, replay
 from rollouts.sampler import DecodingConfig, sample, sample_seed
 from rollouts.trajectory import Trajectory, load_jsonl, save_jsonl
 
-__all__ = ["BlockDiffusionPolicy", "DecodingConfig", "DiffusionPolicy", "Replayed", "TokenIds", "Trajectory", "load_jsonl",
-           "load_pretrained", "make_policy", "replay", "sample", "sample_seed", "save_jsonl"]
+__all__ = ["BlockDiffusionPolicy", "DecodingConfig", "DiffusionPolicy", "Replayed", "TokenIds", "Trajectory",
+           "load_jsonl", "load_pretrained", "make_policy", "replay", "sample", "sample_seed", "save_jsonl"]

@@ -204,32 +204,32 @@ class BlockDiffusionPolicy(DiffusionPolicy):
     """
 
     def logits(self, *, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
-               inputs_embeds: torch.Tensor | None = None, keep: int | None = None,
-               self_conditioning: torch.Tensor | None = None) -> torch.Tensor:
+               inputs_embeds: torch.Tensor | None = None, keep: int | None = None) -> torch.Tensor:
         """Logits (B, keep, V) of the last `keep` positions of `input_ids` (the canvas)."""
         if input_ids is None or keep is None:
             raise ValueError("diffusion_gemma: logits need input_ids and keep (the canvas length); "
                              "embedding inputs are not supported")
-        prompt, canvas = input_ids[:, :-keep], input_ids[:, -keep:]
-        prompt_mask = attention_mask[:, :-keep].long()
-        prompt_lengths = prompt_mask.sum(-1, keepdim=True)
+        return self._decode(input_ids[:, :-keep], attention_mask[:, :-keep], input_ids[:, -keep:])[0]
+
+    def _decode(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, canvas: torch.Tensor,
+                prompt_cache=None, self_conditioning: torch.Tensor | None = None):
+        """(logits, prompt KV cache); the encoder runs only when no cache is given (the decoder
+        reads the cache and never writes it, so latent passes share one encoding)."""
+        prompt_mask = prompt_mask.long()
         out = self.model(
-            input_ids=prompt, attention_mask=prompt_mask,
-            position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
+            input_ids=None if prompt_cache is not None else prompt_ids, attention_mask=prompt_mask,
+            position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=prompt_cache,
             decoder_input_ids=canvas,
             decoder_attention_mask=torch.cat([prompt_mask, torch.ones_like(canvas)], 1),
-            decoder_position_ids=prompt_lengths + torch.arange(keep, device=canvas.device),
+            decoder_position_ids=prompt_mask.sum(-1, keepdim=True) + torch.arange(canvas.shape[1], device=canvas.device),
             self_conditioning_logits=self_conditioning, use_cache=True)
-        return out.logits
+        return out.logits, out.past_key_values
 
     def step_log_probs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, answer: torch.Tensor,
                        temperature: float, latent_steps: int = 0, latent_mix: float = 0.5) -> torch.Tensor:
-        canvas = torch.cat([prompt_ids, answer], 1)
-        attention = torch.cat([prompt_mask, torch.ones_like(answer)], 1)
-        logits = self.logits(attention_mask=attention, input_ids=canvas, keep=answer.shape[1])
+        logits, cache = self._decode(prompt_ids, prompt_mask, answer)
         for _ in range(latent_steps):
-            logits = self.logits(attention_mask=attention, input_ids=canvas, keep=answer.shape[1],
-                                 self_conditioning=logits)
+            logits, _ = self._decode(prompt_ids, prompt_mask, answer, cache, self_conditioning=logits)
         return self.answer_log_probs(logits, temperature)
 
 

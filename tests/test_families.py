@@ -171,8 +171,12 @@ def test_diffusion_gemma_adapter_pads_and_self_conditions(tmp_path):
         padded = policy.step_log_probs(torch.cat([pad, prompt], 1),
                                        torch.cat([torch.zeros_like(pad), torch.ones_like(prompt)], 1), answer, 1.0)
         thought = policy.step_log_probs(prompt, torch.ones_like(prompt), answer, 1.0, latent_steps=1)
+        first, _ = policy._decode(prompt, torch.ones_like(prompt), answer)
+        reencoded, _ = policy._decode(prompt, torch.ones_like(prompt), answer, self_conditioning=first)
     assert (plain - padded).abs().max() < 1e-5
     assert (plain - thought).abs().max() > 1e-4
+    # the latent pass reuses the prompt's KV cache: same as encoding the prompt again
+    assert (policy.answer_log_probs(reencoded, 1.0) - thought).abs().max() < 1e-5
     wrapped = apply_lora(model, LoraConfig(enabled=True, r=2), "diffusion_gemma")
     names = [n for n, _ in wrapped.named_parameters() if "lora_A" in n]
     assert names and not any("vision" in n for n in names)
