@@ -34,6 +34,7 @@ import rewards  # noqa: E402
 from reasoning.advantages import group_advantages  # noqa: E402
 from reasoning.checkpoint import load_checkpoint  # noqa: E402
 from reasoning.data import decode_completion, encode_prompt  # noqa: E402
+from reasoning.evaluate import evaluate  # noqa: E402
 from reasoning.modeling import LoraConfig, apply_lora  # noqa: E402
 from reasoning.objectives import ObjectiveSettings, RolloutBatch, build_objective  # noqa: E402
 from reasoning.tasks import DataConfig, get_task  # noqa: E402
@@ -94,7 +95,8 @@ def main() -> None:
     def measure() -> dict:
         return {"train_reward": mean_reward(model, tokenizer, task, train, rollout, args.group, seed=101)[0],
                 "heldout_reward": mean_reward(model, tokenizer, task, test, rollout, 1, seed=202)[0],
-                "heldout_greedy": mean_reward(model, tokenizer, task, test, greedy, 1, seed=303)[0]}
+                "heldout_greedy": evaluate(make_policy(model.eval(), tokenizer), tokenizer, task, test, greedy,
+                                           n=len(test), batch_size=256, seed=0).accuracy}
 
     before = measure()
     print(f"before: {before}", file=sys.stderr)

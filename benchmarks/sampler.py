@@ -105,14 +105,14 @@ def bench_task(task_name: str, checkpoint: str, n: int, batch_size: int) -> tupl
     from reasoning.data import encode_prompt
     from reasoning.evaluate import evaluate
     from reasoning.tasks import get_task
-    from rollouts import DiffusionPolicy, TokenIds
+    from rollouts import make_policy
 
     run_dir = os.path.dirname(os.path.dirname(checkpoint))
-    cfg = load_config(os.path.join(run_dir, "config.yaml"))
+    cfg = load_config(os.path.join(run_dir, "config.yaml"), saved_by_run=True)
     task = get_task(cfg.data.task)
     test = task.build(dataclasses.replace(cfg.data, train_size=0))["test"]
     model, tokenizer, _ = load_checkpoint(checkpoint)
-    policy = DiffusionPolicy(model.eval(), TokenIds.from_tokenizer(tokenizer))
+    policy = make_policy(model.eval(), tokenizer)
     results = {}
     for name, overrides in policies(cfg.rollout.gen_length).items():
         decoding = cfg.rollout_decoding(**overrides)
