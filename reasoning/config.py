@@ -60,6 +60,7 @@ class TrainerConfig:
     objective: Literal["trajectory", "mean_field", "coupled"] = "trajectory"
     steps: int = 100
     lr: float = 1e-4
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: plain SGD (step proportional to the gradient)
     weight_decay: float = 0.0
     warmup_steps: int = 0
     prompts_per_step: int = 16  # P; each gets rollout.group_size samples

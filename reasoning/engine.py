@@ -36,8 +36,13 @@ def build_engine(
     grad_accum: int = 1,
     total_steps: int = 0,
     schedule: str = "constant",
+    optimizer_name: str = "adamw",
 ):
-    """(engine, optimizer) for `model`'s trainable parameters under a ZeRO preset."""
+    """(engine, optimizer) for `model`'s trainable parameters under a ZeRO preset.
+
+    `optimizer_name`: "adamw" (default) or "sgd" (plain, no momentum): Adam's first steps
+    move every parameter by ~lr whatever its gradient's size, which noisy RL gradients on a
+    small model turn into damage; SGD's step is proportional to the gradient."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     ensure_distributed_env()
@@ -53,7 +58,10 @@ def build_engine(
     dtype = next(model.parameters()).dtype
     ds_config.setdefault("bf16", {})["enabled"] = dtype == torch.bfloat16
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    if optimizer_name == "sgd":
+        optimizer = torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup_steps, total_steps, schedule))
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config

@@ -167,7 +167,7 @@ def run_rl(cfg: Config) -> dict:
     engine, optimizer = build_engine(
         model, deepspeed_config_path(tr.deepspeed, "trainer.deepspeed"), lr=tr.lr, weight_decay=tr.weight_decay,
         warmup_steps=tr.warmup_steps, grad_clip=tr.grad_clip, micro_batch_size=1, grad_accum=micro_batches,
-        total_steps=tr.steps * tr.inner_steps, schedule="constant")
+        total_steps=tr.steps * tr.inner_steps, schedule="constant", optimizer_name=tr.optimizer)
     raw_model = engine.module
     rank, world = rank_and_world()
     if world > 1 and cfg.ray.enabled:

@@ -109,9 +109,20 @@ def test_non_finite_loss_skips_the_step(tmp_path, monkeypatch):
     assert all(v.abs().sum() == 0 for k, v in adapter(cfg.run_dir, 1).items() if "lora_B" in k)  # untouched
 
 
+def test_plain_sgd_optimizer_moves_the_adapter(tmp_path):
+    cfg = config(tmp_path, "trainer.optimizer=sgd", "trainer.lr=0.5", "trainer.steps=1", "trainer.checkpoint_every=1")
+    run_rl(cfg)
+    [step] = train_steps(cfg.run_dir)
+    assert step["train/samples"] > 0 and step["skipped_steps"] == 0
+    lora_b = [v for k, v in adapter(cfg.run_dir, 1).items() if "lora_B" in k]
+    assert any(v.abs().sum() > 0 for v in lora_b)
+
+
 def test_bad_trainer_settings_are_named(tmp_path):
     with pytest.raises(ConfigError, match="trainer.objective"):
         config(tmp_path, "trainer.objective=grpo")
+    with pytest.raises(ConfigError, match="trainer.optimizer.*adamw.*sgd.*'adam'"):
+        config(tmp_path, "trainer.optimizer=adam")
     with pytest.raises(ConfigError, match="trainer.deepspeed.*zero4"):
         config(tmp_path, "trainer.deepspeed=zero4")
     with pytest.raises(ConfigError, match="trainer.resume.*does not exist"):
