@@ -40,9 +40,9 @@ def build_engine(
 ):
     """(engine, optimizer) for `model`'s trainable parameters under a ZeRO preset.
 
-    `optimizer_name`: "adamw" (default) or "sgd" (plain, no momentum): Adam's first steps
-    move every parameter by ~lr whatever its gradient's size, which noisy RL gradients on a
-    small model turn into damage; SGD's step is proportional to the gradient."""
+    `optimizer_name`: "adamw" (default) or "sgd" (plain, no momentum). Adam's first steps
+    move every parameter by ~lr whatever its gradient's size; SGD's step is proportional to
+    the gradient, as in the gradient probes of benchmarks/pg_step.py."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     ensure_distributed_env()

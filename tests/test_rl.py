@@ -116,6 +116,9 @@ def test_plain_sgd_optimizer_moves_the_adapter(tmp_path):
     assert step["train/samples"] > 0 and step["skipped_steps"] == 0
     lora_b = [v for k, v in adapter(cfg.run_dir, 1).items() if "lora_B" in k]
     assert any(v.abs().sum() > 0 for v in lora_b)
+    # SGD's step is lr x the clipped gradient (norm <= 1), spread over all entries; Adam's
+    # first step would move every touched entry of B (which starts at 0) by ~lr = 0.5.
+    assert max(float(v.abs().max()) for v in lora_b) < 0.4
 
 
 def test_bad_trainer_settings_are_named(tmp_path):
