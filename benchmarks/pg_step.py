@@ -34,6 +34,7 @@ import rewards  # noqa: E402
 from reasoning.advantages import group_advantages  # noqa: E402
 from reasoning.checkpoint import load_checkpoint  # noqa: E402
 from reasoning.data import decode_completion, encode_prompt  # noqa: E402
+from reasoning.engine import make_optimizer  # noqa: E402
 from reasoning.evaluate import evaluate  # noqa: E402
 from reasoning.modeling import LoraConfig, apply_lora  # noqa: E402
 from reasoning.objectives import ObjectiveSettings, RolloutBatch, build_objective  # noqa: E402
@@ -86,8 +87,7 @@ def main() -> None:
     if args.optimizer == "lora_adamw":
         model = apply_lora(model, LoraConfig(enabled=True))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = (torch.optim.SGD(params, lr=args.lr) if args.optimizer == "sgd"
-                 else torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0))
+    optimizer = make_optimizer(params, "sgd" if args.optimizer == "sgd" else "adamw", args.lr)
     rollout = DecodingConfig(gen_length=args.gen_length, steps=args.decode_steps, temperature=args.temperature)
     greedy = dataclasses.replace(rollout, steps=args.gen_length, temperature=0.0)
     objective = build_objective("trajectory", ObjectiveSettings(merge_steps=args.merge_steps))

@@ -40,9 +40,7 @@ def build_engine(
 ):
     """(engine, optimizer) for `model`'s trainable parameters under a ZeRO preset.
 
-    `optimizer_name`: "adamw" (default) or "sgd" (plain, no momentum). Adam's first steps
-    move every parameter by ~lr whatever its gradient's size; SGD's step is proportional to
-    the gradient, as in the gradient probes of benchmarks/pg_step.py."""
+    `optimizer_name`: see `make_optimizer`."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     ensure_distributed_env()
@@ -58,15 +56,23 @@ def build_engine(
     dtype = next(model.parameters()).dtype
     ds_config.setdefault("bf16", {})["enabled"] = dtype == torch.bfloat16
     params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer_name == "sgd":
-        optimizer = torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    optimizer = make_optimizer(params, optimizer_name, lr, weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup_steps, total_steps, schedule))
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
     return engine, optimizer
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """"adamw" (torch's fused AdamW) or "sgd" (plain, no momentum). Adam's first steps move
+    every parameter by ~lr whatever its gradient's size; SGD's step is proportional to the
+    gradient (the gradient probes of benchmarks/pg_step.py use it)."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {name!r}")
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
