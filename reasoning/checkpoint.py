@@ -92,12 +92,10 @@ def prune_checkpoints(run_dir: str, keep: int) -> None:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
-def load_checkpoint(path: str, dtype: torch.dtype = torch.float32, family: str = "bidirectional",
+def load_checkpoint(path: str, dtype: torch.dtype = torch.float32, family: str = "auto",
                     trust_remote_code: bool = False):
     """(model, tokenizer, state) from a checkpoint directory (full or LoRA)."""
-    from transformers import AutoTokenizer
-
-    from rollouts.policy import load_pretrained
+    from rollouts.families import load_pretrained, load_tokenizer
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint directory '{path}' does not exist")
@@ -105,7 +103,7 @@ def load_checkpoint(path: str, dtype: torch.dtype = torch.float32, family: str =
         raise ValueError(f"'{path}' is not a complete dlmrl checkpoint (no {STATE_FILE})")
     with open(os.path.join(path, STATE_FILE)) as fh:
         state = json.load(fh)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code)
     adapter = os.path.join(path, "adapter")
     if os.path.isdir(adapter):
         from peft import PeftModel

@@ -211,7 +211,7 @@ def check_files(cfg: Config) -> None:
         raise ConfigError(f"config key 'model.path': directory '{cfg.model.path}' does not exist")
     for i, spec in enumerate(cfg.rewards.functions):
         try:
-            rewards.get(spec.reference)
+            rewards.get(spec.reference, spec.args)
         except KeyError as exc:
             raise ConfigError(f"config key 'rewards.functions[{i}]': {exc.args[0]}") from None
     deepspeed_config_path(cfg.sft.deepspeed, "sft.deepspeed")

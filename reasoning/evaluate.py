@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from reasoning.data import decode_completion, encode_prompt
+from reasoning.data import decode_completion, encode_prompt, stop_index
 from rollouts import DecodingConfig, DiffusionPolicy, sample, sample_seed
 
 
@@ -32,9 +32,9 @@ class EvalResult:
         return out
 
 
-def answer_length(answer: torch.Tensor, eos_id: int) -> int:
-    """Tokens up to and including the first [EOS] (the whole canvas if there is none)."""
-    return int((answer != eos_id).cumprod(0).sum()) + int((answer == eos_id).any())
+def answer_length(answer: torch.Tensor, stop: tuple[int, ...]) -> int:
+    """Tokens up to and including the first stop token (the whole canvas if there is none)."""
+    return min(stop_index(answer, stop) + 1, len(answer))
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -45,7 +45,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def evaluate(policy: DiffusionPolicy, tokenizer, task, dataset: Dataset, decoding: DecodingConfig,
-             n: int, batch_size: int, seed: int = 0, progress: bool = False, samples: int = 1) -> EvalResult:
+             n: int, batch_size: int, seed: int = 0, progress: bool = False, samples: int = 1,
+             chat_template: str = "auto") -> EvalResult:
     """Decode the first `n` examples (`samples` answers each); accuracy = mean task score
     over all answers, pass@k over each example's samples. Sample k of example i always uses
     the seed `sample_seed(seed, i, k)`, so results do not depend on the batch size."""
@@ -59,16 +60,16 @@ def evaluate(policy: DiffusionPolicy, tokenizer, task, dataset: Dataset, decodin
     for lo in range(0, len(jobs), batch_size):
         chunk = jobs[lo:lo + batch_size]
         rows = [examples[i] for i, _ in chunk]
-        prompts = [encode_prompt(tokenizer, row["prompt"]) for row in rows]
+        prompts = [encode_prompt(tokenizer, row["prompt"], chat_template) for row in rows]
         seeds = [sample_seed(seed, i, k) for i, k in chunk]
         for (index, k), row, traj in zip(chunk, rows, sample(policy, prompts, decoding, seeds)):
             answer = torch.as_tensor(traj.final_tokens)
             passes += traj.forward_passes
-            completion = decode_completion(tokenizer, answer)
+            completion = decode_completion(tokenizer, answer, policy.ids.stop)
             reward = task.score(completion, row)
             for key, value in task.metrics(completion, row).items():
                 extras[key] = extras.get(key, 0.0) + value
-            tokens += answer_length(answer, tokenizer.eos_token_id)
+            tokens += answer_length(answer, policy.ids.stop)
             records.append({"index": index, "sample": k, "prompt": row["prompt"], "completion": completion,
                             "reward": reward, "correct": reward >= 1.0, "steps": traj.forward_passes})
         bar.update(len(rows))

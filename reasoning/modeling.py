@@ -12,10 +12,10 @@ from typing import Literal
 
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from reasoning.schema import ConfigError
-from rollouts.policy import load_pretrained
+from rollouts.families import ModelLoadError, load_pretrained, load_tokenizer
 
 SPECIAL_TOKENS = ["[PAD]", "[MASK]", "[EOS]", "[UNK]"]
 ANSWER_TOKENS = ["<answer>", "</answer>", "<think>", "</think>"]  # one token each, not characters
@@ -49,13 +49,14 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    family: Literal["bidirectional", "remote", "masked_lm", "diffusion_gemma"] = "bidirectional"
-    path: str | None = None  # a save_pretrained directory; None = build the tiny default
+    # auto: read from the checkpoint's config.json (rollouts/families); remote only when asked for
+    family: Literal["auto", "llada", "dream", "bidirectional", "remote", "masked_lm", "diffusion_gemma"] = "auto"
+    path: str | None = None  # a model snapshot or save_pretrained directory; None = build the tiny default
     trust_remote_code: bool = False  # family remote: run the modeling code shipped with the checkpoint
     gradient_checkpointing: bool = False  # recompute activations in backward (long canvases on a GPU)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    shift_logits: bool = False  # Dream-style: the logit at i predicts token i+1
+    shift_logits: bool | None = None  # the logit at i predicts token i+1; None = the family's own (Dream: yes)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -98,7 +99,7 @@ def load_model(cfg: ModelConfig):
     """(model, tokenizer) for a model block: the tiny default or a local directory."""
     dtype = getattr(torch, cfg.dtype)
     if cfg.path is None:
-        if cfg.family != "bidirectional":
+        if cfg.family not in ("auto", "bidirectional"):
             raise ConfigError(f"config key 'model.path': family '{cfg.family}' needs a checkpoint directory "
                               f"(only the tiny bidirectional default is built from a config)")
         tokenizer = build_char_tokenizer()
@@ -107,11 +108,15 @@ def load_model(cfg: ModelConfig):
         raise ConfigError(f"config key 'model.path': '{cfg.path}' has no config.json (not a save_pretrained directory)")
     try:
         model = load_pretrained(cfg.path, dtype, cfg.family, cfg.trust_remote_code)
-    except ValueError as exc:
-        if "config key" in str(exc):
-            raise ConfigError(str(exc)) from None
-        raise
-    return model, AutoTokenizer.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = load_tokenizer(cfg.path, cfg.trust_remote_code)
+    except ModelLoadError as exc:
+        raise ConfigError(str(exc)) from None
+    return model, tokenizer
+
+
+def model_family(model: torch.nn.Module) -> str:
+    """The family a loaded model was resolved to (`model.family: auto` -> e.g. 'llada')."""
+    return getattr(model.config, "dlm_family", None) or "bidirectional"
 
 
 # Modules LoRA must never wrap, per family: DiffusionGemma's vision tower names its

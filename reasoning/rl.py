@@ -48,7 +48,8 @@ from reasoning.distributed import NoLogger, any_rank, barrier, combine_metrics, 
 from reasoning.engine import build_engine, engine_step, zero_stage
 from reasoning.evaluate import answer_length, evaluate
 from reasoning.metrics import MetricsLogger
-from reasoning.modeling import apply_lora, enable_gradient_checkpointing, count_parameters, load_model, peft_lora_config
+from reasoning.modeling import (apply_lora, count_parameters, enable_gradient_checkpointing, load_model, model_family,
+                                peft_lora_config)
 from reasoning.objectives import ObjectiveSettings, RolloutBatch, build_objective
 from reasoning.schema import ConfigError
 from reasoning.sft import seed_everything
@@ -145,7 +146,8 @@ def run_rl(cfg: Config) -> dict:
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     lora = cfg.model.lora.enabled
-    model = apply_lora(model, cfg.model.lora, cfg.model.family)
+    family = model_family(model)
+    model = apply_lora(model, cfg.model.lora, family)
     if not lora and tr.kl_coef > 0:
         raise ConfigError("config key 'trainer.kl_coef' > 0 needs model.lora.enabled: the reference policy is "
                           "the model with its adapter disabled")
@@ -201,7 +203,7 @@ def run_rl(cfg: Config) -> dict:
     logger = (MetricsLogger(run_dir, cfg.logging.tensorboard, cfg.logging.wandb, cfg.name,
                             append=resume_from is not None) if rank == 0 else NoLogger())
     group = RolloutGroup(
-        PolicySpec(path=base_dir, lora=peft_lora_config(cfg.model.lora, cfg.model.family) if lora else None,
+        PolicySpec(path=base_dir, lora=peft_lora_config(cfg.model.lora, family) if lora else None,
                    shift_logits=cfg.model.shift_logits, family=cfg.model.family,
                    trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype),
         decoding, num_workers=cfg.ray.num_workers if cfg.ray.enabled else 1, use_ray=cfg.ray.enabled,
@@ -215,7 +217,7 @@ def run_rl(cfg: Config) -> dict:
     def run_eval(step: int) -> dict:
         with torch.no_grad():
             result = evaluate(policy, tokenizer, task, test, cfg.eval_decoding(), cfg.eval.n, cfg.eval.batch_size,
-                              seed=cfg.seed, progress=cfg.logging.progress)
+                              seed=cfg.seed, progress=cfg.logging.progress, chat_template=cfg.data.chat_template)
         metrics = result.summary(f"eval/{task.name}")
         logger.log(step, metrics)
         tqdm.write(f"step {step}: eval {task.name} acc {result.accuracy:.3f}")
@@ -255,13 +257,13 @@ def run_rl(cfg: Config) -> dict:
             # rollout
             t0 = time.perf_counter()
             rows = train.select(stream.take(tr.prompts_per_step)[rank::world])
-            prompts = [encode_prompt(tokenizer, p) for p in rows["prompt"]]
+            prompts = [encode_prompt(tokenizer, p, cfg.data.chat_template) for p in rows["prompt"]]
             trajectories = group.sample(prompts, group_size, seed=step_seed(cfg.seed, step, 0))
             timing["rollout"] = time.perf_counter() - t0
 
             # reward
             t0 = time.perf_counter()
-            completions = [decode_completion(tokenizer, t.final_tokens) for t in trajectories]
+            completions = [decode_completion(tokenizer, t.final_tokens, policy.ids.stop) for t in trajectories]
             columns = {c: [v for v in rows[c] for _ in range(group_size)] for c in rows.column_names if c != "prompt"}
             scored = rewarder([p for p in rows["prompt"] for _ in range(group_size)], completions,
                               [t.final_tokens.tolist() for t in trajectories], **columns)
@@ -281,7 +283,7 @@ def run_rl(cfg: Config) -> dict:
                 timing["weight_sync"] = time.perf_counter() - t0
 
             # log
-            metrics = {**scored.metrics, **update["metrics"], **_rollout_metrics(trajectories, tokenizer.eos_token_id),
+            metrics = {**scored.metrics, **update["metrics"], **_rollout_metrics(trajectories, policy.ids.stop),
                        "frac_reward_zero_std": advantages.frac_zero_std, "policy_version": version,
                        "data/epoch": stream.epoch, "data/cursor": stream.cursor,
                        "lr": optimizer.param_groups[0]["lr"],
@@ -428,8 +430,8 @@ def _grads_finite(model: torch.nn.Module) -> bool:
     return all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def _rollout_metrics(trajectories, eos_id: int) -> dict[str, float]:
-    lengths = [answer_length(torch.as_tensor(t.final_tokens), eos_id) for t in trajectories]
+def _rollout_metrics(trajectories, stop: tuple[int, ...]) -> dict[str, float]:
+    lengths = [answer_length(torch.as_tensor(t.final_tokens), stop) for t in trajectories]
     steps = [t.num_steps for t in trajectories]
     commits = [int(t.commits.sum()) for t in trajectories]
     n = max(len(trajectories), 1)

@@ -31,7 +31,7 @@ from reasoning.data import SFTBatch, collate_sft, tokenize_sft
 from reasoning.engine import build_engine, engine_step, zero_stage
 from reasoning.evaluate import evaluate
 from reasoning.metrics import MetricsLogger
-from reasoning.modeling import apply_lora, enable_gradient_checkpointing, count_parameters, load_model
+from reasoning.modeling import apply_lora, count_parameters, enable_gradient_checkpointing, load_model, model_family
 from reasoning.schema import ConfigError
 from reasoning.tasks import get_task
 from rollouts import DiffusionPolicy, make_policy
@@ -88,10 +88,11 @@ def run_sft(cfg: Config) -> dict:
         tokenizer.save_pretrained(base_model_dir)
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    model = apply_lora(model, cfg.model.lora, cfg.model.family)
+    model = apply_lora(model, cfg.model.lora, model_family(model))
     task = get_task(cfg.data.task)
     splits = task.build(cfg.data)
-    train = tokenize_sft(splits["train"], task, tokenizer, cfg.rollout.gen_length).with_format(
+    train = tokenize_sft(splits["train"], task, tokenizer, cfg.rollout.gen_length,
+                         cfg.data.chat_template).with_format(
         columns=["prompt_ids", "answer_ids"])
     decoding = cfg.eval_decoding()
 
@@ -110,7 +111,7 @@ def run_sft(cfg: Config) -> dict:
 
     def run_eval(step: int) -> dict:
         result = evaluate(policy, tokenizer, task, splits["test"], decoding, cfg.eval.n, cfg.eval.batch_size,
-                          seed=cfg.seed, progress=cfg.logging.progress)
+                          seed=cfg.seed, progress=cfg.logging.progress, chat_template=cfg.data.chat_template)
         metrics = result.summary(f"eval/{task.name}")
         logger.log(step, metrics)
         tqdm.write(f"step {step}: eval {task.name} acc {result.accuracy:.3f} "

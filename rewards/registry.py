@@ -51,7 +51,7 @@ def _where(fn: RewardFn) -> tuple:
 
 def names() -> list[str]:
     _load_builtins()
-    return sorted(_REGISTRY)
+    return sorted([*_REGISTRY, *TRL_REWARDS])
 
 
 def runs_in_process(name_or_reference: str) -> bool:
@@ -60,16 +60,43 @@ def runs_in_process(name_or_reference: str) -> bool:
     return name_or_reference in _IN_PROCESS
 
 
-def get(name_or_reference: str) -> RewardFn:
-    """A registered name, 'package.module:function' or 'path/to/file.py:function' -> the callable."""
+# TRL's own reward functions (`trl.rewards`), usable by name next to ours and run unchanged.
+# The get_* ones are factories: give their arguments as the spec's `args`.
+TRL_REWARDS = ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward", "get_cosine_scaled_reward",
+               "get_repetition_penalty_reward", "get_soft_overlong_punishment")
+
+
+def get(name_or_reference: str, args: dict | None = None) -> RewardFn:
+    """A registered name, one of TRL's (`think_format_reward`, ...), 'package.module:function' or
+    'path/to/file.py:function' -> the callable. With `args` the reference is a factory
+    (e.g. TRL's get_cosine_scaled_reward) called with them to make the reward function."""
+    fn = _resolve(name_or_reference)
+    if args is None:
+        return fn
+    try:
+        made = fn(**args)
+    except TypeError as exc:
+        raise KeyError(f"reward '{name_or_reference}': cannot be made with args {args}: {exc}") from None
+    if not callable(made):
+        raise KeyError(f"reward '{name_or_reference}' with args {args} returned {type(made).__name__}, "
+                       f"not a reward function")
+    return made
+
+
+def _resolve(name_or_reference: str) -> RewardFn:
     _load_builtins()
     if name_or_reference in _REGISTRY:
         return _REGISTRY[name_or_reference]
+    if name_or_reference in TRL_REWARDS:
+        import trl.rewards
+
+        return getattr(trl.rewards, name_or_reference)
     if ":" not in name_or_reference:
         from difflib import get_close_matches
 
-        close = get_close_matches(name_or_reference, _REGISTRY, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else f" (registered: {', '.join(sorted(_REGISTRY))})"
+        close = get_close_matches(name_or_reference, [*_REGISTRY, *TRL_REWARDS], n=1)
+        hint = (f" (did you mean '{close[0]}'?)" if close
+                else f" (registered: {', '.join(sorted(_REGISTRY))}; TRL's: {', '.join(TRL_REWARDS)})")
         raise KeyError(f"unknown reward '{name_or_reference}'{hint}; or give 'pkg.module:function' "
                        f"or 'file.py:function'")
     target, _, attr = name_or_reference.rpartition(":")
@@ -117,7 +144,9 @@ class RewardSpec:
     name: str | None = None
     fn: str | None = None
     weight: float = 1.0
-    conversational: bool = False  # pass completions as [{"role": "assistant", "content": ...}] (TRL chat format)
+    args: dict | None = None  # the reference is a factory: call it with these (e.g. get_cosine_scaled_reward)
+    conversational: bool = False  # pass completions as [{"role": "assistant", "content": ...}] (TRL chat format);
+    # always so when the prompts are conversational, as in TRL
 
     def __post_init__(self) -> None:
         if (self.name is None) == (self.fn is None):
@@ -130,7 +159,8 @@ class RewardSpec:
     @property
     def label(self) -> str:
         """The name used in metrics: `rewards/<label>/mean`."""
-        return self.name or self.fn.rpartition(":")[2]
+        label = self.name or self.fn.rpartition(":")[2]
+        return label.removeprefix("get_") if self.args is not None else label
 
 
 @dataclass

@@ -114,7 +114,7 @@ class RewardRunner:
         self.fns = []
         for i, spec in enumerate(self.specs):
             try:
-                self.fns.append(get(spec.reference))
+                self.fns.append(get(spec.reference, spec.args))
             except KeyError as exc:
                 raise ValueError(f"config key 'rewards.functions[{i}]': {exc.args[0]}") from None
         labels = [s.label for s in self.specs]
@@ -163,7 +163,8 @@ class RewardRunner:
         pending = {}
         for i, (spec, fn) in enumerate(zip(self.specs, self.fns)):
             self._check_columns(spec.label, fn, columns)
-            shown = [[{"role": "assistant", "content": c}] for c in completions] if spec.conversational else completions
+            chat = spec.conversational or bool(prompts and isinstance(prompts[0], list))  # TRL: chat in, chat out
+            shown = [[{"role": "assistant", "content": c}] for c in completions] if chat else completions
             if self.pooled[i]:
                 pending[i] = self._get_pool().apply_async(_call_in_child, (i, prompts, shown, completion_ids, columns))
             else:

@@ -3,10 +3,12 @@
 Nothing here imports `reasoning` or `rewards`; the trainer imports from here.
 """
 
-from rollouts.policy import BlockDiffusionPolicy, DiffusionPolicy, TokenIds, load_pretrained, make_policy
+from rollouts.families import load_pretrained, load_tokenizer
+from rollouts.policy import BlockDiffusionPolicy, DiffusionPolicy, TokenIds, make_policy, stop_token_ids
 from rollouts.replay import Replayed, replay
 from rollouts.sampler import DecodingConfig, sample, sample_seed
 from rollouts.trajectory import Trajectory, load_jsonl, save_jsonl
 
 __all__ = ["BlockDiffusionPolicy", "DecodingConfig", "DiffusionPolicy", "Replayed", "TokenIds", "Trajectory",
-           "load_jsonl", "load_pretrained", "make_policy", "replay", "sample", "sample_seed", "save_jsonl"]
+           "load_jsonl", "load_pretrained", "load_tokenizer", "make_policy", "replay", "sample", "sample_seed", "save_jsonl",
+           "stop_token_ids"]

@@ -13,25 +13,48 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+from rollouts.families import load_pretrained, shifts_logits  # noqa: F401  (load_pretrained re-exported)
 
 # Disallowed tokens get this logit instead of -inf: their probability is exactly 0 after
 # softmax, yet every log-prob, entropy and gradient stays finite.
 NEG_INF = -1e9
 
 
+# End-of-turn tokens of the common chat templates (Llama-3/LLaDA, ChatML/Qwen/Dream, Gemma, Phi):
+# an instruct model ends its answer with one of these, so each stops an answer like EOS.
+END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> tuple[int, ...]:
+    """Every id that ends an answer: the tokenizer's EOS, each `eos_token_id` of
+    generation_config.json (an int or a list), and the chat template's end-of-turn token."""
+    ids = [getattr(tokenizer, "eos_token_id", None)]
+    eos = getattr(generation_config, "eos_token_id", None)
+    ids += list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    ids += [vocab.get(token) for token in END_OF_TURN]
+    return tuple(sorted({int(i) for i in ids if i is not None}))
+
+
 @dataclass
 class TokenIds:
-    """The special ids a diffusion policy needs, read from the tokenizer."""
+    """The special ids a diffusion policy needs. `pad` only fills left-padding (hidden by the
+    attention mask), so it may equal EOS (LLaDA, Dream); `stop` ends an answer."""
 
     mask: int
     pad: int
     eos: int
+    stop: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.stop = tuple(sorted(set(self.stop) | {self.eos}))
+        if self.mask in self.stop:
+            raise ValueError(f"the mask token id {self.mask} is also a stop token")
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, model_config=None) -> "TokenIds":
+    def from_tokenizer(cls, tokenizer, model_config=None, generation_config=None) -> "TokenIds":
         """Ids from the tokenizer, else from the model's config (LLaDA/Dream keep `mask_token_id`
-        there); pad falls back to eos."""
+        there); pad falls back to eos; stop ids as in `stop_token_ids`."""
         def pick(name: str):
             value = getattr(tokenizer, name, None)
             return value if value is not None else getattr(model_config, name, None)
@@ -43,62 +66,7 @@ class TokenIds:
         if missing:
             raise ValueError(f"neither the tokenizer nor the model config has {', '.join(missing)}; a DLM needs "
                              f"a mask and an eos token")
-        return cls(mask=int(mask), pad=int(pad), eos=int(eos))
-
-
-FAMILIES = ("bidirectional", "remote", "masked_lm", "diffusion_gemma")
-
-
-def _saved_config(path: str) -> dict:
-    import json
-    import os
-
-    config_file = os.path.join(path, "config.json")
-    if not os.path.isfile(config_file):
-        return {}
-    with open(config_file) as fh:
-        return json.load(fh)
-
-
-def load_pretrained(path: str, dtype: torch.dtype = torch.float32, family: str = "bidirectional",
-                    trust_remote_code: bool = False) -> torch.nn.Module:
-    """A save_pretrained directory loaded as a DLM of the given family.
-
-    bidirectional: any transformers decoder with `is_causal=False` (transformers 5 honours
-                   it), so attention is bidirectional whatever the saved config says;
-    masked_lm:     `AutoModelForMaskedLM` (e.g. ModernBERT), bidirectional already;
-    remote:        a checkpoint that carries its own modeling code (LLaDA, Dream) via
-                   `auto_map` — only with `trust_remote_code=True`;
-    diffusion_gemma: transformers' `DiffusionGemmaForBlockDiffusion` (encoder for the
-                   prompt, bidirectional decoder for the canvas; see `BlockDiffusionPolicy`).
-    """
-    from transformers import AutoConfig, AutoModel
-
-    if family not in FAMILIES:
-        raise ValueError(f"config key 'model.family': unknown family '{family}' (expected {', '.join(FAMILIES)})")
-    if family == "remote":
-        if not trust_remote_code:
-            raise ValueError(f"config key 'model.trust_remote_code': the 'remote' family runs the modeling code "
-                             f"shipped in '{path}'; set model.trust_remote_code: true if you trust it")
-        config = AutoConfig.from_pretrained(path, trust_remote_code=True)
-        auto_map = getattr(config, "auto_map", None) or {}
-        loader = AutoModelForCausalLM if "AutoModelForCausalLM" in auto_map else AutoModel
-        return loader.from_pretrained(path, dtype=dtype, trust_remote_code=True)
-    if _saved_config(path).get("auto_map"):
-        raise ValueError(f"config key 'model.family': '{path}' ships its own modeling code (auto_map); "
-                         f"use family 'remote' with trust_remote_code: true")
-    if family == "masked_lm":
-        return AutoModelForMaskedLM.from_pretrained(path, dtype=dtype)
-    if family == "diffusion_gemma":
-        from transformers import DiffusionGemmaForBlockDiffusion
-
-        model_type = _saved_config(path).get("model_type")
-        if model_type != "diffusion_gemma":
-            raise ValueError(f"config key 'model.family': '{path}' holds a '{model_type}' model, not diffusion_gemma")
-        return DiffusionGemmaForBlockDiffusion.from_pretrained(path, dtype=dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    model.config.is_causal = False
-    return model
+        return cls(mask=int(mask), pad=int(pad), eos=int(eos), stop=stop_token_ids(tokenizer, generation_config))
 
 
 def _forward_parameters(model: torch.nn.Module) -> set[str]:
@@ -147,15 +115,17 @@ class DiffusionPolicy:
         return logits if keep is None else logits[:, -keep:]
 
     def answer_log_probs(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        """log softmax(logits / T) in float32 with [MASK] and [PAD] never proposed.
+        """log softmax(logits / T) in float32 over every token but [MASK].
+
+        EOS stays possible also when pad == eos (LLaDA, Dream): padding is hidden by the
+        attention mask, so the pad id needs no ban — banning it would forbid stopping.
 
         T = 0 (greedy decoding) scores under T = 1: greedy picks the argmax, and the
         trainer needs a proper distribution to take gradients of.
         """
         logits = logits.float()
-        banned = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-        banned[[self.ids.mask, self.ids.pad]] = True
-        logits = logits.masked_fill(banned, NEG_INF)
+        logits = logits.clone()
+        logits[..., self.ids.mask] = NEG_INF
         return (logits / (temperature if temperature > 0 else 1.0)).log_softmax(-1)
 
     def step_log_probs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, answer: torch.Tensor,
@@ -233,8 +203,13 @@ class BlockDiffusionPolicy(DiffusionPolicy):
         return self.answer_log_probs(logits, temperature)
 
 
-def make_policy(model: torch.nn.Module, tokenizer, shift_logits: bool = False) -> DiffusionPolicy:
-    """The policy adapter for a loaded model (peft-wrapped or not), special ids from the tokenizer."""
-    config = model.config
+def make_policy(model: torch.nn.Module, tokenizer, shift_logits: bool | None = None) -> DiffusionPolicy:
+    """The policy adapter for a loaded model (peft-wrapped or not), special ids from the tokenizer
+    and the model's generation config. `shift_logits` None = the model family's own (Dream: yes)."""
+    inner = getattr(model, "module", model)  # a DeepSpeed engine's model (its own .config is DeepSpeed's)
+    config = inner.config
     cls = BlockDiffusionPolicy if getattr(config, "model_type", None) == "diffusion_gemma" else DiffusionPolicy
-    return cls(model, TokenIds.from_tokenizer(tokenizer, config), shift_logits)
+    if shift_logits is None:
+        shift_logits = shifts_logits(inner)
+    ids = TokenIds.from_tokenizer(tokenizer, config, getattr(inner, "generation_config", None))
+    return cls(model, ids, shift_logits)

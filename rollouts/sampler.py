@@ -14,8 +14,8 @@ within the current semi-autoregressive block it then
      (Gumbel-top-k) over confidence / selection_temperature, whose log-prob is recorded;
   4. writes a token at each chosen position: the argmax (temperature 0) or a sample of
      softmax(logits / temperature), recording its log-prob.
-A block ends when it has no [MASK]; once an answer holds [EOS], its later blocks are not
-decoded (they are filled with [EOS] in `final_tokens`).
+A block ends when it has no [MASK]; once an answer holds a stop token ([EOS], or the chat
+template's end of turn), its later blocks are not decoded (they are filled with [EOS] in `final_tokens`).
 
 Every random draw of sample r comes from its own generator seeded by `seeds[r]`, so an
 answer does not depend on which other prompts shared its batch or its worker.
@@ -173,6 +173,7 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
     done = torch.zeros(n, dtype=torch.bool, device=device)
     log = [_EventLog() for _ in range(n)]
     offsets = torch.arange(width, device=device)
+    stop = torch.tensor(ids.stop, device=device)  # EOS and end-of-turn: an answer holding one is done
 
     while not done.all():
         rows = (~done).nonzero().squeeze(1)
@@ -229,7 +230,7 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
         block[finished] += 1
         steps_in_block[finished] = 0
         decoded = torch.arange(length, device=device) < (block[finished, None] * width)
-        has_eos = ((answer[finished] == ids.eos) & decoded).any(1)
+        has_eos = (torch.isin(answer[finished], stop) & decoded).any(1)
         done[finished] = has_eos | (block[finished] >= cfg.num_blocks)
 
     final = answer.masked_fill(answer == ids.mask, ids.eos).cpu().numpy()  # undecoded blocks after [EOS]

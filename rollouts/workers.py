@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rollouts.policy import DiffusionPolicy, load_pretrained, make_policy
+from rollouts.families import load_pretrained, load_tokenizer
+from rollouts.policy import DiffusionPolicy, make_policy
 from rollouts.sampler import DecodingConfig, sample, sample_seed
 from rollouts.trajectory import Trajectory
 
@@ -36,21 +37,19 @@ class PolicySpec:
 
     path: str
     lora: object | None = None  # a peft.LoraConfig; None = sync full weights (not LoRA-only)
-    shift_logits: bool = False
-    family: str = "bidirectional"  # see rollouts.policy.load_pretrained
+    shift_logits: bool | None = None  # None = the family's own
+    family: str = "auto"  # see rollouts.families
     trust_remote_code: bool = False
     dtype: str = "float32"
 
     def build(self) -> DiffusionPolicy:
-        from transformers import AutoTokenizer
-
         model = load_pretrained(self.path, getattr(torch, self.dtype), self.family, self.trust_remote_code)
         if self.lora is not None:
             from peft import get_peft_model
 
             model = get_peft_model(model, self.lora)
         model.eval().requires_grad_(False)
-        tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+        tokenizer = load_tokenizer(self.path, self.trust_remote_code)
         return make_policy(model, tokenizer, self.shift_logits)
 
 

@@ -147,7 +147,7 @@ def test_remote_code_needs_explicit_trust(tmp_path):
     save_remote(path, build_char_tokenizer())
     with pytest.raises(ConfigError, match="trust_remote_code"):
         load_model(ModelConfig(family="remote", path=path))
-    with pytest.raises(ConfigError, match="family 'remote'"):
+    with pytest.raises(ConfigError, match="use family remote"):
         load_model(ModelConfig(family="bidirectional", path=path))
 
 

@@ -6,11 +6,11 @@ from reasoning.schema import ConfigError, suggest
 from reasoning.tasks.addition import Addition
 from reasoning.tasks.base import DataConfig, Task
 from reasoning.tasks.countdown import Countdown
-from reasoning.tasks.files import GSM8K, Math500
+from reasoning.tasks.files import GSM8K, Math500, TRLDataset
 from reasoning.tasks.sudoku4 import Sudoku4
 
 TASKS: dict[str, type[Task]] = {"sudoku4": Sudoku4, "countdown": Countdown, "addition": Addition,
-                                 "gsm8k": GSM8K, "math500": Math500}
+                                 "gsm8k": GSM8K, "math500": Math500, "trl": TRLDataset}
 
 
 def get_task(name: str) -> Task:

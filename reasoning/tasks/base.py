@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import rewards
 from datasets import Dataset, DatasetDict
@@ -26,12 +26,17 @@ class DataConfig:
     train_size: int = 20000
     test_size: int = 512
     task_args: dict[str, Any] = field(default_factory=dict)  # task-specific, e.g. {num_numbers: 4}
+    # auto: prompts go through the tokenizer's chat template (a string as one user turn, a TRL
+    # conversation as it is); none: plain text (base models)
+    chat_template: Literal["auto", "none"] = "auto"
 
 
 def score_one(reward: str, completion: str, example: dict) -> float:
     """Call a registered reward function on a single example (its columns as 1-element lists)."""
     columns = {key: [value] for key, value in example.items() if key != "prompt"}
-    value = rewards.call_reward(rewards.get(reward), [example.get("prompt")], [completion], None, columns)[0]
+    prompt = example.get("prompt")
+    shown = [{"role": "assistant", "content": completion}] if isinstance(prompt, list) else completion  # as TRL
+    value = rewards.call_reward(rewards.get(reward), [prompt], [shown], None, columns)[0]
     return 0.0 if value is None else float(value)
 
 

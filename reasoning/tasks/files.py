@@ -13,14 +13,15 @@ import os
 
 from datasets import Dataset, DatasetDict, load_dataset
 
+import rewards
 from reasoning.schema import ConfigError
 from reasoning.tasks.base import ANSWER_FORMAT, DataConfig, Task
 
 INSTRUCTION = "\nGive the final answer inside <answer></answer>."
 
 
-def load_rows(path: str, prompt_field: str, answer_field: str, key: str = "data.task_args.path") -> Dataset:
-    """A JSONL / JSON / parquet / CSV file (or hub dataset name) -> Dataset(prompt, answer, ...)."""
+def read_file(path: str, key: str = "data.task_args.path") -> Dataset:
+    """A JSONL / JSON / parquet / CSV file (or hub dataset name) -> Dataset, its columns as they are."""
     if os.path.exists(path):
         kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(
             os.path.splitext(path)[1].lower())
@@ -35,6 +36,12 @@ def load_rows(path: str, prompt_field: str, answer_field: str, key: str = "data.
         rows = load_dataset(path, split="test")
     if len(rows) == 0:
         raise ConfigError(f"config key '{key}': data file '{path}' has no rows")
+    return rows
+
+
+def load_rows(path: str, prompt_field: str, answer_field: str, key: str = "data.task_args.path") -> Dataset:
+    """A problems file -> Dataset(prompt, answer, ...): the prompt gets the answer-format instruction."""
+    rows = read_file(path, key)
     for field, name in ((prompt_field, "prompt_field"), (answer_field, "answer_field")):
         if field not in rows.column_names:
             raise ConfigError(f"data file '{path}' has no field '{field}' (data.task_args.{name}); "
@@ -80,3 +87,44 @@ class Math500(FileTask):
     name = "math500"
     reward = "math"
     default_prompt_field = "problem"
+
+
+class TRLDataset(Task):
+    """A TRL GRPO dataset used unchanged: a `prompt` column (text, or a conversation as a list of
+    {role, content} messages) and any other columns, which every reward receives as keyword
+    lists. `reward` names the function that decides correctness for eval (ours or TRL's, e.g.
+    accuracy_reward); the RL run may add more under `rewards:`.
+
+        data: {task: trl, task_args: {path: data/train.jsonl, reward: accuracy_reward}}
+    """
+
+    name = "trl"
+    columns = ("prompt",)
+
+    def build(self, cfg: DataConfig) -> DatasetDict:
+        args = dict(cfg.task_args)
+        unknown = set(args) - {"path", "reward", "test_path"}
+        if unknown:
+            raise ConfigError(f"unknown config key 'data.task_args.{sorted(unknown)[0]}' for task 'trl' "
+                              f"(expected path, reward, test_path)")
+        for key in ("path", "reward"):
+            if key not in args:
+                raise ConfigError(f"config key 'data.task_args.{key}': task 'trl' needs it (path: a .jsonl/.parquet "
+                                  f"file with a 'prompt' column; reward: the function that scores eval)")
+        try:
+            rewards.get(args["reward"])
+        except KeyError as exc:
+            raise ConfigError(f"config key 'data.task_args.reward': {exc.args[0]}") from None
+        self.reward = args["reward"]
+        rows = read_file(args["path"])
+        if "prompt" not in rows.column_names:
+            raise ConfigError(f"data file '{args['path']}' has no 'prompt' column (a TRL dataset's prompt: text or "
+                              f"a list of {{role, content}} messages); its columns are {rows.column_names}")
+        if "test_path" in args:
+            return DatasetDict(train=rows, test=read_file(args["test_path"], "data.task_args.test_path"))
+        n_test = min(cfg.test_size, len(rows))
+        train = rows.select(range(n_test, len(rows))) if n_test < len(rows) else rows
+        return DatasetDict(train=train, test=rows.select(range(n_test)))
+
+    def reference(self, example):
+        raise ConfigError("task 'trl' has no reference answers for SFT; use it for RL and eval")

@@ -1,0 +1,124 @@
+"""Model families: how a checkpoint directory becomes a DLM, one file per family.
+
+    model = load_pretrained("path/to/LLaDA-8B-Instruct")        # family read from config.json
+    tokenizer = load_tokenizer("path/to/Dream-v0-Instruct-7B")  # no remote code either
+
+`family: auto` (the default) reads config.json: `model_type` llada / Dream /
+diffusion_gemma, a `*ForMaskedLM` architecture, or a decoder saved with `is_causal: false`
+(dlmrl's own). `remote` (the checkpoint's own modeling code) is only ever an explicit
+opt-in. Every loaded model carries `config.dlm_family`, which the policy adapter reads
+(Dream shifts its logits).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from types import ModuleType
+
+import torch
+
+from rollouts.families import bidirectional, diffusion_gemma, dream, llada, masked_lm, remote
+from rollouts.families.native import ModelLoadError, read_config
+
+# auto-detection tries them in this order
+FAMILIES: dict[str, ModuleType] = {module.NAME: module for module in
+                                   (llada, dream, diffusion_gemma, masked_lm, bidirectional, remote)}
+NATIVE = ("llada", "dream")
+
+
+def native_family_for(config: dict) -> str | None:
+    """'llada' / 'dream' when config.json describes one of the natively supported snapshots."""
+    return next((name for name in NATIVE if FAMILIES[name].matches(config)), None)
+
+
+def detect(config: dict, path: str = "") -> str:
+    """The family `auto` resolves to for this config.json, or a ModelLoadError listing the families."""
+    for name, module in FAMILIES.items():
+        if module.matches(config):
+            return name
+    what = config.get("model_type") or config.get("architectures") or "unknown"
+    hint = " It ships its own modeling code (auto_map): family 'remote' with trust_remote_code: true runs it." \
+        if config.get("auto_map") else " A causal LM can be run bidirectionally with family 'bidirectional'."
+    raise ModelLoadError(f"{os.path.join(path, 'config.json')}: cannot tell the model family of model_type "
+                         f"{what!r} (known: {', '.join(FAMILIES)}); set model.family.{hint}")
+
+
+def load_pretrained(path: str, dtype: torch.dtype = torch.float32, family: str = "auto",
+                    trust_remote_code: bool = False) -> torch.nn.Module:
+    """A model directory loaded as a DLM of `family` (default: detected from config.json)."""
+    if family != "auto" and family not in FAMILIES:
+        raise ModelLoadError(f"config key 'model.family': unknown family '{family}' "
+                             f"(expected auto, {', '.join(FAMILIES)})")
+    config = read_config(path)
+    if family == "auto":
+        family = detect(config, path)
+    elif family in ("bidirectional", "masked_lm") and config.get("auto_map") and not config.get("dlm_family"):
+        native = native_family_for(config)
+        raise ModelLoadError(f"config key 'model.family': '{path}' is a checkpoint with its own modeling code "
+                             f"(auto_map); use family {native or 'remote'}" +
+                             ("" if native else " with trust_remote_code: true"))
+    model = FAMILIES[family].load(path, config, dtype, trust_remote_code)
+    if getattr(model.config, "dlm_family", None) is None:
+        model.config.dlm_family = family
+    if getattr(model.config, "mask_token_id", None) is None and config.get("mask_token_id") is not None:
+        model.config.mask_token_id = config["mask_token_id"]
+    return model
+
+
+def shifts_logits(model: torch.nn.Module) -> bool:
+    """Whether the model's logit at i predicts token i+1 (Dream), from the family it was loaded as."""
+    family = getattr(model.config, "dlm_family", None)
+    return bool(getattr(FAMILIES.get(family), "SHIFT_LOGITS", False))
+
+
+def export(model: torch.nn.Module, source: str, out_dir: str) -> list[str]:
+    """Merged weights of a native-family model written in `source`'s original format (names, shards, dtype)."""
+    family = native_family_for(read_config(source))
+    if family is None:
+        raise ModelLoadError(f"export: '{source}' is not a llada or dream snapshot; only those have an original "
+                             f"format to write back (other models: save_pretrained)")
+    return FAMILIES[family].export(model, source, out_dir)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """The snapshot's tokenizer without its remote code.
+
+    Dream ships `tokenizer_class: DreamTokenizer` (vocab.json + merges.txt, with an auto_map to
+    its own Python file); that is a Qwen2 byte-level BPE, so it loads as transformers'
+    Qwen2Tokenizer. A mask token the tokenizer lacks is taken from config.json's mask_token_id."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Tokenizer
+
+    settings_file = os.path.join(path, "tokenizer_config.json")
+    settings = {}
+    if os.path.isfile(settings_file):
+        with open(settings_file) as fh:
+            settings = json.load(fh)
+    remote_class = settings.get("tokenizer_class") not in (None, "PreTrainedTokenizerFast") and (
+        "auto_map" in settings or settings.get("tokenizer_class") == "DreamTokenizer")
+    try:
+        if remote_class and not trust_remote_code:
+            if os.path.isfile(os.path.join(path, "tokenizer.json")):
+                tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+            elif os.path.isfile(os.path.join(path, "vocab.json")) and os.path.isfile(os.path.join(path, "merges.txt")):
+                tokenizer = Qwen2Tokenizer.from_pretrained(path)
+            else:
+                raise ModelLoadError(f"{settings_file}: tokenizer_class {settings['tokenizer_class']!r} is remote "
+                                     f"code, and '{path}' has neither tokenizer.json nor vocab.json + merges.txt")
+        elif settings.get("tokenizer_class") == "PreTrainedTokenizerFast":
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ModelLoadError):
+            raise
+        raise ModelLoadError(f"'{path}': cannot load its tokenizer ({exc})") from None
+    if tokenizer.mask_token_id is None:
+        mask_id = read_config(path).get("mask_token_id") if os.path.isfile(os.path.join(path, "config.json")) else None
+        if mask_id is not None:
+            tokenizer.mask_token = tokenizer.convert_ids_to_tokens(int(mask_id))
+    return tokenizer
+
+
+__all__ = ["FAMILIES", "ModelLoadError", "detect", "export", "load_pretrained", "load_tokenizer",
+           "native_family_for", "shifts_logits"]
