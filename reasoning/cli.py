@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
+import re
 import sys
 
 from reasoning.schema import ConfigError
@@ -43,39 +45,59 @@ def _load_run_checkpoint(path: str, overrides: list[str]):
 
     from reasoning.checkpoint import is_checkpoint, load_checkpoint
     from reasoning.config import load_config
+    from rollouts.families import ModelLoadError
 
     if not (os.path.isdir(path) and is_checkpoint(path)):
         raise ConfigError(f"'{path}' is not a dlmrl checkpoint directory (no trainer_state.json)")
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     run_config = os.path.join(run_dir, "config.yaml")
     cfg = load_config(run_config if os.path.isfile(run_config) else None, overrides, saved_by_run=True)
-    model, tokenizer, _ = load_checkpoint(path, getattr(torch, cfg.model.dtype), cfg.model.family,
-                                          cfg.model.trust_remote_code)
+    try:
+        model, tokenizer, _ = load_checkpoint(path, getattr(torch, cfg.model.dtype), cfg.model.family,
+                                              cfg.model.trust_remote_code)
+    except ModelLoadError as exc:
+        raise ConfigError(str(exc)) from None
     return cfg, model, tokenizer, run_dir
+
+
+def _load_target(target: str, overrides: list[str]):
+    """(config, model, tokenizer, output base dir) for what `eval`/`sample` was pointed at: a dlmrl
+    checkpoint (its run's config), a plain model directory (e.g. a LLaDA or Dream snapshot: the
+    default config with model.path set to it), or — for eval — a YAML config."""
+    from reasoning.checkpoint import is_checkpoint
+    from reasoning.config import load_config
+    from reasoning.modeling import load_model
+
+    if os.path.isdir(target) and is_checkpoint(target):
+        cfg, model, tokenizer, run_dir = _load_run_checkpoint(target, overrides)
+        return cfg, model, tokenizer, run_dir
+    if os.path.isdir(target):
+        if not os.path.isfile(os.path.join(target, "config.json")):
+            raise ConfigError(f"'{target}' is neither a dlmrl checkpoint (trainer_state.json) nor a model directory "
+                              f"(config.json)")
+        cfg = load_config(None, overrides)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=target))
+        model, tokenizer = load_model(cfg.model)
+        return cfg, model, tokenizer, os.path.join(cfg.output_dir, os.path.basename(os.path.normpath(target)))
+    if os.path.isfile(target):
+        cfg = load_config(target, overrides)
+        model, tokenizer = load_model(cfg.model)
+        return cfg, model, tokenizer, cfg.run_dir
+    raise ConfigError(f"'{target}' does not exist (expected a checkpoint, a model directory or a config file)")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint (or a config's model) on held-out problems with the task's own scorer."""
-    import dataclasses
-
     import torch
 
-    from reasoning.config import load_config
     from reasoning.evaluate import evaluate
-    from reasoning.modeling import load_model
     from reasoning.tasks import get_task
     from rollouts import make_policy
 
     target = args.target
-    if os.path.isdir(target):
-        cfg, model, tokenizer, run_dir = _load_run_checkpoint(target, args.overrides)
-        out_dir = args.output or os.path.join(run_dir, "eval", os.path.basename(os.path.normpath(target)))
-    elif os.path.isfile(target):
-        cfg = load_config(target, args.overrides)
-        model, tokenizer = load_model(cfg.model)
-        out_dir = args.output or os.path.join(cfg.run_dir, "eval", "model")
-    else:
-        raise ConfigError(f"'{target}' is neither a checkpoint directory nor a config file")
+    cfg, model, tokenizer, base = _load_target(target, args.overrides)
+    name = os.path.basename(os.path.normpath(target)) if os.path.isdir(target) else "model"
+    out_dir = args.output or os.path.join(base, "eval", name)
     data = cfg.data
     if args.task:
         data = dataclasses.replace(data, task=args.task)
@@ -93,7 +115,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "set eval.decoding.temperature=...", file=sys.stderr)
     policy = make_policy(model.eval(), tokenizer, cfg.model.shift_logits)
     result = evaluate(policy, tokenizer, task, test, decoding, n=args.n or cfg.eval.n,
-                      batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=True, samples=args.samples)
+                      batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=True, samples=args.samples,
+                      chat_template=data.chat_template)
     summary = {"task": task.name, "n": result.n, "accuracy": result.accuracy,
                **{f"pass@{k}": v for k, v in result.pass_at_k.items()},
                "mean_steps": result.mean_steps, "tokens_per_s": result.tokens_per_s, "samples": args.samples,
@@ -111,16 +134,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    """One answer from a checkpoint, with its trajectory saved as JSONL + pictures."""
+    """One answer from a checkpoint or a model directory, with its trajectory saved as JSONL + pictures."""
+    import torch
+
     from reasoning.data import decode_completion, encode_prompt
     from reasoning.show import show_trajectories
     from rollouts import make_policy, sample, save_jsonl
 
-    cfg, model, tokenizer, run_dir = _load_run_checkpoint(args.checkpoint, args.overrides)
+    if not os.path.isdir(args.checkpoint):
+        raise ConfigError(f"'{args.checkpoint}' is not a directory (expected a dlmrl checkpoint or a model directory)")
+    cfg, model, tokenizer, base = _load_target(args.checkpoint, args.overrides)
+    torch.set_num_threads(cfg.threads)
     policy = make_policy(model.eval(), tokenizer, cfg.model.shift_logits)
-    trajectory = sample(policy, [encode_prompt(tokenizer, args.prompt)], cfg.eval_decoding(), seeds=[args.seed])[0]
-    completion = decode_completion(tokenizer, trajectory.final_tokens)
-    out_dir = args.output or os.path.join(run_dir, "samples")
+    try:
+        prompt = encode_prompt(tokenizer, args.prompt, cfg.data.chat_template)
+        trajectory = sample(policy, [prompt], cfg.eval_decoding(), seeds=[args.seed])[0]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    completion = decode_completion(tokenizer, trajectory.final_tokens, policy.ids.stop)
+    out_dir = args.output or os.path.join(base, "samples")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"sample_{args.seed}.jsonl")
     save_jsonl([trajectory], path)
@@ -128,6 +160,33 @@ def cmd_sample(args: argparse.Namespace) -> int:
     print(json.dumps({"prompt": args.prompt, "completion": completion, "steps": trajectory.num_steps,
                       "forward_passes": trajectory.forward_passes, "remasks": trajectory.num_remasks,
                       "trajectory": path, "pictures": pictures}))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Merged (base + LoRA) weights of a run's newest checkpoint in the base snapshot's original format."""
+    from reasoning.checkpoint import complete_checkpoints, is_checkpoint
+    from rollouts.families import ModelLoadError, export
+
+    source = args.run
+    if not os.path.isdir(source):
+        raise ConfigError(f"'{source}' is not a directory (expected a run directory or a checkpoint)")
+    if not is_checkpoint(source):
+        found = complete_checkpoints(source)
+        if not found:
+            raise ConfigError(f"'{source}' has no complete checkpoint (checkpoints/step_*/trainer_state.json)")
+        source = found[-1]
+    cfg, model, _, _ = _load_run_checkpoint(source, args.overrides)
+    with open(os.path.join(source, "trainer_state.json")) as fh:
+        base = json.load(fh).get("base_model") or cfg.model.path
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    try:
+        files = export(model, base, args.output)
+    except ModelLoadError as exc:
+        raise ConfigError(str(exc)) from None
+    print(json.dumps({"checkpoint": os.path.abspath(source), "base_model": base, "output": args.output,
+                      "files": files}))
     return 0
 
 
@@ -179,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     train.set_defaults(func=cmd_train)
     ev = verbs.add_parser("eval", help="evaluate a checkpoint on held-out problems")
-    ev.add_argument("target", help="a checkpoint directory (runs/NAME/checkpoints/step_N) or a YAML config")
+    ev.add_argument("target", help="a checkpoint (runs/NAME/checkpoints/step_N), a model directory or a YAML config")
     ev.add_argument("overrides", nargs="*", help="key.sub=value overrides (e.g. eval.decoding.steps=10)")
     ev.add_argument("--task", help="task name (default: the run's)")
     ev.add_argument("--data", help="a JSONL/parquet file of problems (file-backed task, default gsm8k)")
@@ -189,13 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=int, help="problems to evaluate (default: eval.n)")
     ev.add_argument("--output", help="directory for eval.json / eval.jsonl")
     ev.set_defaults(func=cmd_eval)
-    smp = verbs.add_parser("sample", help="one answer from a checkpoint, with its trajectory")
-    smp.add_argument("checkpoint", help="a checkpoint directory")
+    smp = verbs.add_parser("sample", help="one answer from a checkpoint or model directory, with its trajectory")
+    smp.add_argument("checkpoint", help="a dlmrl checkpoint or a model directory (e.g. a LLaDA/Dream snapshot)")
     smp.add_argument("--prompt", required=True, help="the prompt text (the task's template, e.g. 'sudoku 1030...')")
     smp.add_argument("--seed", type=int, default=0)
     smp.add_argument("--output", help="directory for the trajectory and pictures (default RUN_DIR/samples)")
     smp.add_argument("overrides", nargs="*", help="key.sub=value overrides (eval.decoding.* sets the decoding)")
     smp.set_defaults(func=cmd_sample)
+    exp = verbs.add_parser("export", help="merged RL weights in the base snapshot's original format")
+    exp.add_argument("run", help="a run directory (its newest checkpoint) or a checkpoint directory")
+    exp.add_argument("output", help="a new directory for the exported snapshot")
+    exp.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    exp.set_defaults(func=cmd_export)
     show = verbs.add_parser("show", help="pictures: a denoising trajectory, a run's curves")
     show.add_argument("target", help="a run directory or a rollouts .jsonl file")
     show.add_argument("--index", type=int, default=0, help="which trajectory of the file")
@@ -203,12 +267,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
+
+
+def split_overrides(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
+    """(the other arguments, the key.sub=value overrides). An override is a bare token of that
+    shape anywhere on the line — never the value of an option (`--prompt "x = 3"`, `--prompt a=b`)."""
+    takes_value = {option for sub in parser._subparsers._group_actions[0].choices.values()  # noqa: SLF001
+                   for action in sub._actions if action.option_strings and action.nargs != 0  # noqa: SLF001
+                   for option in action.option_strings}
+    rest, overrides, value_next = [], [], False
+    for token in argv:
+        if not value_next and OVERRIDE.match(token):
+            overrides.append(token)
+        else:
+            rest.append(token)
+        value_next = not value_next and token in takes_value
+    return rest, overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
     argv = sys.argv[1:] if argv is None else list(argv)
-    # key.sub=value overrides may come anywhere, also after --options
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    args = build_parser().parse_args([a for a in argv if a not in overrides])
+    parser = build_parser()
+    rest, overrides = split_overrides(argv, parser)
+    args = parser.parse_args(rest)
+    if getattr(args, "overrides", None):
+        parser.error(f"'{args.overrides[0]}' is not an override (expected key.sub=value)")
     args.overrides = overrides
     try:
         return args.func(args)

@@ -44,7 +44,7 @@ from reasoning.checkpoint import (checkpoint_name, complete_checkpoints, is_chec
                                   save_checkpoint)
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import decode_completion, encode_prompt
-from reasoning.distributed import NoLogger, any_rank, barrier, combine_metrics, rank_and_world
+from reasoning.distributed import NoLogger, any_rank, barrier, combine_metrics, rank_and_world, trainer_weights
 from reasoning.engine import build_engine, engine_step, zero_stage
 from reasoning.evaluate import answer_length, evaluate
 from reasoning.metrics import MetricsLogger
@@ -56,7 +56,7 @@ from reasoning.sft import seed_everything
 from reasoning.tasks import get_task
 from rewards import RewardRunner, RewardSpec
 from rollouts import make_policy, save_jsonl
-from rollouts.workers import PolicySpec, RolloutGroup, policy_weights
+from rollouts.workers import PolicySpec, RolloutGroup
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:
@@ -208,7 +208,7 @@ def run_rl(cfg: Config) -> dict:
                    trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype),
         decoding, num_workers=cfg.ray.num_workers if cfg.ray.enabled else 1, use_ray=cfg.ray.enabled,
         address=cfg.ray.address, threads=cfg.ray.threads_per_worker)
-    group.sync(policy_weights(raw_model), version)
+    group.sync(trainer_weights(raw_model, zero_stage(engine)), version)
     rewarder = RewardRunner(reward_cfg)
     print(f"train {task.name} with {tr.objective}: {count_parameters(raw_model) / 1e6:.2f} M parameters "
           f"({count_parameters(raw_model, trainable_only=True) / 1e6:.3f} M trainable), "
@@ -279,7 +279,7 @@ def run_rl(cfg: Config) -> dict:
             if update["updated"]:
                 t0 = time.perf_counter()
                 version += 1
-                group.sync(policy_weights(raw_model), version)
+                group.sync(trainer_weights(raw_model, zero_stage(engine)), version)
                 timing["weight_sync"] = time.perf_counter() - t0
 
             # log

@@ -45,3 +45,10 @@ async def async_reward(prompts, completions, **kwargs):
 def digit_fraction(prompts, completions, **kwargs):
     """A dense reward (varies between samples even for a random model), for RL tests."""
     return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+
+
+def vowel_share(prompts, completions, **kwargs):
+    """A graded score (share of vowels) so groups of random answers have reward variance and
+    the RL step really updates the adapter. Accepts TRL's chat-format completions too."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [sum(ch in "aeiouAEIOU" for ch in t) / max(len(t), 1) for t in texts]

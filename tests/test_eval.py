@@ -88,7 +88,7 @@ def test_eval_on_a_data_file(sft_run, tmp_path, capsys):
 def test_eval_bad_inputs_name_the_path_or_field(sft_run, tmp_path, capsys):
     _, checkpoint = sft_run
     assert main(["eval", str(tmp_path)]) == 2
-    assert "is not a dlmrl checkpoint directory" in capsys.readouterr().err
+    assert "is neither a dlmrl checkpoint (trainer_state.json) nor a model directory" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "1+1?"}) + "\n")
     assert main(["eval", checkpoint, "--data", str(bad)]) == 2
