@@ -19,7 +19,7 @@ from types import ModuleType
 import torch
 
 from rollouts.families import bidirectional, diffusion_gemma, dream, llada, masked_lm, remote
-from rollouts.families.native import ModelLoadError, read_config
+from rollouts.families.native import ModelLoadError, export as export_weights, load_native, read_config
 
 # auto-detection tries them in this order
 FAMILIES: dict[str, ModuleType] = {module.NAME: module for module in
@@ -58,7 +58,12 @@ def load_pretrained(path: str, dtype: torch.dtype = torch.float32, family: str =
         raise ModelLoadError(f"config key 'model.family': '{path}' is a checkpoint with its own modeling code "
                              f"(auto_map); use family {native or 'remote'}" +
                              ("" if native else " with trust_remote_code: true"))
-    model = FAMILIES[family].load(path, config, dtype, trust_remote_code)
+    module = FAMILIES[family]
+    if family in NATIVE:  # a stock transformers model + the snapshot's weights under mapped names
+        native_config = module.native_config(config, os.path.join(path, "config.json"))
+        model = load_native(path, family, module.MODEL_CLASS, native_config, module.to_native, dtype)
+    else:
+        model = module.load(path, config, dtype, trust_remote_code)
     if getattr(model.config, "dlm_family", None) is None:
         model.config.dlm_family = family
     if getattr(model.config, "mask_token_id", None) is None and config.get("mask_token_id") is not None:
@@ -78,7 +83,7 @@ def export(model: torch.nn.Module, source: str, out_dir: str) -> list[str]:
     if family is None:
         raise ModelLoadError(f"export: '{source}' is not a llada or dream snapshot; only those have an original "
                              f"format to write back (other models: save_pretrained)")
-    return FAMILIES[family].export(model, source, out_dir)
+    return export_weights(model, source, out_dir, FAMILIES[family].to_upstream)
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):

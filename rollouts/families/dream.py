@@ -9,10 +9,9 @@ raw logits and the policy adapter shifts them (`SHIFT_LOGITS`), never the model.
 
 from __future__ import annotations
 
-import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from rollouts.families.native import ModelLoadError, export as export_weights, load_native
+from rollouts.families.native import ModelLoadError
 
 NAME = "dream"
 SHIFT_LOGITS = True
@@ -46,10 +45,3 @@ def native_config(config: dict, where: str = "config.json") -> Qwen2Config:
     native.mask_token_id = config.get("mask_token_id")
     return native
 
-
-def load(path: str, config: dict, dtype: torch.dtype, trust_remote_code: bool = False) -> torch.nn.Module:
-    return load_native(path, NAME, MODEL_CLASS, native_config(config, f"{path}/config.json"), to_native, dtype)
-
-
-def export(model: torch.nn.Module, source: str, out_dir: str) -> list[str]:
-    return export_weights(model, source, out_dir, to_upstream)

@@ -12,10 +12,9 @@ samples and replays with dropout off, so the recorded path is a function of θ a
 
 from __future__ import annotations
 
-import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rollouts.families.native import ModelLoadError, export as export_weights, load_native, rename
+from rollouts.families.native import ModelLoadError, rename
 
 NAME = "llada"
 SHIFT_LOGITS = False
@@ -83,10 +82,3 @@ def native_config(config: dict, where: str = "config.json") -> LlamaConfig:
     native.mask_token_id = config.get("mask_token_id")
     return native
 
-
-def load(path: str, config: dict, dtype: torch.dtype, trust_remote_code: bool = False) -> torch.nn.Module:
-    return load_native(path, NAME, MODEL_CLASS, native_config(config, f"{path}/config.json"), to_native, dtype)
-
-
-def export(model: torch.nn.Module, source: str, out_dir: str) -> list[str]:
-    return export_weights(model, source, out_dir, to_upstream)
