@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 import yaml
 
 from reasoning.config import Config, load_config, write_resolved
@@ -96,9 +97,25 @@ def test_bad_rollout_and_ray_settings_are_named(overrides, message):
         load_config(None, overrides)
 
 
-def test_gpu_configs_parse(tmp_path):
-    gpu = os.path.join(os.path.dirname(__file__), "..", "configs", "gpu")
+def test_gpu_configs_use_native_families_whose_lora_targets_exist_at_full_size(tmp_path):
+    """Each GPU config loads its snapshot natively (family auto, no remote code), and its LoRA
+    targets wrap modules of the full-size native model (built on the meta device from the manifest)."""
+    import json
+
+    from reasoning.modeling import apply_lora
+    from rollouts.families import FAMILIES
+
+    here = os.path.dirname(__file__)
+    gpu = os.path.join(here, "..", "configs", "gpu")
+    manifests = {"llada8b": "llada", "dream7b": "dream"}
     for name in sorted(os.listdir(gpu)):
         cfg = load_config(os.path.join(gpu, name), [f"model.path={tmp_path}"])
-        assert cfg.model.family == "remote" and cfg.model.trust_remote_code and cfg.model.dtype == "bfloat16"
+        assert cfg.model.family == "auto" and not cfg.model.trust_remote_code and cfg.model.dtype == "bfloat16"
         assert cfg.model.lora.enabled and cfg.trainer.deepspeed == "zero2" and cfg.model.gradient_checkpointing
+        kind = manifests[name.split("_")[0]]
+        manifest = json.load(open(os.path.join(here, "fixtures", "realarch", f"{'llada-8b-instruct' if kind == 'llada' else 'dream-v0-instruct-7b'}.manifest.json")))
+        family = FAMILIES[kind]
+        with torch.device("meta"):
+            model = apply_lora(family.MODEL_CLASS(family.native_config(manifest["config"])), cfg.model.lora, kind)
+        wrapped = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_A" in n}
+        assert wrapped == set(cfg.model.lora.target_modules)

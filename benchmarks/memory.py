@@ -1,0 +1,119 @@
+"""Memory a LoRA RL job on LLaDA-8B-Instruct / Dream-v0-Instruct-7B needs, per process.
+
+    python benchmarks/memory.py [--prompt 256] [--gen 256] [--rank 16]
+
+From the full-size upstream manifests (tests/fixtures/realarch/*.manifest.json), nothing
+downloaded:
+  weights_gib        every parameter in bf16 (exact count from the manifest)
+  lora_params        LoRA parameters on q/k/v/o (peft on the native model built on the meta device)
+  lora_train_gib     LoRA weights bf16 + fp32 master copy + fp32 gradient + Adam's two fp32
+                     moments (DeepSpeed bf16 with an fp32 optimizer: 2 + 4 + 4 + 8 bytes each)
+  activations_gib    what autograd saves for backward for one sample (micro-batch 1) of
+                     prompt + gen tokens, measured: one real-width decoder layer with LoRA is run
+                     forward in bf16 on the CPU with saved-tensor hooks counting bytes, times the
+                     layer count, plus the answer positions' logits/log-softmax (fp32, gen x vocab)
+  activations_ckpt_gib the same with gradient checkpointing (the configs' setting): every layer
+                     keeps only its input, one layer's activations are live during recompute
+Attention runs through SDPA on the CPU here; a GPU kernel saves about the same (no S x S matrix
+for the memory-efficient/flash kernels, which the CPU math path would show up as larger).
+Last line: JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+from rollouts.families import FAMILIES  # noqa: E402
+
+GIB = 2 ** 30
+MANIFESTS = {"llada": "llada-8b-instruct.manifest.json", "dream": "dream-v0-instruct-7b.manifest.json"}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def saved_bytes(fn, weights) -> int:
+    """Bytes of every tensor autograd saves for backward while `fn()` runs, views counted once per
+    storage; the `weights` themselves (saved by reference, already counted as weights) are left out."""
+    seen, total = {w.untyped_storage().data_ptr() for w in weights}, 0
+
+    def pack(t):
+        nonlocal total
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def measure(kind: str, prompt: int, gen: int, rank: int) -> dict:
+    from peft import LoraConfig, get_peft_model
+
+    manifest = json.load(open(os.path.join(ROOT, "tests", "fixtures", "realarch", MANIFESTS[kind])))
+    family = FAMILIES[kind]
+    config = family.native_config(manifest["config"])
+    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS)
+    with torch.device("meta"):
+        full = get_peft_model(family.MODEL_CLASS(config), lora)
+    lora_params = sum(p.numel() for n, p in full.named_parameters() if "lora_" in n)
+    base_params = sum(p.numel() for n, p in full.named_parameters() if "lora_" not in n)
+    assert base_params == manifest["parameters"], (base_params, manifest["parameters"])
+
+    # one decoder layer at real width, bf16, LoRA on, base frozen: what does backward keep?
+    one = family.native_config({**manifest["config"], **({"n_layers": 1} if kind == "llada" else
+                                                         {"num_hidden_layers": 1})})
+    one.vocab_size, one.pad_token_id = 8, None  # the embedding and head are measured separately below
+    torch.manual_seed(0)
+    layer_model = get_peft_model(family.MODEL_CLASS(one).to(torch.bfloat16), lora)
+    seq = prompt + gen
+    hidden = torch.randn(1, seq, one.hidden_size, dtype=torch.bfloat16, requires_grad=True)
+    decoder = layer_model.base_model.model.model
+    positions = torch.arange(seq).unsqueeze(0)
+    rotary = decoder.rotary_emb(hidden, positions)
+    layer = decoder.layers[0]
+    per_layer = saved_bytes(lambda: layer(hidden, position_embeddings=rotary, attention_mask=None),
+                            list(layer_model.parameters()))
+    layer_input = seq * one.hidden_size * 2
+    # the answer positions' head: logits -> fp32 log-softmax over the full vocabulary
+    vocab, width = manifest["state_dict"]["lm_head.weight" if kind == "dream" else "model.transformer.ff_out.weight"]
+    states = torch.randn(1, gen, width, dtype=torch.bfloat16, requires_grad=True)
+    head_weight = torch.zeros(vocab, width, dtype=torch.bfloat16)
+    head = saved_bytes(lambda: torch.nn.functional.linear(states, head_weight).float().log_softmax(-1), [head_weight])
+    layers = config.num_hidden_layers
+    return {
+        "parameters": base_params, "weights_gib": round(base_params * 2 / GIB, 2),
+        "lora_params": lora_params, "lora_train_gib": round(lora_params * (2 + 4 + 4 + 8) / GIB, 3),
+        "activation_per_layer_mib": round(per_layer / 2 ** 20, 1), "head_mib": round(head / 2 ** 20, 1),
+        "activations_gib": round((per_layer * layers + head) / GIB, 2),
+        "activations_ckpt_gib": round((layer_input * layers + per_layer + head) / GIB, 2),
+        "layers": layers, "tokens": seq,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompt", type=int, default=256)
+    parser.add_argument("--gen", type=int, default=256)
+    parser.add_argument("--rank", type=int, default=16)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+    out = {kind: measure(kind, args.prompt, args.gen, args.rank) for kind in MANIFESTS}
+    for kind, row in out.items():
+        total = row["weights_gib"] + row["lora_train_gib"] + row["activations_ckpt_gib"]
+        row["total_ckpt_gib"] = round(total, 2)
+    print(json.dumps({"prompt_tokens": args.prompt, "gen_length": args.gen, "lora_rank": args.rank,
+                      "micro_batch": 1, **out}))
+
+
+if __name__ == "__main__":
+    main()
