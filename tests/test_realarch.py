@@ -274,3 +274,61 @@ def test_sample_eval_train_export_by_path(kind, tmp_path, capsys):
     exported = logits_of(load_pretrained(str(out)), ids)
     assert (exported - logits_of(adapted, ids)).abs().max() < 1e-5
     assert (exported - logits_of(load_pretrained(ckpt(kind)), ids)).abs().max() > 1e-4  # RL changed the model
+
+
+def test_remote_code_that_fails_to_import_names_the_native_family(tmp_path):
+    """`remote` stays an explicit opt-in; LLaDA's own code fails under transformers 5 (measured:
+    AttributeError all_tied_weights_keys) — here a stand-in file that fails the same way."""
+    snapshot = tmp_path / "llada"
+    shutil.copytree(ckpt("llada"), snapshot)
+    (snapshot / "configuration_llada.py").write_text(
+        "raise AttributeError(\"'LLaDAModelLM' object has no attribute 'all_tied_weights_keys'\")\n")
+    with pytest.raises(ConfigError, match="trust_remote_code"):
+        load_model(ModelConfig(family="remote", path=str(snapshot)))
+    with pytest.raises(ConfigError, match=r"failed to load.*all_tied_weights_keys.*use model\.family: llada"):
+        load_model(ModelConfig(family="remote", trust_remote_code=True, path=str(snapshot)))
+    assert load_model(ModelConfig(path=str(snapshot)))[0].config.dlm_family == "llada"  # auto never runs it
+
+
+def test_only_bare_key_value_tokens_are_overrides(tmp_path, capsys):
+    for prompt in ("x = 3", "a=b", "rollout.gen_length=4"):
+        assert main(["sample", ckpt("llada"), "--prompt", prompt, "rollout.gen_length=8", "--output",
+                     str(tmp_path)]) == 0
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert out["prompt"] == prompt
+        assert len(json.loads(open(out["trajectory"]).readline())["final_tokens"]) == 8
+    with pytest.raises(SystemExit) as exit_info:  # a stray token is not silently dropped
+        main(["sample", ckpt("llada"), "--prompt", "x", "rollout.gen_length"])
+    assert exit_info.value.code == 2
+    assert "rollout.gen_length" in capsys.readouterr().err
+
+
+def test_trl_reward_functions_by_name_run_unchanged():
+    """TRL's own reward functions, named in `rewards:` next to ours, score exactly what calling them
+    directly scores (conversational prompts -> chat-format completions, as in TRL)."""
+    import trl.rewards
+
+    from rewards import RewardRunner, RewardSpec, RewardsConfig
+
+    prompts = [[{"role": "user", "content": "2+2?"}]] * 3
+    completions = ["<think>easy</think>$4$", "no think $5$", "<think>a</think><think>b</think> $4$"]
+    ids = [[1, 2, 3, 1, 2, 3, 1, 2, 3], [4, 5], [6] * 12]
+    chat = [[{"role": "assistant", "content": c}] for c in completions]
+    columns = {"solution": ["$4$"] * 3}
+    specs = {
+        "think_format_reward": (None, trl.rewards.think_format_reward),
+        "accuracy_reward": (None, trl.rewards.accuracy_reward),
+        "get_cosine_scaled_reward": ({"max_len": 50}, trl.rewards.get_cosine_scaled_reward(max_len=50)),
+        "get_repetition_penalty_reward": ({"ngram_size": 3, "max_penalty": -1.0},
+                                          trl.rewards.get_repetition_penalty_reward(3, -1.0)),
+        "get_soft_overlong_punishment": ({"max_completion_len": 10, "soft_punish_cache": 4},
+                                         trl.rewards.get_soft_overlong_punishment(10, 4)),
+    }
+    config = RewardsConfig(functions=[RewardSpec(name=n, args=a) for n, (a, _) in specs.items()], on_error="raise")
+    with RewardRunner(config) as runner:
+        scored = runner(prompts, completions, ids, **columns)
+    for (name, (args, fn)), spec in zip(specs.items(), config.functions):
+        direct = fn(prompts=prompts, completions=chat, completion_ids=ids, **columns)
+        assert scored.per_function[spec.label] == pytest.approx(direct), name
+    assert scored.per_function["think_format_reward"] == [1.0, 0.0, 0.0]
+    assert len(set(map(tuple, scored.per_function.values()))) > 2  # five functions, not one score copied

@@ -33,7 +33,7 @@ def load(path: str, config: dict, dtype: torch.dtype, trust_remote_code: bool = 
         auto_map = getattr(loaded, "auto_map", None) or {}
         loader = AutoModelForCausalLM if "AutoModelForCausalLM" in auto_map else AutoModel
         return loader.from_pretrained(path, dtype=dtype, trust_remote_code=True)
-    except (ImportError, AttributeError, KeyError, TypeError, OSError) as exc:
+    except (ImportError, AttributeError, KeyError, TypeError, OSError, ValueError) as exc:
         from rollouts.families import native_family_for
 
         native = native_family_for(config)
