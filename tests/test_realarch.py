@@ -128,6 +128,20 @@ def test_pad_equals_eos_model_emits_eos_and_stops():
     assert set(policy.ids.stop) == {97, 98} and policy.ids.mask == 101
 
 
+def test_mask_from_config_and_stop_ids_from_generation_config(tmp_path):
+    snapshot = tmp_path / "llada"
+    shutil.copytree(ckpt("llada"), snapshot)
+    settings = json.load(open(snapshot / "tokenizer_config.json"))
+    settings.pop("mask_token")
+    json.dump(settings, open(snapshot / "tokenizer_config.json", "w"))
+    generation = json.load(open(snapshot / "generation_config.json"))
+    json.dump({**generation, "eos_token_id": [97, 100]}, open(snapshot / "generation_config.json", "w"))
+    model, tokenizer = load_model(ModelConfig(path=str(snapshot)))
+    assert tokenizer.mask_token_id == 101  # config.json's mask_token_id
+    policy = make_policy(model, tokenizer)
+    assert policy.ids.mask == 101 and set(policy.ids.stop) == {97, 98, 100}  # eos list + <|eot_id|>
+
+
 def test_llada_chat_template_renders_prompts():
     from reasoning.data import encode_prompt
 
@@ -252,6 +266,9 @@ def test_sample_eval_train_export_by_path(kind, tmp_path, capsys):
     assert main(["eval", str(config), "--output", str(tmp_path / "eval")]) == 0
     evaluated = json.load(open(tmp_path / "eval" / "eval.json"))
     assert evaluated["n"] == 2 and 0.0 <= evaluated["accuracy"] <= 1.0
+    assert main(["eval", ckpt(kind), "--task", "addition", "--n", "2", "rollout.gen_length=8",
+                 "--output", str(tmp_path / "eval_dir")]) == 0  # a plain snapshot, no config at all
+    assert json.load(open(tmp_path / "eval_dir" / "eval.json"))["task"] == "addition"
 
     assert main(["train", str(config)]) == 0
     run = tmp_path / "runs" / kind
