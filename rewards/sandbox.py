@@ -2,10 +2,12 @@
 
 The only place in dlmrl that executes model output (DESIGN.md invariant 4). Layers:
   - namespaces (util-linux `unshare`): a new network namespace (no network at all), a
-    mount namespace in which `/` is re-mounted read-only and `/tmp`, `/dev/shm` are
-    fresh private tmpfs (the working directory; it vanishes with the namespace), and a
-    PID namespace (the parent's processes are invisible; killing its first process
-    kills everything the code started);
+    mount namespace whose root is a fresh tmpfs holding only the system runtime (/usr,
+    bind-mounted read-only), /dev/null|zero|urandom, its own /proc and a private /tmp (the
+    working directory; it vanishes with the namespace) — the host's root is unmounted, so
+    the project, home directories and /etc cannot be read — and a PID namespace (the
+    parent's processes are invisible; killing its first process kills everything the
+    code started); the sandbox dies with the process that started it;
   - an unprivileged user: a fresh uid per call via `setpriv` when the caller is root (limits such
     as the process count do not bind root); otherwise a user namespace;
   - rlimits: CPU seconds, address space, file size (also bounds captured output, which
@@ -69,12 +71,20 @@ def _tool(name: str) -> str | None:
 
 
 def _inner_script(as_root: bool, uid: int) -> str:
-    """Shell run inside the new namespaces: private mounts, then drop to the sandbox user."""
-    setup = ("mount -t tmpfs -o size={tmp_mb}m,mode=1777 tmpfs /tmp && "
-             "mount -t tmpfs -o size=1m,mode=1777 tmpfs /dev/shm && "
-             "mount -o remount,bind,ro / && cd /tmp && ")
+    """Shell run inside the new namespaces: a new root that holds only the read-only system
+    runtime (/usr and the /bin, /lib... links into it), /dev/null|zero|urandom, a fresh /proc
+    and a private tmpfs /tmp; the host's root is unmounted (pivot_root), so no other host file —
+    the project, home directories, /etc — can be opened. Then drop to the sandbox user."""
+    links = " ".join(f"[ -L /{d} ] && ln -s \"$(readlink /{d})\" $R/{d};" for d in ("bin", "sbin", "lib", "lib64", "lib32"))
+    devices = " ".join(f"touch $R/dev/{d} && mount --bind /dev/{d} $R/dev/{d} &&" for d in ("null", "zero", "urandom"))
+    setup = ("R=/tmp/root && mount -t tmpfs -o size={tmp_mb}m,mode=755 tmpfs /tmp && mkdir -p $R && "
+             "mount --bind $R $R && mkdir -p $R/usr $R/proc $R/dev/shm $R/tmp $R/.old && chmod 1777 $R/tmp && "
+             "mount --bind /usr $R/usr && mount -o remount,bind,ro,nosuid $R/usr && "
+             + links + " " + devices +
+             " mount -t tmpfs -o size=1m,mode=1777 tmpfs $R/dev/shm && mount -t proc proc $R/proc && "
+             "cd $R && pivot_root . .old && umount -l /.old && rmdir /.old && cd /tmp && ")
     if as_root:
-        drop = f"{_tool('setpriv')} --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all -- "
+        drop = "/usr/bin/setpriv" + f" --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all -- "
     else:
         drop = ""
     return setup + "exec " + drop + "/usr/bin/env -i \"$@\""
@@ -104,27 +114,56 @@ def _processes_of(uid: int) -> int:
     return count
 
 
+def _command(code: str, limits: SandboxLimits) -> list[str] | str:
+    """The unshare command line that runs `code` contained, or why it cannot be run (a str)."""
+    unshare = _tool("unshare")
+    as_root = os.geteuid() == 0
+    if unshare is None or (as_root and _tool("setpriv") is None):
+        return "util-linux unshare/setpriv not found"
+    user = [] if as_root else ["--user", "--map-root-user"]
+    uid = random.randrange(*SANDBOX_UIDS)  # its own uid: the process limit is per sandbox, not shared
+    script = _inner_script(as_root, uid).format(tmp_mb=limits.file_mb * 2)
+    return [unshare, *user, "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
+            "--", "/bin/sh", "-c", script, "sandbox", sandbox_python(), "-I", "-S", "-c", code]
+
+
+def _spawn(argv: list[str], limits: SandboxLimits, stdout, stderr) -> subprocess.Popen:
+    """Start the sandbox in a session of its own (killed as a group) that also dies with this process:
+    unshare gets SIGKILL when its parent dies (PR_SET_PDEATHSIG, set before any uid change, so it
+    holds), and `--kill-child` takes the namespace's first process — and so every process in it — along."""
+    apply_limits = _limits(limits, os.geteuid() == 0)
+
+    def prepare() -> None:
+        _die_with_parent()
+        apply_limits()
+
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr,
+                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, cwd="/", start_new_session=True,
+                            preexec_fn=prepare)
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def run_python(code: str, stdin: str = "", limits: SandboxLimits | None = None) -> SandboxResult:
     """Run `code` with the system Python inside the sandbox; never raises for what the code does."""
     limits = limits or SandboxLimits()
     start = time.perf_counter()
-    unshare = _tool("unshare")
-    as_root = os.geteuid() == 0
-    if unshare is None or (as_root and _tool("setpriv") is None):
-        return SandboxResult(None, "", "", refused="util-linux unshare/setpriv not found", seconds=0.0)
-    python = sandbox_python()
-    user = [] if as_root else ["--user", "--map-root-user"]
-    uid = random.randrange(*SANDBOX_UIDS)  # its own uid: the process limit is per sandbox, not shared
-    script = _inner_script(as_root, uid).format(tmp_mb=limits.file_mb * 2)
-    argv = [unshare, *user, "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
-            "--", "/bin/sh", "-c", script, "sandbox", python, "-I", "-S", "-c", code]
+    argv = _command(code, limits)
+    if isinstance(argv, str):
+        return SandboxResult(None, "", "", refused=argv, seconds=0.0)
     with tempfile.TemporaryDirectory(prefix="dlmrl-sandbox-") as scratch:
         out_path, err_path = os.path.join(scratch, "stdout"), os.path.join(scratch, "stderr")
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             try:
-                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=err,
-                                        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                                        cwd="/", start_new_session=True, preexec_fn=_limits(limits, as_root))
+                proc = _spawn(argv, limits, out, err)
             except (OSError, subprocess.SubprocessError) as exc:
                 return SandboxResult(None, "", "", refused=f"could not start the sandbox: {exc}")
             timed_out = False
@@ -140,6 +179,54 @@ def run_python(code: str, stdin: str = "", limits: SandboxLimits | None = None) 
         return SandboxResult(None, stdout, stderr, refused=f"namespaces unavailable: {stderr.strip()[:200]}",
                              seconds=time.perf_counter() - start)
     return SandboxResult(proc.returncode, stdout, stderr, timed_out=timed_out, seconds=time.perf_counter() - start)
+
+
+class SandboxProcess:
+    """A contained Python process to talk to line by line (stdin/stdout pipes), for the code judge.
+    Its stderr goes nowhere; `close()` kills its whole process group."""
+
+    def __init__(self, code: str, limits: SandboxLimits):
+        argv = _command(code, limits)
+        if isinstance(argv, str):
+            raise OSError(argv)
+        self.proc = _spawn(argv, limits, subprocess.PIPE, subprocess.DEVNULL)
+        self._buffer = b""
+
+    def send(self, line: str) -> bool:
+        """Write one line; False if the process is gone."""
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+
+    def receive(self, deadline: float, max_bytes: int = 1 << 20) -> str | None:
+        """The next line, or None on end of output, timeout (`time.monotonic()` deadline) or a
+        line longer than max_bytes (whatever the process writes, this never blocks past the deadline)."""
+        import select
+
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            if len(self._buffer) > max_bytes:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        _kill_group(self.proc)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -186,29 +186,6 @@ def format_score(completion: str) -> float:
 
 _CODE_BLOCK = re.compile(r"```(?:python|py)?\n([\s\S]*?)```")
 
-# Runs inside the sandbox: execute the solution, then each test, and report a JSON line.
-_HARNESS = r'''
-import json, sys
-source, tests, marker = json.loads(sys.stdin.read())
-namespace = {"__name__": "__solution__"}
-passed = 0
-try:
-    exec(compile(source, "<solution>", "exec"), namespace)  # sandbox-ok: this harness runs inside run_python
-    loaded = True
-except BaseException:
-    loaded = False
-if loaded:
-    for test in tests:
-        try:
-            exec(compile(test, "<test>", "exec"), dict(namespace))  # sandbox-ok
-            passed += 1
-        except BaseException:
-            pass
-sys.stdout.flush()
-print("\n" + marker + json.dumps({"passed": passed, "total": len(tests)}), flush=True)
-'''
-
-
 def extract_code(completion: str) -> str:
     """The last ```python block, else the <answer> text, else the whole completion."""
     blocks = _CODE_BLOCK.findall(completion)
@@ -216,22 +193,12 @@ def extract_code(completion: str) -> str:
 
 
 def code_pass_rate(completion: str, tests: Sequence[str], limits=None) -> float:
-    """Fraction of `tests` (Python snippets, e.g. asserts) that pass against the completion's
-    code, all run in the sandbox in one call. 0.0 if the sandbox refuses or is killed."""
-    import json
-    import secrets
-
-    from rewards.sandbox import run_python
+    """Fraction of `tests` (Python snippets, e.g. asserts) that pass against the completion's code,
+    judged outside the solution's reach (`rewards.judge`), in [0, 1]. 0.0 if nothing can run."""
+    from rewards.judge import judge
 
     tests = list(tests)
     if not tests:
         return 0.0
-    marker = "@@dlmrl-" + secrets.token_hex(8) + "@@"
-    result = run_python(_HARNESS, stdin=json.dumps([extract_code(completion), tests, marker]), limits=limits)
-    if result.refused or result.timed_out or marker not in result.stdout:
-        return 0.0
-    try:
-        report = json.loads(result.stdout.rsplit(marker, 1)[1].strip().splitlines()[0])
-    except (ValueError, IndexError):
-        return 0.0
-    return report["passed"] / len(tests)
+    passed = sum(judge(extract_code(completion), tests, limits))
+    return min(max(passed / len(tests), 0.0), 1.0)
