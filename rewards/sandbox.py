@@ -87,7 +87,10 @@ def _inner_script(as_root: bool, uid: int) -> str:
         drop = "/usr/bin/setpriv" + f" --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all -- "
     else:
         drop = ""
-    return setup + "exec " + drop + "/usr/bin/env -i \"$@\""
+    # not exec: this root shell stays the namespace's first process. unshare's --kill-child gives it
+    # a parent-death signal, which a uid change would clear; when it dies the kernel kills every
+    # process of the namespace, so nothing outlives the sandbox's starter
+    return setup + drop + "/usr/bin/env -i \"$@\""
 
 
 def _limits(limits: SandboxLimits, as_root: bool):
