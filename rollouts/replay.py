@@ -6,10 +6,12 @@ at t and, when the position choice was stochastic, the Plackett–Luce log-prob 
 positions picked. States of many steps and trajectories are batched into few forward
 passes (`micro_batch` states each).
 
-`merge_steps` s > 1 scores the tokens of s consecutive steps from the first state of
-the group (TraceRL's "shrink"): s times fewer forwards, at the price of scoring later
-tokens from a slightly staler canvas. With s = 1 replay reproduces the behaviour
-log-probs exactly (DESIGN.md invariant 1).
+`merge_steps` s > 1 is TraceRL's "shrink" approximation: the tokens of s consecutive
+steps are scored from one canvas — the state at the window's first step with every
+position committed inside the window masked (so no scored position is ever visible in
+the canvas it is scored from, also when it was committed, re-masked and committed again
+within the window). s times fewer forwards, but no longer the exact path probability.
+Only s = 1 reproduces the behaviour log-probs exactly (DESIGN.md invariant 1).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import numpy as np
 import torch
 
 from rollouts.policy import DiffusionPolicy
-from rollouts.sampler import DecodingConfig, left_pad
-from rollouts.selection import confidence, plackett_luce_log_prob
+from rollouts.sampler import DecodingConfig, left_pad, resolve_confidence
+from rollouts.selection import confidence, plackett_luce_terms
 from rollouts.trajectory import Trajectory
 
 
@@ -33,6 +35,7 @@ class Replayed:
     selection_logp: list[torch.Tensor]  # [i]: (steps of trajectory i,) zeros when selection is deterministic
     forward_passes: int  # batched forwards spent (each = 1 + latent_steps model calls)
     token_entropy: list[torch.Tensor] | None = None  # [i]: entropy (nats, detached) at each commit
+    pick_logp: list[torch.Tensor] | None = None  # [i]: each commit's Plackett–Luce factor (0 if deterministic)
 
     def step_logp(self, trajectories: list[Trajectory]) -> list[torch.Tensor]:
         """Per trajectory, per step: log-prob of the whole step (its tokens + its selection)."""
@@ -58,22 +61,27 @@ def replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: Decodin
     if merge_steps < 1:
         raise ValueError(f"merge_steps must be >= 1, got {merge_steps}")
     device = policy.device
+    measure = resolve_confidence(policy, cfg)
+    if cfg.stochastic_selection and measure == "chosen_prob":
+        raise ValueError("replay: a stochastic selection over chosen_prob cannot be replayed")
     states = [traj.states() for traj in trajectories]
     bounds = [traj.step_bounds() for traj in trajectories]
     items = [_Item(i, t, range(t, min(t + merge_steps, traj.num_steps)))
              for i, traj in enumerate(trajectories) for t in range(0, traj.num_steps, merge_steps)]
     token_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
     entropy_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
+    pick_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
     selection_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
     forwards = 0
     for lo in range(0, len(items), micro_batch):
         chunk = items[lo:lo + micro_batch]
         prompt_ids, prompt_mask = left_pad([trajectories[it.trajectory].prompt_ids for it in chunk], policy.ids.pad)
-        answer = torch.as_tensor(np.stack([states[it.trajectory][it.first] for it in chunk]))
+        answer = torch.as_tensor(np.stack([_scoring_canvas(trajectories[it.trajectory], states[it.trajectory],
+                                                           bounds[it.trajectory], it.steps) for it in chunk]))
         logp = policy.step_log_probs(prompt_ids.to(device), prompt_mask.to(device), answer.to(device),
                                      cfg.temperature, cfg.latent_steps, cfg.latent_mix)
         forwards += 1
-        scores = cfg.selection_scores(confidence(logp, cfg.confidence)) if cfg.stochastic_selection else None
+        scores = cfg.selection_scores(confidence(logp, measure)) if cfg.stochastic_selection else None
         for row, item in enumerate(chunk):
             traj = trajectories[item.trajectory]
             events = slice(bounds[item.trajectory][item.steps.start], bounds[item.trajectory][item.steps.stop])
@@ -85,19 +93,35 @@ def replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: Decodin
             entropy_parts[item.trajectory].append(-(at.exp() * at).sum(-1))
             if scores is None:
                 selection_parts[item.trajectory].append(logp.new_zeros(len(item.steps)))
+                pick_parts[item.trajectory].append(logp.new_zeros(len(positions)))
             else:
-                selection_parts[item.trajectory].append(_selection_logp(
-                    traj, states[item.trajectory], bounds[item.trajectory], item.steps, scores[row], device))
+                per_step, picks = _selection_logp(traj, states[item.trajectory], bounds[item.trajectory], item.steps,
+                                                  scores[row], device)
+                selection_parts[item.trajectory].append(per_step)
+                pick_parts[item.trajectory].append(picks)
+
     def cat(parts: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(parts) if parts else torch.zeros(0, device=device)
 
     return Replayed(token_logp=[cat(p) for p in token_parts], selection_logp=[cat(p) for p in selection_parts],
-                    forward_passes=forwards, token_entropy=[cat(p) for p in entropy_parts])
+                    forward_passes=forwards, token_entropy=[cat(p) for p in entropy_parts],
+                    pick_logp=[cat(p) for p in pick_parts])
+
+
+def _scoring_canvas(traj: Trajectory, states: np.ndarray, bounds: np.ndarray, steps: range) -> np.ndarray:
+    """The canvas the steps of one window are scored from: the window's first state with every
+    position committed inside the window masked (for one step this is exactly that step's state)."""
+    canvas = states[steps.start].copy()
+    events = slice(bounds[steps.start], bounds[steps.stop])
+    committed = traj.event_position[events][traj.event_token[events] != traj.mask_id]
+    canvas[committed] = traj.mask_id
+    return canvas
 
 
 def _selection_logp(traj: Trajectory, states: np.ndarray, bounds: np.ndarray, steps: range, scores: torch.Tensor,
-                    device) -> torch.Tensor:
-    """Plackett–Luce log-prob of each step's ordered position choice, scored by `scores` (L,).
+                    device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plackett–Luce log-prob of each step's ordered position choice, scored by `scores` (L,):
+    (per step (S,), per commit in event order).
 
     The candidates at step t are the [MASK] positions of its block in state t that were
     not re-masked at t itself — exactly the set the sampler drew from.
@@ -116,9 +140,11 @@ def _selection_logp(traj: Trajectory, states: np.ndarray, bounds: np.ndarray, st
     order = np.zeros((len(counts), width), np.int64)
     for i, picked in enumerate(orders):
         order[i, :len(picked)] = picked
-    return plackett_luce_log_prob(
+    terms = plackett_luce_terms(
         scores.unsqueeze(0).expand(len(counts), -1),
         torch.as_tensor(np.stack(candidates), device=device),
         torch.as_tensor(order, device=device),
         torch.as_tensor(counts, device=device),
     )
+    picks = torch.cat([terms[i, :n] for i, n in enumerate(counts)])
+    return terms.sum(1), picks

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 from rollouts.policy import DiffusionPolicy
-from rollouts.selection import confidence, gumbel_like, plackett_luce_log_prob
+from rollouts.selection import CONFIDENCES, FAMILY_CONFIDENCE, confidence, gumbel_like, plackett_luce_terms
 from rollouts.trajectory import Trajectory
 
 CommitRule = Literal["low_confidence", "random", "threshold"]
-ConfidenceMeasure = Literal["prob", "margin", "entropy"]
+ConfidenceMeasure = Literal["auto", "chosen_prob", "max_prob", "margin", "entropy"]
 RemaskRule = Literal["none", "running_confidence"]
 
 
@@ -48,7 +48,9 @@ class DecodingConfig:
     steps: int | None = None  # denoising steps over the whole answer, split over blocks; None = gen_length
     temperature: float = 0.0  # token choice; 0 = argmax
     commit: CommitRule = "low_confidence"
-    confidence: ConfidenceMeasure = "prob"
+    # how sure the model is at a position (rollouts.selection.confidence); auto = the model family's
+    # reference sampler: LLaDA chosen_prob (untempered prob of the sampled token), Dream entropy, others max_prob
+    confidence: ConfidenceMeasure = "auto"
     threshold: float = 0.9  # commit: threshold commits every position above this confidence
     selection_temperature: float = 0.0  # > 0: stochastic (Plackett–Luce) choice of positions
     remask: RemaskRule = "none"
@@ -58,6 +60,8 @@ class DecodingConfig:
     latent_mix: float = 0.5  # weight of the belief embedding vs the [MASK] embedding
 
     def __post_init__(self) -> None:
+        if self.confidence == "prob":  # the name before chosen_prob existed
+            self.confidence = "max_prob"
         for name, rule in (("commit", CommitRule), ("confidence", ConfidenceMeasure), ("remask", RemaskRule)):
             if getattr(self, name) not in get_args(rule):
                 raise ValueError(f"decoding setting '{name}': expected one of {', '.join(get_args(rule))}, "
@@ -154,6 +158,20 @@ def pin_tokens(answer: torch.Tensor, pinned: list[dict[int, int]] | None, mask_i
     return is_pinned
 
 
+def resolve_confidence(policy: DiffusionPolicy, cfg: DecodingConfig) -> str:
+    """The confidence measure in force: `auto` -> the model family's reference rule."""
+    measure = cfg.confidence
+    if measure == "auto":
+        family = getattr(getattr(policy.model, "config", None), "dlm_family", None)
+        measure = FAMILY_CONFIDENCE.get(family, "max_prob")
+    if measure == "chosen_prob" and cfg.selection_temperature > 0:
+        raise ValueError("decoding setting 'confidence': chosen_prob depends on the sampled tokens, so a "
+                         "Plackett-Luce selection over it has no replayable probability; use max_prob, margin "
+                         "or entropy with selection_temperature > 0")
+    assert measure in CONFIDENCES, measure
+    return measure
+
+
 @torch.no_grad()
 def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfig, seeds: list[int],
            pinned: list[dict[int, int]] | None = None) -> list[Trajectory]:
@@ -161,6 +179,7 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
     check_prompts(policy, prompts, cfg)
+    measure = resolve_confidence(policy, cfg)
     ids, device, n, length, width = policy.ids, policy.device, len(prompts), cfg.gen_length, cfg.block
     prompt_ids, prompt_mask = (t.to(device) for t in left_pad(prompts, ids.pad))
     answer = torch.full((n, length), ids.mask, dtype=torch.long, device=device)
@@ -199,29 +218,29 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
         steps_left = (block_budget[block[rows]] - steps_in_block[rows]).clamp(min=1)
         remaining = candidates.sum(1) + remasked.sum(1)
         count = torch.minimum(torch.ceil(remaining / steps_left).long(), candidates.sum(1))
-        conf = confidence(logp, cfg.confidence)
-        if cfg.commit == "threshold":
-            count = torch.maximum(count, (candidates & (conf > cfg.threshold)).sum(1))
 
-        # 3. which positions (ordered: the order is part of a Plackett–Luce draw)
-        scores = cfg.selection_scores(conf)
-        keys = scores + gumbel_like(scores.shape, row_generators, device) if cfg.stochastic_selection else scores
-        order = keys.masked_fill(~candidates, -math.inf).argsort(1, descending=True)[:, :int(count.max())]
-        selection_logp = (plackett_luce_log_prob(scores, candidates, order, count)
-                          if cfg.stochastic_selection else torch.zeros(len(rows), device=device))
-
-        # 4. which tokens
+        # 3. which tokens: a draw at every position of the block (only the chosen ones are committed)
         if cfg.temperature > 0:
             tokens = (logp + gumbel_like(logp.shape, row_generators, device)).argmax(-1)
         else:
             tokens = logp.argmax(-1)
         token_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        conf = confidence(logp, measure, tokens, cfg.temperature)
+        if cfg.commit == "threshold":
+            count = torch.maximum(count, (candidates & (conf > cfg.threshold)).sum(1))
+
+        # 4. which positions (ordered: the order is part of a Plackett–Luce draw)
+        scores = cfg.selection_scores(conf)
+        keys = scores + gumbel_like(scores.shape, row_generators, device) if cfg.stochastic_selection else scores
+        order = keys.masked_fill(~candidates, -math.inf).argsort(1, descending=True)[:, :int(count.max())]
+        selection_terms = (plackett_luce_terms(scores, candidates, order, count) if cfg.stochastic_selection
+                           else torch.zeros(order.shape, device=device))
 
         chosen = torch.zeros_like(masked).scatter_(1, order, torch.arange(order.shape[1], device=device)
                                                    .unsqueeze(0) < count.unsqueeze(1))
         updated = torch.where(chosen, tokens, current.masked_fill(remasked, ids.mask))
         answer[rows] = answer[rows].scatter(1, positions, updated)
-        _record(log, rows, positions, remasked, order, count, tokens, token_logp, selection_logp, ids.mask)
+        _record(log, rows, positions, remasked, order, count, tokens, token_logp, selection_terms, ids.mask)
 
         # block and answer bookkeeping
         steps_in_block[rows] += 1
@@ -241,15 +260,16 @@ class _EventLog:
     """Events of one answer, appended step by step (numpy, on the CPU)."""
 
     def __init__(self) -> None:
-        self.step, self.position, self.token, self.logp, self.selection = [], [], [], [], []
+        self.step, self.position, self.token, self.logp, self.pick_logp, self.selection = [], [], [], [], [], []
 
-    def add_step(self, positions: np.ndarray, tokens: np.ndarray, logps: np.ndarray, selection: float) -> None:
+    def add_step(self, positions: np.ndarray, tokens: np.ndarray, logps: np.ndarray, picks: np.ndarray) -> None:
         t = len(self.selection)
         self.step.append(np.full(len(positions), t, np.int32))
         self.position.append(positions.astype(np.int32))
         self.token.append(tokens.astype(np.int64))
         self.logp.append(logps.astype(np.float32))
-        self.selection.append(selection)
+        self.pick_logp.append(picks.astype(np.float32))
+        self.selection.append(float(np.nansum(picks)))
 
     def trajectory(self, prompt: list[int], cfg: DecodingConfig, mask_id: int, final: np.ndarray,
                    pinned: torch.Tensor, seed: int) -> Trajectory:
@@ -261,18 +281,19 @@ class _EventLog:
             prompt_ids=list(prompt), gen_length=cfg.gen_length, block_length=cfg.block, mask_id=mask_id,
             event_step=cat(self.step, np.int32), event_position=cat(self.position, np.int32),
             event_token=cat(self.token, np.int64), event_logp=cat(self.logp, np.float32),
-            selection_logp=np.asarray(self.selection, np.float32), final_tokens=final.astype(np.int64),
+            event_selection_logp=cat(self.pick_logp, np.float32), selection_logp=np.asarray(self.selection, np.float32), final_tokens=final.astype(np.int64),
             forward_passes=len(self.selection) * (1 + cfg.latent_steps), pinned_position=where.astype(np.int32),
             pinned_token=final[where].astype(np.int64), seed=seed,
         )
 
 
 def _record(log: list[_EventLog], rows, positions, remasked, order, count, tokens, token_logp,
-            selection_logp, mask_id: int) -> None:
-    """Append this step's events: re-masks first, then commits in selection order."""
+            selection_terms, mask_id: int) -> None:
+    """Append this step's events: re-masks first, then commits in selection order, each commit
+    with its token's log-prob and its pick's Plackett–Luce factor."""
     positions, remasked, order = positions.cpu().numpy(), remasked.cpu().numpy(), order.cpu().numpy()
     count, tokens = count.cpu().numpy(), tokens.cpu().numpy()
-    token_logp, selection_logp = token_logp.float().cpu().numpy(), selection_logp.float().cpu().numpy()
+    token_logp, selection_terms = token_logp.float().cpu().numpy(), selection_terms.float().cpu().numpy()
     for i, r in enumerate(rows.tolist()):
         undo = remasked[i].nonzero()[0]
         pick = order[i, :count[i]]
@@ -280,5 +301,5 @@ def _record(log: list[_EventLog], rows, positions, remasked, order, count, token
             positions=np.concatenate([positions[i, undo], positions[i, pick]]),
             tokens=np.concatenate([np.full(len(undo), mask_id), tokens[i, pick]]),
             logps=np.concatenate([np.full(len(undo), np.nan), token_logp[i, pick]]),
-            selection=float(selection_logp[i]),
+            picks=np.concatenate([np.full(len(undo), np.nan), selection_terms[i, :count[i]]]),
         )

@@ -18,14 +18,30 @@ import torch
 EXCLUDED = -1e9  # score of a position that cannot be picked (finite, so gradients stay finite)
 
 
-def confidence(logp: torch.Tensor, measure: str) -> torch.Tensor:
-    """Per-position confidence in [0, 1] from log-probs (..., V).
+CONFIDENCES = ("chosen_prob", "max_prob", "margin", "entropy")
+# which confidence each model family's reference sampler uses (`confidence: auto`)
+FAMILY_CONFIDENCE = {"llada": "chosen_prob", "dream": "entropy"}
 
-    prob: the top token's probability (LLaDA); margin: top-1 minus top-2 probability;
-    entropy: 1 - H(p) / log V.
+
+def confidence(logp: torch.Tensor, measure: str, tokens: torch.Tensor | None = None,
+               temperature: float = 1.0) -> torch.Tensor:
+    """Per-position confidence in [0, 1] from the sampling log-probs (..., V) = log softmax(z / T).
+
+    chosen_prob: LLaDA's reference rule — the probability of the sampled token `tokens` under
+                 the *untempered* softmax(z) (no sampling noise in it);
+    max_prob:    the top token's probability under softmax(z / T);
+    margin:      top-1 minus top-2 probability (Dream's topk_margin); entropy: 1 - H(p) / log V
+                 (a monotone form of Dream's `entropy` rule), both under softmax(z / T).
+    Only chosen_prob depends on the sampled tokens; the others are properties of the
+    distribution, so with them a step's probability factorises as P(positions) · Π P(tokens).
     """
+    if measure == "chosen_prob":
+        if tokens is None:
+            raise ValueError("confidence 'chosen_prob' needs the sampled tokens")
+        untempered = (logp * temperature).log_softmax(-1) if temperature > 0 else logp
+        return untempered.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).exp()
     probs = logp.exp()
-    if measure == "prob":
+    if measure in ("max_prob", "prob"):
         return probs.max(-1).values
     if measure == "margin":
         top = probs.topk(2, dim=-1).values
@@ -33,7 +49,7 @@ def confidence(logp: torch.Tensor, measure: str) -> torch.Tensor:
     if measure == "entropy":
         entropy = -(probs * logp).sum(-1)
         return 1 - entropy / math.log(logp.shape[-1])
-    raise ValueError(f"unknown confidence measure {measure!r} (expected prob, margin or entropy)")
+    raise ValueError(f"unknown confidence measure {measure!r} (expected {', '.join(CONFIDENCES)})")
 
 
 def gumbel_like(shape: tuple[int, ...], generators: list[torch.Generator], device) -> torch.Tensor:
@@ -43,20 +59,27 @@ def gumbel_like(shape: tuple[int, ...], generators: list[torch.Generator], devic
     return (-torch.log(-torch.log(uniform))).float().to(device)
 
 
-def plackett_luce_log_prob(scores: torch.Tensor, candidates: torch.Tensor, order: torch.Tensor,
-                           counts: torch.Tensor) -> torch.Tensor:
-    """log P(order[r, :counts[r]] picked in that order, without replacement) per row.
+def plackett_luce_terms(scores: torch.Tensor, candidates: torch.Tensor, order: torch.Tensor,
+                        counts: torch.Tensor) -> torch.Tensor:
+    """(R, n_max): the log-prob of each pick order[r, j] given the picks before it (0 past counts[r]).
 
-    P = Π_j exp(s_{i_j}) / Σ_{remaining candidates} exp(s). Sampling this is Gumbel-top-k
-    over `scores`; with equal scores it is a uniformly random order.
+    P(order) = Π_j exp(s_{i_j}) / Σ_{remaining candidates} exp(s): one factor per committed
+    position, so the choice of positions is scored per token like the tokens themselves.
+    Sampling this is Gumbel-top-k over `scores`; with equal scores it is a uniformly random order.
     scores, candidates: (R, L); order: (R, n_max) positions (padding ignored); counts: (R,).
     """
     s = scores.masked_fill(~candidates, EXCLUDED)
-    total = scores.new_zeros(scores.shape[0])
+    terms = []
     for j in range(order.shape[1]):
         valid = j < counts
         pick = order[:, j].clamp(min=0).unsqueeze(1)
         term = s.gather(1, pick).squeeze(1) - torch.logsumexp(s, 1)
-        total = total + torch.where(valid, term, torch.zeros_like(term))
+        terms.append(torch.where(valid, term, torch.zeros_like(term)))
         s = s.scatter(1, pick, torch.where(valid.unsqueeze(1), EXCLUDED, s.gather(1, pick)))
-    return total
+    return torch.stack(terms, 1) if terms else scores.new_zeros(scores.shape[0], 0)
+
+
+def plackett_luce_log_prob(scores: torch.Tensor, candidates: torch.Tensor, order: torch.Tensor,
+                           counts: torch.Tensor) -> torch.Tensor:
+    """log P(order[r, :counts[r]] picked in that order, without replacement) per row."""
+    return plackett_luce_terms(scores, candidates, order, counts).sum(1)

@@ -29,12 +29,19 @@ class Trajectory:
     selection_logp: np.ndarray  # (T,) float32 log-prob of each step's position choice (0 if deterministic)
     final_tokens: np.ndarray  # (gen_length,) the answer, [EOS]-filled after an early stop
     forward_passes: int
+    # (E,) float32 each commit's Plackett–Luce factor (its pick given the earlier picks of the step;
+    # 0 when the choice is deterministic, nan for revisions); summed per step = selection_logp
+    event_selection_logp: np.ndarray | None = None
     pinned_position: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     pinned_token: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     seed: int = 0
     policy_version: int = 0
     prompt_index: int = 0  # which prompt of the request (for grouping)
     sample_index: int = 0  # which of the G samples of that prompt
+
+    def __post_init__(self) -> None:
+        if self.event_selection_logp is None:  # written before per-commit factors were recorded
+            self.event_selection_logp = np.where(self.event_token == self.mask_id, np.nan, 0.0).astype(np.float32)
 
     @property
     def num_steps(self) -> int:
@@ -82,18 +89,22 @@ class Trajectory:
         out = {}
         for name, value in self.__dict__.items():
             out[name] = value.tolist() if isinstance(value, np.ndarray) else value
-        out["event_logp"] = [None if np.isnan(v) else v for v in self.event_logp.tolist()]
+        for name in ("event_logp", "event_selection_logp"):
+            out[name] = [None if np.isnan(v) else v for v in getattr(self, name).tolist()]
         return out
 
     @classmethod
     def from_json(cls, row: dict) -> "Trajectory":
         dtypes = {"event_step": np.int32, "event_position": np.int32, "event_token": np.int64,
                   "event_logp": np.float32, "selection_logp": np.float32, "final_tokens": np.int64,
-                  "pinned_position": np.int32, "pinned_token": np.int64}
+                  "pinned_position": np.int32, "pinned_token": np.int64, "event_selection_logp": np.float32}
         row = dict(row)
-        row["event_logp"] = [np.nan if v is None else v for v in row["event_logp"]]
+        for name in ("event_logp", "event_selection_logp"):
+            if name in row:
+                row[name] = [np.nan if v is None else v for v in row[name]]
         for name, dtype in dtypes.items():
-            row[name] = np.asarray(row[name], dtype=dtype)
+            if name in row:
+                row[name] = np.asarray(row[name], dtype=dtype)
         return cls(**row)
 
 
