@@ -57,20 +57,23 @@ class SFTConfig:
 class TrainerConfig:
     """RL trainer settings (`dlmrl train`); see reasoning/rl.py for the algorithm."""
 
-    objective: Literal["trajectory", "mean_field", "coupled"] = "trajectory"
+    objective: Literal["trajectory", "mean_field", "coupled", "spg", "wd1"] = "trajectory"
     steps: int = 100
     lr: float = 1e-4
     optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: plain SGD (step proportional to the gradient)
     weight_decay: float = 0.0
     warmup_steps: int = 0
     prompts_per_step: int = 16  # P; each gets rollout.group_size samples
-    inner_steps: int = 1  # μ: optimizer steps per batch of rollouts (PPO epochs)
+    # null = the objective's paper default (reasoning/objectives.py PAPER_DEFAULTS)
+    inner_steps: int | None = None  # μ: optimizer steps per batch of rollouts (PPO epochs)
     micro_batch_size: int = 32  # samples per forward/backward (bounds memory; gradients accumulate)
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2
-    kl_coef: float = 0.0  # β of k3 KL to the reference (= the model with its LoRA adapter disabled)
-    normalize_std: bool = True  # divide group-relative advantages by the group's reward std
-    leave_one_out: bool = False  # baseline = mean of the other G-1 rewards
+    clip_eps_low: float | None = None
+    clip_eps_high: float | None = None
+    # β of k3 KL to the reference (= the model with its LoRA adapter disabled); null = the paper's
+    # β with LoRA, 0 for a full fine-tune (which has no reference to compare with)
+    kl_coef: float | None = None
+    normalize_std: bool | None = None  # divide group-relative advantages by the group's reward std
+    leave_one_out: bool | None = None  # baseline = mean of the other G-1 rewards
     merge_steps: int = 1  # trajectory objective: score s consecutive steps from one replayed state
     prompt_mask_prob: float = 0.15  # mean_field objective: d1's prompt masking
     deepspeed: str = "zero0"
@@ -87,7 +90,7 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         for key in ("steps", "prompts_per_step", "inner_steps", "micro_batch_size", "merge_steps"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"config key 'trainer.{key}': expected >= 1, got {getattr(self, key)}")
         if not 0 <= self.prompt_mask_prob < 1:
             raise ConfigError(f"config key 'trainer.prompt_mask_prob': expected in [0, 1), got {self.prompt_mask_prob}")
@@ -139,6 +142,21 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        """Trainer keys left null take the chosen objective's paper defaults."""
+        from reasoning.objectives import PAPER_DEFAULTS
+
+        tr = self.trainer
+        defaults = PAPER_DEFAULTS[tr.objective]
+        for key, value in defaults.items():
+            if getattr(tr, key) is None:
+                if key == "kl_coef" and not self.model.lora.enabled:
+                    value = 0.0  # a full fine-tune has no adapter to disable: no reference
+                setattr(tr, key, value)
+        if tr.kl_coef > 0 and not self.model.lora.enabled:
+            raise ConfigError("config key 'trainer.kl_coef' > 0 needs model.lora.enabled: the reference policy is "
+                              "the model with its adapter disabled (a full fine-tune keeps no frozen copy)")
 
     @property
     def run_dir(self) -> str:

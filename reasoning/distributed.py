@@ -27,6 +27,15 @@ def any_rank(flag: bool, world: int) -> bool:
     return bool(value.item())
 
 
+def sum_over_ranks(value: float, world: int) -> float:
+    """The sum of `value` over every rank (the same number on all of them)."""
+    if world == 1:
+        return value
+    total = torch.tensor([float(value)], dtype=torch.float64)
+    dist.all_reduce(total)
+    return float(total.item())
+
+
 SUMMED_METRICS = ("completions/total_tokens",)
 
 

@@ -44,7 +44,8 @@ from reasoning.checkpoint import (checkpoint_name, complete_checkpoints, is_chec
                                   save_checkpoint)
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import decode_completion, encode_prompt
-from reasoning.distributed import NoLogger, any_rank, barrier, combine_metrics, rank_and_world, trainer_weights
+from reasoning.distributed import (NoLogger, any_rank, barrier, combine_metrics, rank_and_world, sum_over_ranks,
+                                   trainer_weights)
 from reasoning.engine import build_engine, engine_step, zero_stage
 from reasoning.evaluate import answer_length, evaluate
 from reasoning.metrics import MetricsLogger
@@ -108,6 +109,21 @@ class PromptStream:
         return out
 
 
+def check_rollout_temperature(objective: str, decoding) -> None:
+    """At T = 0 every token is the argmax: none was sampled, so no token log-prob may be trained.
+    Only a learned (Plackett–Luce) position choice is left to train, by the trajectory objective."""
+    from reasoning.objectives import TrajectoryObjective
+
+    if decoding.temperature > 0:
+        return
+    if objective == "trajectory" and TrajectoryObjective.learned_selection(decoding):
+        print("note: rollout.temperature 0 — tokens are the argmax; only the position choice is trained")
+        return
+    raise ConfigError("config key 'rollout.temperature': RL rollouts at temperature 0 sample no token, so there "
+                      "is nothing to train; set rollout.temperature > 0 (or, with objective trajectory, "
+                      "rollout.selection_temperature > 0 to train the position choice alone)")
+
+
 def warm_start(cfg: Config) -> Config:
     """`trainer.sft_warm_start`: masked-diffusion SFT with the `sft` block first (reused when a
     previous attempt finished it), then RL from that checkpoint."""
@@ -148,13 +164,11 @@ def run_rl(cfg: Config) -> dict:
     lora = cfg.model.lora.enabled
     family = model_family(model)
     model = apply_lora(model, cfg.model.lora, family)
-    if not lora and tr.kl_coef > 0:
-        raise ConfigError("config key 'trainer.kl_coef' > 0 needs model.lora.enabled: the reference policy is "
-                          "the model with its adapter disabled")
     task = get_task(cfg.data.task)
     splits = task.build(cfg.data)
     train, test = splits["train"], splits["test"]
     decoding = cfg.rollout_decoding()
+    check_rollout_temperature(tr.objective, decoding)
     group_size = cfg.rollout.group_size
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # several processes: each takes 1/world of the prompts
     if world_size > 1 and cfg.model.path is None:
@@ -272,7 +286,7 @@ def run_rl(cfg: Config) -> dict:
 
             # update
             kept = [i for i in range(len(trajectories)) if advantages.keep[i]]
-            batch = RolloutBatch([trajectories[i] for i in kept], advantages.values[kept], decoding)
+            batch = RolloutBatch([trajectories[i] for i in kept], advantages.values[kept], decoding, policy.ids.stop)
             update = _update(engine, optimizer, policy, objective, batch, micro_batches, tr.inner_steps,
                              torch.Generator().manual_seed(step_seed(cfg.seed, step, 1 + rank)), lora, timing,
                              world)
@@ -376,9 +390,11 @@ def _update(engine, optimizer, policy, objective, batch: RolloutBatch, micro_bat
     else:
         engine.eval()
     if batch.trajectories:
-        objective.prepare(policy, batch, generator, reference)
+        objective.prepare(policy, batch, generator, reference, inner_steps)
     timing["logp"] = time.perf_counter() - t0
-    units = objective.units(batch) if batch.trajectories else 1
+    # one normalisation for every objective: the units of the whole update, over all ranks; DeepSpeed
+    # averages gradients over ranks, so each rank's loss is scaled by the world size to make it a sum
+    units = max(sum_over_ranks(objective.units(batch) if batch.trajectories else 0, world), 1)
     chunks = [c.tolist() for c in np.array_split(np.arange(len(batch.trajectories)), micro_batches)]
     t0 = time.perf_counter()
     skipped, grad_norm, first_dev = 0, float("nan"), 0.0
@@ -386,7 +402,7 @@ def _update(engine, optimizer, policy, objective, batch: RolloutBatch, micro_bat
         bad = False
         for k, chunk in enumerate(chunks):
             if chunk:
-                loss, stats = objective.loss(policy, batch, chunk, units)
+                loss, stats = objective.loss(policy, batch, chunk, units / world, inner)
                 if not torch.isfinite(loss):
                     bad, loss = True, _zero_loss(model)
                 for key, value in stats.items():
