@@ -94,6 +94,16 @@ class ObjectiveSettings:
     spg_block: int = 32  # b: block length of the block-random masking
 
 
+def sample_generators(batch: "RolloutBatch", generator: torch.Generator) -> list[torch.Generator]:
+    """One generator per sample, seeded from the update's generator and the sample's (prompt, sample)
+    index: a sample's masks do not depend on which micro-batch or rank it lands in."""
+    import numpy as np
+
+    base = int(torch.randint(2 ** 62, (1,), generator=generator))
+    return [torch.Generator().manual_seed(int(np.random.SeedSequence([base, t.prompt_index, t.sample_index])
+                                              .generate_state(1)[0])) for t in batch.trajectories]
+
+
 def loss_mask(trajectory: Trajectory, stop: tuple[int, ...]) -> torch.Tensor:
     """(L,) bool: the answer up to and including its first stop token (all of it if none)."""
     final = torch.as_tensor(trajectory.final_tokens)
@@ -303,8 +313,11 @@ class MeanFieldObjective(_AnswerTokenObjective):
     name = "mean_field"
 
     def draw(self, batch, generator, inner_steps):
-        self.prompt_masks = [[torch.rand(len(t.prompt_ids), generator=generator) < self.s.prompt_mask_prob
-                              for t in batch.trajectories] for _ in range(inner_steps)]
+        self.prompt_masks = []
+        for _ in range(inner_steps):
+            per_sample = sample_generators(batch, generator)
+            self.prompt_masks.append([torch.rand(len(t.prompt_ids), generator=g) < self.s.prompt_mask_prob
+                                      for t, g in zip(batch.trajectories, per_sample)])
 
     def canvases(self, batch, i, inner):
         traj = batch.trajectories[i]
@@ -318,9 +331,11 @@ class CoupledObjective(_AnswerTokenObjective):
 
     def draw(self, batch, generator, inner_steps):
         lo, hi = self.s.coupled_t
-        self.t = [lo + (hi - lo) * float(torch.rand(1, generator=generator)) for _ in range(inner_steps)]
-        self.u = [[torch.rand(t.gen_length, generator=generator) for t in batch.trajectories]
-                  for _ in range(inner_steps)]
+        self.t, self.u = [], []
+        for _ in range(inner_steps):  # one t for the whole batch (all ranks draw the same), u per sample
+            self.t.append(lo + (hi - lo) * float(torch.rand(1, generator=generator)))
+            per_sample = sample_generators(batch, generator)
+            self.u.append([torch.rand(t.gen_length, generator=g) for t, g in zip(batch.trajectories, per_sample)])
 
     def canvases(self, batch, i, inner):
         traj = batch.trajectories[i]
@@ -347,8 +362,11 @@ class SPGObjective(_AnswerTokenObjective):
 
     def draw(self, batch, generator, inner_steps):
         """Per inner step and draw: (prompt drop mask, answer mask, scored positions M) per sample."""
-        self.masks = [[[self._block_random(t, batch.stop, generator) for t in batch.trajectories]
-                       for _ in range(self.s.spg_draws)] for _ in range(inner_steps)]
+        self.masks = []
+        for _ in range(inner_steps):
+            per_sample = sample_generators(batch, generator)
+            self.masks.append([[self._block_random(t, batch.stop, g) for t, g in zip(batch.trajectories, per_sample)]
+                               for _ in range(self.s.spg_draws)])
 
     def _block_random(self, traj: Trajectory, stop, generator):
         valid = loss_mask(traj, stop)
@@ -406,15 +424,14 @@ class SPGObjective(_AnswerTokenObjective):
                       "entropy_sum": float(torch.cat(mask_entropy).sum())}
 
 
-class WD1Objective(_AnswerTokenObjective):
+class WD1Objective(MeanFieldObjective):
     """wd1: weighted likelihood, positive weights softmax(A) and negative softmax(−A) per group."""
 
     name = "wd1"
     uses_ratio = False
 
     def draw(self, batch, generator, inner_steps):
-        self.prompt_masks = [[torch.rand(len(t.prompt_ids), generator=generator) < self.s.prompt_mask_prob
-                              for t in batch.trajectories] for _ in range(inner_steps)]
+        super().draw(batch, generator, inner_steps)  # d1's one-step canvases
         groups: dict[int, list[int]] = {}
         for i, t in enumerate(batch.trajectories):
             groups.setdefault(t.prompt_index, []).append(i)
@@ -423,10 +440,6 @@ class WD1Objective(_AnswerTokenObjective):
             adv = batch.advantages[members].float()
             self.weights[members] = adv.softmax(0) - (-adv).softmax(0)
         self.groups = groups
-
-    def canvases(self, batch, i, inner):
-        traj = batch.trajectories[i]
-        return [(_masked_prompt(traj, self.prompt_masks[inner][i]), torch.full((traj.gen_length,), traj.mask_id))]
 
     def units(self, batch):
         return len({t.prompt_index for t in batch.trajectories})

@@ -288,7 +288,7 @@ def run_rl(cfg: Config) -> dict:
             kept = [i for i in range(len(trajectories)) if advantages.keep[i]]
             batch = RolloutBatch([trajectories[i] for i in kept], advantages.values[kept], decoding, policy.ids.stop)
             update = _update(engine, optimizer, policy, objective, batch, micro_batches, tr.inner_steps,
-                             torch.Generator().manual_seed(step_seed(cfg.seed, step, 1 + rank)), lora, timing,
+                             torch.Generator().manual_seed(step_seed(cfg.seed, step, 1)), lora, timing,
                              world)
             if update["updated"]:
                 t0 = time.perf_counter()
