@@ -58,4 +58,6 @@ logit_diff = float((trainer_logits - worker_logits).abs().max())
 ok = same_names and max_diff == 0.0 and logit_diff < 1e-5 and lora_b > 0
 print(json.dumps({"rank": rank, "tensors": len(full), "max_weight_diff": max_diff, "max_logit_diff": logit_diff,
                   "max_abs_lora_B": lora_b, "ok": ok}), flush=True)
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 sys.exit(0 if ok else 1)
