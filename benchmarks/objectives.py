@@ -1,16 +1,19 @@
-"""Objectives side by side: learning efficiency at equal wall time, and update cost per RL step.
+"""All five objectives side by side: held-out accuracy gained at equal RL wall time.
 
-    python benchmarks/objectives.py [--budget 300] [--tasks sudoku4 countdown]
+    python benchmarks/objectives.py [--budget 150] [--tasks sudoku4 countdown] [--seeds 0 1]
 
-1. Learning efficiency. From the same SFT checkpoint — sudoku4 deliberately under-trained
-   (`--sudoku-sft-steps`, default 250, constant lr), countdown the shipped SFT run — `trajectory` and
-   `mean_field` train side by side (one process and one core each, configs/<task>_tiny_rl.yaml)
-   for `--budget` seconds of training time; held-out greedy accuracy (512 problems) is
-   measured at budget/3, 2·budget/3 and budget (eval time not counted).
-2. Update cost. Short runs (`--cost-steps`) of every objective, and of `trajectory` with
-   merge_steps 1/2/4, report seconds per RL step spent computing log-probs and updating.
-Last output line, JSON: gain_pts_vs_mean_field (sudoku4 accuracy points, trajectory minus
-mean_field at the largest budget; goal >= 10), per task the curves, and update costs.
+1. The start. Each task's SFT (configs/<task>_tiny_sft.yaml, constant lr) stops as soon as held-out
+   greedy accuracy reaches `--target` (sft.target_accuracy: sudoku4 0.40, countdown 0.20 by default):
+   a warm start defined by what it can do, so the benchmark means the same on another machine.
+2. The runs. From that checkpoint every objective (trajectory, mean_field, coupled, spg, wd1, each
+   with its paper's defaults; configs/<task>_tiny_rl.yaml otherwise) trains for `--budget` seconds of
+   training time (evaluations not counted), once per seed, two runs at a time on one core each.
+   Held-out greedy accuracy (512 problems) is measured at budget/3, 2·budget/3 and budget.
+3. Update cost. Short runs (`--cost-steps`) report seconds per RL step for every objective and for
+   trajectory with merge_steps 1/2/4 (`--cost-only` runs just this).
+Last output line, JSON: objectives; by_task.<task>.<objective> = {gain_pts, curve} (mean of the seeds;
+curve = [{trained_s, accuracy}]); best.<task> = {objective, gain_pts}; gain_pts_vs_mean_field
+(trajectory minus mean_field on sudoku4); update_cost_per_step; starts (SFT step and accuracy).
 """
 
 from __future__ import annotations
@@ -29,21 +32,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "runs", "bench", "objectives")
 
 
-def sft_checkpoint(task: str, steps: int | None) -> str:
-    """An SFT checkpoint; sudoku4 is trained to `steps` only (an under-trained start for RL)."""
-    name = f"{task}_sft_{steps}" if steps else f"{task}_tiny_sft"
+OBJECTIVES = ("trajectory", "mean_field", "coupled", "spg", "wd1")
+TARGETS = {"sudoku4": 0.40, "countdown": 0.20}
+
+
+def sft_checkpoint(task: str, target: float) -> tuple[str, dict]:
+    """An SFT checkpoint stopped at the first check (every 10 steps, 128 held-out problems) whose
+    accuracy reaches `target`; trained once and reused."""
+    name = f"{task}_sft_target{int(round(100 * target))}"
     run_dir = os.path.join(ROOT, "runs", "bench", name)
-    found = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "step_*")))
-    if not found:
-        overrides = [f"output_dir={os.path.dirname(run_dir)}", f"name={name}", "logging.progress=false", "threads=2"]
-        if steps:  # stop early at a constant learning rate: a usable but clearly unfinished model
-            overrides += [f"sft.steps={steps}", f"sft.eval_every={steps}", "sft.lr_schedule=constant"]
+    result_file = os.path.join(run_dir, "sft_result.json")
+    if not os.path.isfile(result_file):
+        overrides = [f"output_dir={os.path.dirname(run_dir)}", f"name={name}", "logging.progress=false", "threads=2",
+                     "sft.lr_schedule=constant", "sft.eval_every=0", f"sft.target_accuracy={target}",
+                     "sft.steps=3000"]
         print(f"training {name} ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "reasoning.cli", "sft",
                         os.path.join(ROOT, "configs", f"{task}_tiny_sft.yaml"), *overrides], check=True, cwd=ROOT,
                        stdout=subprocess.DEVNULL)
-        found = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "step_*")))
-    return found[-1]
+    with open(result_file) as fh:
+        result = json.load(fh)
+    return result["checkpoint"], {"sft_steps": result["steps"], "accuracy": result.get(f"eval/{task}/acc")}
 
 
 def launch(task: str, name: str, checkpoint: str, overrides: list[str]) -> subprocess.Popen:
@@ -88,49 +97,72 @@ def run_pair(jobs: list[tuple[str, str, str, list[str]]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", type=float, default=300.0, help="training seconds per objective")
+    parser.add_argument("--budget", type=float, default=150.0, help="training seconds per run")
     parser.add_argument("--tasks", nargs="+", default=["sudoku4", "countdown"])
-    parser.add_argument("--sudoku-sft-steps", type=int, default=250)
+    parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--target", nargs="+", type=float, help="SFT accuracy target per task (default per task)")
     parser.add_argument("--cost-steps", type=int, default=6)
     parser.add_argument("--cost-only", action="store_true", help="skip the learning curves")
     args = parser.parse_args()
     if args.cost_only:
         args.tasks = []
+    targets = dict(zip(args.tasks, args.target)) if args.target else TARGETS
     os.makedirs(OUT, exist_ok=True)
 
-    curves, gains = {}, {}
+    by_task, best, starts = {}, {}, {}
     for task in args.tasks:
-        checkpoint = sft_checkpoint(task, args.sudoku_sft_steps if task == "sudoku4" else None)
+        checkpoint, starts[task] = sft_checkpoint(task, targets[task])
         timed = [f"trainer.max_seconds={args.budget}", f"trainer.eval_every_s={args.budget / 3}",
                  "trainer.steps=100000"]
-        run_pair([(task, f"{task}_{obj}", checkpoint, [f"trainer.objective={obj}", *timed])
-                  for obj in ("trajectory", "mean_field")])
-        curves[task] = {obj: curve(f"{task}_{obj}", task) for obj in ("trajectory", "mean_field")}
-        final = {obj: rows[-1]["accuracy"] for obj, rows in curves[task].items()}
-        gains[task] = round(100 * (final["trajectory"] - final["mean_field"]), 1)
-        print(task, json.dumps(curves[task]), file=sys.stderr)
+        jobs = []
+        for obj in args.objectives:
+            for seed in args.seeds:
+                shutil.rmtree(os.path.join(OUT, f"{task}_{obj}_s{seed}"), ignore_errors=True)
+                jobs.append((task, f"{task}_{obj}_s{seed}", checkpoint,
+                             [f"trainer.objective={obj}", f"seed={seed}", *timed]))
+        run_pair(jobs)
+        by_task[task] = {}
+        for obj in args.objectives:
+            curves = [curve(f"{task}_{obj}_s{seed}", task) for seed in args.seeds]
+            mean_curve = [{"trained_s": round(sum(c[k]["trained_s"] for c in curves) / len(curves), 1),
+                           "accuracy": round(sum(c[k]["accuracy"] for c in curves) / len(curves), 4)}
+                          for k in range(min(len(c) for c in curves))]
+            gains = [100 * (c[-1]["accuracy"] - c[0]["accuracy"]) for c in curves]
+            by_task[task][obj] = {"gain_pts": round(sum(gains) / len(gains), 1),
+                                  "gain_pts_by_seed": [round(g, 1) for g in gains], "curve": mean_curve}
+        name = max(by_task[task], key=lambda o: by_task[task][o]["gain_pts"])
+        best[task] = {"objective": name, "gain_pts": by_task[task][name]["gain_pts"]}
+        print(task, json.dumps(by_task[task]), file=sys.stderr)
 
     costs = {}
-    checkpoint = sft_checkpoint("sudoku4", args.sudoku_sft_steps)
-    variants = {"trajectory_merge1": ["trainer.objective=trajectory", "trainer.merge_steps=1"],
-                "trajectory_merge2": ["trainer.objective=trajectory", "trainer.merge_steps=2"],
-                "trajectory_merge4": ["trainer.objective=trajectory", "trainer.merge_steps=4"],
-                "mean_field": ["trainer.objective=mean_field"], "coupled": ["trainer.objective=coupled"]}
-    for name in variants:
-        shutil.rmtree(os.path.join(OUT, f"cost_{name}"), ignore_errors=True)
-    run_pair([("sudoku4", f"cost_{name}", checkpoint, [f"trainer.steps={args.cost_steps}", "eval.n=64", *extra])
-              for name, extra in variants.items()])
-    for name in variants:
-        steps = [m for m in read_metrics(f"cost_{name}") if "timing_s/update" in m][1:]  # first step warms up
-        mean = lambda key: sum(m.get(key, 0.0) for m in steps) / max(len(steps), 1)  # noqa: E731
-        costs[name] = {"update_s": round(mean("timing_s/update"), 3), "logp_s": round(mean("timing_s/logp"), 3),
-                       "rollout_s": round(mean("timing_s/rollout"), 3), "samples": round(mean("train/samples"), 1)}
+    if args.cost_steps:
+        checkpoint, _ = sft_checkpoint("sudoku4", targets.get("sudoku4", TARGETS["sudoku4"]))
+        variants = {"trajectory_merge1": ["trainer.objective=trajectory", "trainer.merge_steps=1"],
+                    "trajectory_merge2": ["trainer.objective=trajectory", "trainer.merge_steps=2"],
+                    "trajectory_merge4": ["trainer.objective=trajectory", "trainer.merge_steps=4"],
+                    **{obj: [f"trainer.objective={obj}"] for obj in OBJECTIVES if obj != "trajectory"}}
+        for name in variants:
+            shutil.rmtree(os.path.join(OUT, f"cost_{name}"), ignore_errors=True)
+        run_pair([("sudoku4", f"cost_{name}", checkpoint, [f"trainer.steps={args.cost_steps}", "eval.n=64", *extra])
+                  for name, extra in variants.items()])
+        for name in variants:
+            steps = [m for m in read_metrics(f"cost_{name}") if "timing_s/update" in m][1:]  # first step warms up
+            mean = lambda key: sum(m.get(key, 0.0) for m in steps) / max(len(steps), 1)  # noqa: E731
+            costs[name] = {"update_s": round(mean("timing_s/update"), 3), "logp_s": round(mean("timing_s/logp"), 3),
+                           "rollout_s": round(mean("timing_s/rollout"), 3),
+                           "samples": round(mean("train/samples"), 1)}
 
+    sudoku = by_task.get("sudoku4", {})
     print(json.dumps({
-        "gain_pts_vs_mean_field": gains.get("sudoku4"),
-        "gain_pts_by_task": gains,
+        "objectives": args.objectives,
+        "by_task": by_task,
+        "best": best,
+        "gain_pts_vs_mean_field": (round(sudoku["trajectory"]["gain_pts"] - sudoku["mean_field"]["gain_pts"], 1)
+                                   if "trajectory" in sudoku and "mean_field" in sudoku else None),
+        "starts": starts,
         "budget_s": args.budget,
-        "curves": curves,
+        "seeds": args.seeds,
         "update_cost_per_step": costs,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 thread per run, 2 runs at a time",
     }))

@@ -51,6 +51,19 @@ class SFTConfig:
     eval_every: int = 50
     checkpoint_every: int = 0  # 0 = only at the end
     log_every: int = 10
+    # stop as soon as held-out greedy accuracy on `target_n` problems (checked every `target_every`
+    # steps) reaches this: an RL warm start defined by what it can do, not by a step count that
+    # means something else on another machine. 0 = off (train all `steps`)
+    target_accuracy: float = 0.0
+    target_every: int = 10
+    target_n: int = 128
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.target_accuracy <= 1:
+            raise ConfigError(f"config key 'sft.target_accuracy': expected in [0, 1], got {self.target_accuracy}")
+        for key in ("steps", "batch_size", "target_every", "target_n"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'sft.{key}': expected >= 1, got {getattr(self, key)}")
 
 
 @dataclass

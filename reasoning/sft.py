@@ -109,8 +109,8 @@ def run_sft(cfg: Config) -> dict:
           f"({count_parameters(raw_model, trainable_only=True) / 1e6:.2f} M trainable), "
           f"{len(train)} training examples, run dir {run_dir}")
 
-    def run_eval(step: int) -> dict:
-        result = evaluate(policy, tokenizer, task, splits["test"], decoding, cfg.eval.n, cfg.eval.batch_size,
+    def run_eval(step: int, n: int | None = None) -> dict:
+        result = evaluate(policy, tokenizer, task, splits["test"], decoding, n or cfg.eval.n, cfg.eval.batch_size,
                           seed=cfg.seed, progress=cfg.logging.progress, chat_template=cfg.data.chat_template)
         metrics = result.summary(f"eval/{task.name}")
         logger.log(step, metrics)
@@ -129,6 +129,7 @@ def run_sft(cfg: Config) -> dict:
     engine.train()
     bar = tqdm(range(1, sft.steps + 1), desc=f"sft {task.name}", disable=not cfg.logging.progress)
     eval_metrics: dict = {}
+    final_step = sft.steps
     for step in bar:
         step_loss, grad_norm = 0.0, None
         for _ in range(sft.batch_size // micro):
@@ -145,16 +146,23 @@ def run_sft(cfg: Config) -> dict:
             logger.log(step, {"loss": step_loss, "lr": optimizer.param_groups[0]["lr"],
                               "grad_norm": grad_norm if grad_norm is not None else float("nan"),
                               "timing_s/elapsed": time.perf_counter() - start})
+        if sft.target_accuracy and step % sft.target_every == 0 and step != sft.steps:
+            reached = run_eval(step, sft.target_n)[f"eval/{task.name}/acc"]
+            if reached >= sft.target_accuracy:
+                tqdm.write(f"step {step}: held-out accuracy {reached:.3f} >= sft.target_accuracy "
+                           f"{sft.target_accuracy}: stopping here")
+                final_step = step
+                break
         if sft.eval_every and step % sft.eval_every == 0 and step != sft.steps:
             eval_metrics = run_eval(step)
         if sft.checkpoint_every and step % sft.checkpoint_every == 0 and step != sft.steps:
             checkpoint(step, eval_metrics)
     bar.close()
 
-    eval_metrics = run_eval(sft.steps)
-    path = checkpoint(sft.steps, eval_metrics)
+    eval_metrics = run_eval(final_step)
+    path = checkpoint(final_step, eval_metrics)
     logger.close()
-    final = {"task": task.name, "steps": sft.steps, "loss": step_loss, "checkpoint": path,
+    final = {"task": task.name, "steps": final_step, "loss": step_loss, "checkpoint": path,
              "seconds": time.perf_counter() - start, **eval_metrics}
     with open(os.path.join(run_dir, "sft_result.json"), "w") as fh:
         json.dump(final, fh, indent=2)

@@ -45,14 +45,14 @@ def adapter(run_dir, step):
     return load_file(path)
 
 
-@pytest.mark.parametrize("objective", ["trajectory", "mean_field", "coupled"])
+@pytest.mark.parametrize("objective", ["trajectory", "mean_field", "coupled", "spg", "wd1"])
 def test_two_rl_steps_update_the_adapter_with_ratio_one_at_first(tmp_path, objective):
     cfg = config(tmp_path, f"trainer.objective={objective}", "trainer.inner_steps=2")
     result = run_rl(cfg)
     steps = train_steps(cfg.run_dir)
     assert [m["step"] for m in steps] == [1, 2] and result["policy_version"] == 2
     for m in steps:
-        assert m["ratio/first_inner_max_dev"] < 1e-4  # old log-probs are the sampling policy's
+        assert m["ratio/first_inner_max_dev"] < 1e-4  # old log-probs are the sampling policy's (0: ratio-free)
         assert m["train/samples"] > 0 and m["skipped_steps"] == 0
         assert {"reward", "reward_std", "rewards/digit_fraction/mean", "entropy", "clip_ratio/region_mean",
                 "diffusion/steps", "diffusion/tokens_per_step", "timing_s/rollout", "timing_s/update",
