@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	touch $(STAMP)
 
 run: install
-	$(VENV)/bin/dlmrl train configs/default.yaml
+	$(VENV)/bin/dlmrl train configs/default.yaml overwrite=true
 
 test: install
 	$(PY) -m pytest -q tests

@@ -226,8 +226,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dlmrl", description="RL and reasoning fine-tuning for diffusion LMs")
+    parser = argparse.ArgumentParser(prog="dlmrl", description="RL and reasoning fine-tuning for diffusion LMs",
+                                     epilog="--traceback (anywhere): show the full trace of an error")
     verbs = parser.add_subparsers(dest="verb", required=True)
     sft = verbs.add_parser("sft", help="masked-diffusion supervised fine-tuning")
     sft.add_argument("config", help="YAML run config")
@@ -244,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="a JSONL/parquet file of problems (file-backed task, default gsm8k)")
     ev.add_argument("--prompt-field", help="field holding the problem text (default: question, or problem for math500)")
     ev.add_argument("--answer-field", default="answer", help="field holding the reference answer")
-    ev.add_argument("--samples", type=int, default=1, help="answers per problem (pass@k)")
-    ev.add_argument("--n", type=int, help="problems to evaluate (default: eval.n)")
+    ev.add_argument("--samples", type=_positive, default=1, help="answers per problem (pass@k)")
+    ev.add_argument("--n", type=_positive, help="problems to evaluate (default: eval.n)")
     ev.add_argument("--output", help="directory for eval.json / eval.jsonl")
     ev.set_defaults(func=cmd_eval)
     smp = verbs.add_parser("sample", help="one answer from a checkpoint or model directory, with its trajectory")
@@ -286,9 +297,25 @@ def split_overrides(argv: list[str], parser: argparse.ArgumentParser) -> tuple[l
     return rest, overrides
 
 
+def expected_failure(exc: BaseException) -> str | None:
+    """One line for a failure a user can fix (config, data, reward, checkpoint, OS), else None (a bug)."""
+    from rewards import RewardError
+
+    if isinstance(exc, (ConfigError, RewardError)):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" '{exc.filename}'" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}" if exc.strerror else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, (ValueError, KeyError)):
+        return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
     argv = sys.argv[1:] if argv is None else list(argv)
+    show_trace = "--traceback" in argv
+    argv = [a for a in argv if a != "--traceback"]
     parser = build_parser()
     rest, overrides = split_overrides(argv, parser)
     args = parser.parse_args(rest)
@@ -297,8 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = overrides
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"dlmrl {args.verb}: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 — expected failures become one line; bugs keep their traceback
+        message = expected_failure(exc)
+        if message is None or show_trace:
+            raise
+        print(f"dlmrl {args.verb}: error: {' '.join(message.split())} (--traceback for details)", file=sys.stderr)
         return 2
 
 

@@ -32,6 +32,16 @@ class RolloutConfig(DecodingConfig):
 
     group_size: int = 8  # G samples per prompt
 
+    def __post_init__(self) -> None:
+        if self.group_size < 1:
+            raise ConfigError(f"config key 'rollout.group_size': expected >= 1, got {self.group_size}")
+        try:
+            super().__post_init__()
+        except ValueError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(str(exc).replace("decoding setting '", "config key 'rollout.")) from None
+
 
 @dataclass
 class SFTConfig:
@@ -59,6 +69,8 @@ class SFTConfig:
     target_n: int = 128
 
     def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"config key 'sft.lr': expected > 0, got {self.lr}")
         if not 0 <= self.target_accuracy <= 1:
             raise ConfigError(f"config key 'sft.target_accuracy': expected in [0, 1], got {self.target_accuracy}")
         for key in ("steps", "batch_size", "target_every", "target_n"):
@@ -102,9 +114,14 @@ class TrainerConfig:
     sft_warm_start: bool = False  # first run the `sft` block (into RUN_DIR/sft) and start RL from its checkpoint
 
     def __post_init__(self) -> None:
-        for key in ("steps", "prompts_per_step", "inner_steps", "micro_batch_size", "merge_steps"):
+        for key in ("steps", "prompts_per_step", "inner_steps", "micro_batch_size", "merge_steps", "keep_checkpoints"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"config key 'trainer.{key}': expected >= 1, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ConfigError(f"config key 'trainer.lr': expected > 0, got {self.lr}")
+        for key in ("clip_eps_low", "clip_eps_high", "kl_coef"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
+                raise ConfigError(f"config key 'trainer.{key}': expected >= 0, got {getattr(self, key)}")
         if not 0 <= self.prompt_mask_prob < 1:
             raise ConfigError(f"config key 'trainer.prompt_mask_prob': expected in [0, 1), got {self.prompt_mask_prob}")
 
@@ -114,6 +131,11 @@ class EvalConfig:
     n: int = 256  # held-out problems per eval (capped by the test split)
     batch_size: int = 256
     decoding: dict = field(default_factory=dict)  # overrides of the rollout's decoding settings
+
+    def __post_init__(self) -> None:
+        for key in ("n", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'eval.{key}': expected >= 1, got {getattr(self, key)}")
 
 
 @dataclass
@@ -146,6 +168,7 @@ class Config:
     output_dir: str = "runs"
     seed: int = 0
     threads: int = 1  # torch threads for this process; 1 is fastest under concurrent load
+    overwrite: bool = False  # a fresh run into a directory holding an earlier run's checkpoints clears it
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -158,6 +181,10 @@ class Config:
 
     def __post_init__(self) -> None:
         """Trainer keys left null take the chosen objective's paper defaults."""
+        if self.threads < 1:
+            raise ConfigError(f"config key 'threads': expected >= 1, got {self.threads}")
+        if not self.name or os.sep in self.name or self.name in (".", ".."):
+            raise ConfigError(f"config key 'name': expected a plain directory name, got {self.name!r}")
         from reasoning.objectives import PAPER_DEFAULTS
 
         tr = self.trainer

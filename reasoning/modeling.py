@@ -37,6 +37,14 @@ class TinyModelConfig:
     intermediate_size: int = 384
     max_positions: int = 256
 
+    def __post_init__(self) -> None:
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'model.tiny.{key}': expected >= 1, got {getattr(self, key)}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"config key 'model.tiny.hidden_size': {self.hidden_size} is not divisible by "
+                              f"model.tiny.num_heads ({self.num_heads})")
+
 
 @dataclass
 class LoraConfig:
@@ -45,6 +53,12 @@ class LoraConfig:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ConfigError(f"config key 'model.lora.r': expected >= 1, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"config key 'model.lora.dropout': expected in [0, 1), got {self.dropout}")
 
 
 @dataclass

@@ -27,6 +27,7 @@ uninterrupted run would have done.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -52,6 +53,7 @@ from reasoning.metrics import MetricsLogger
 from reasoning.modeling import (apply_lora, count_parameters, enable_gradient_checkpointing, load_model, model_family,
                                 peft_lora_config)
 from reasoning.objectives import ObjectiveSettings, RolloutBatch, build_objective
+from reasoning.rundir import claim_run_dir
 from reasoning.schema import ConfigError
 from reasoning.sft import seed_everything
 from reasoning.tasks import get_task
@@ -129,7 +131,7 @@ def warm_start(cfg: Config) -> Config:
     previous attempt finished it), then RL from that checkpoint."""
     from reasoning.sft import run_sft
 
-    sft_cfg = dataclasses.replace(cfg, output_dir=cfg.run_dir, name="sft")
+    sft_cfg = dataclasses.replace(cfg, output_dir=cfg.run_dir, name="sft", overwrite=True)  # this run's own subdir
     done = complete_checkpoints(sft_cfg.run_dir)
     if not done or not os.path.isfile(os.path.join(sft_cfg.run_dir, "sft_result.json")):
         print(f"SFT warm start: {cfg.sft.steps} steps into {sft_cfg.run_dir}")
@@ -139,19 +141,104 @@ def warm_start(cfg: Config) -> Config:
 
 
 def run_rl(cfg: Config) -> dict:
-    """Train with RL; returns the final metrics (incl. `eval/<task>/acc`, and `before`/`after`)."""
+    """Train with RL; returns the final metrics (incl. `eval/<task>/acc`, and `before`/`after`).
+
+    Config, model, data and rewards are all checked before anything is written; then the run
+    claims its directory (reasoning/rundir.py) for its whole lifetime."""
     started = time.perf_counter()
-    if cfg.trainer.sft_warm_start and cfg.model.path is None:
-        cfg = warm_start(cfg)
-    tr = cfg.trainer
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
+    task, splits, reward_cfg = check_rl_inputs(cfg)
+    warm = cfg.trainer.sft_warm_start and cfg.model.path is None
+    model, tokenizer = load_model(cfg.model)
+    if not warm:
+        check_prompt_lengths(cfg, tokenizer, model, splits)
+    first_rank = int(os.environ.get("RANK", "0")) == 0  # rank 0 holds the claim for all ranks
+    claim = (claim_run_dir(cfg.run_dir, resume=cfg.trainer.resume != "none", overwrite=cfg.overwrite,
+                           what="RL run") if first_rank else contextlib.nullcontext())
+    with claim:
+        if warm:
+            cfg = warm_start(cfg)
+            model, tokenizer = load_model(cfg.model)
+        return _train(cfg, model, tokenizer, task, splits, reward_cfg, started)
+
+
+def check_rl_inputs(cfg: Config):
+    """(task, splits, reward config), or a ConfigError naming what is wrong — before any file is written."""
+    tr = cfg.trainer
+    check_rollout_temperature(tr.objective, cfg.rollout_decoding())
+    if cfg.rollout.group_size < 2:
+        raise ConfigError(f"config key 'rollout.group_size': expected >= 2 for RL, got {cfg.rollout.group_size} "
+                          f"(advantages are relative to the other answers of the same prompt)")
+    if cfg.data.train_size < 1:
+        raise ConfigError(f"config key 'data.train_size': expected >= 1 for training, got {cfg.data.train_size}")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and cfg.model.path is None:
+        raise ConfigError("config key 'model.path': several trainer processes start from a checkpoint on disk "
+                          "(train the SFT warm start in a single process first)")
+    if tr.prompts_per_step % world_size:
+        raise ConfigError(f"config key 'trainer.prompts_per_step': {tr.prompts_per_step} does not split over "
+                          f"{world_size} processes")
+    task = get_task(cfg.data.task)
+    splits = task.build(cfg.data)
+    if len(splits["train"]) == 0:
+        raise ConfigError(f"config key 'data': task '{task.name}' has no training rows")
+    reward_cfg = cfg.rewards if cfg.rewards.functions else dataclasses.replace(
+        cfg.rewards, functions=[RewardSpec(name=task.reward)])
+    check_rewards(reward_cfg, task, splits["train"])
+    return task, splits, reward_cfg
+
+
+def check_rewards(reward_cfg, task, train) -> None:
+    """Every reward resolves; under `on_error: raise` each is also called once on the first training
+    row (its reference answer, where the task has one) so a broken function stops the run before it starts."""
+    from rewards import RewardError
+
+    try:
+        runner = RewardRunner(reward_cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if reward_cfg.on_error != "raise":
+        return
+    row = train[0]
+    try:
+        completion = task.reference(row)
+    except (NotImplementedError, ConfigError, KeyError):
+        completion = ""
+    columns = {c: [row[c]] for c in train.column_names if c != "prompt"}
+    try:
+        with runner:
+            runner([row["prompt"]], [completion], None, **columns)
+    except (RewardError, ValueError, TypeError) as exc:
+        raise ConfigError(f"config block 'rewards' (checked on the first training row): {exc}") from None
+
+
+def check_prompt_lengths(cfg: Config, tokenizer, model, splits) -> None:
+    """The longest prompts (all test rows, the 64 longest training rows by text) plus gen_length fit the
+    model's context; otherwise a ConfigError naming the split and row."""
+    from rollouts import make_policy
+
+    context = make_policy(model, tokenizer, cfg.model.shift_logits).context_length
+    if context is None:
+        return
+    for split in ("test", "train"):
+        rows = splits[split]
+        lengths = [len(str(p)) for p in rows["prompt"]]
+        candidates = range(len(rows)) if split == "test" else sorted(range(len(rows)), key=lengths.__getitem__)[-64:]
+        for i in candidates:
+            n = len(encode_prompt(tokenizer, rows[i]["prompt"], cfg.data.chat_template))
+            if n + cfg.rollout.gen_length > context:
+                raise ConfigError(f"data ({split} row {i}): a prompt of {n} tokens plus rollout.gen_length "
+                                  f"{cfg.rollout.gen_length} exceeds the model's context of {context} positions")
+
+
+def _train(cfg: Config, model, tokenizer, task, splits, reward_cfg, started: float) -> dict:
+    tr = cfg.trainer
     run_dir = cfg.run_dir
     resume_from = find_resume(cfg)
     write_resolved(cfg, run_dir)
 
     # --- model: frozen base on disk (workers load it too) + LoRA adapter -------------------
-    model, tokenizer = load_model(cfg.model)
     base_dir = cfg.model.path
     if base_dir is None:  # the tiny default: put its initial weights where the workers can read them
         base_dir = os.path.join(run_dir, "base_model")
@@ -164,19 +251,10 @@ def run_rl(cfg: Config) -> dict:
     lora = cfg.model.lora.enabled
     family = model_family(model)
     model = apply_lora(model, cfg.model.lora, family)
-    task = get_task(cfg.data.task)
-    splits = task.build(cfg.data)
     train, test = splits["train"], splits["test"]
     decoding = cfg.rollout_decoding()
-    check_rollout_temperature(tr.objective, decoding)
     group_size = cfg.rollout.group_size
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # several processes: each takes 1/world of the prompts
-    if world_size > 1 and cfg.model.path is None:
-        raise ConfigError("config key 'model.path': several trainer processes start from a checkpoint on disk "
-                          "(train the SFT warm start in a single process first)")
-    if tr.prompts_per_step % world_size:
-        raise ConfigError(f"config key 'trainer.prompts_per_step': {tr.prompts_per_step} does not split over "
-                          f"{world_size} processes")
     samples_per_rank = tr.prompts_per_step // world_size * group_size
     micro_batches = math.ceil(samples_per_rank / tr.micro_batch_size)
 
@@ -193,8 +271,6 @@ def run_rl(cfg: Config) -> dict:
     objective = build_objective(tr.objective, ObjectiveSettings(
         clip_eps_low=tr.clip_eps_low, clip_eps_high=tr.clip_eps_high, kl_coef=tr.kl_coef,
         merge_steps=tr.merge_steps, prompt_mask_prob=tr.prompt_mask_prob))
-    reward_cfg = cfg.rewards if cfg.rewards.functions else dataclasses.replace(
-        cfg.rewards, functions=[RewardSpec(name=task.reward)])
 
     # --- resume -----------------------------------------------------------------------------
     start_step, version, stream, trained_s = 0, 0, PromptStream(len(train), cfg.seed), 0.0
@@ -299,6 +375,7 @@ def run_rl(cfg: Config) -> dict:
             # log
             metrics = {**scored.metrics, **update["metrics"], **_rollout_metrics(trajectories, policy.ids.stop),
                        "frac_reward_zero_std": advantages.frac_zero_std, "policy_version": version,
+                       "rollout/worker_restarts": float(group.restarts),
                        "data/epoch": stream.epoch, "data/cursor": stream.cursor,
                        "lr": optimizer.param_groups[0]["lr"],
                        **{f"timing_s/{k}": v for k, v in timing.items()}}

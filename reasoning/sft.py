@@ -32,6 +32,7 @@ from reasoning.engine import build_engine, engine_step, zero_stage
 from reasoning.evaluate import evaluate
 from reasoning.metrics import MetricsLogger
 from reasoning.modeling import apply_lora, count_parameters, enable_gradient_checkpointing, load_model, model_family
+from reasoning.rundir import claim_run_dir
 from reasoning.schema import ConfigError
 from reasoning.tasks import get_task
 from rollouts import DiffusionPolicy, make_policy
@@ -69,18 +70,34 @@ def seed_everything(seed: int) -> None:
 
 
 def run_sft(cfg: Config) -> dict:
-    """Train, evaluate, checkpoint. Returns the final metrics (incl. `eval/<task>/acc`)."""
+    """Train, evaluate, checkpoint. Returns the final metrics (incl. `eval/<task>/acc`).
+
+    Config, model and data are checked before anything is written; then the run claims its
+    directory (reasoning/rundir.py) for its lifetime."""
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     sft = cfg.sft
     micro = sft.micro_batch_size or sft.batch_size
     if sft.batch_size % micro:
         raise ConfigError(f"config key 'sft.micro_batch_size': {micro} must divide sft.batch_size={sft.batch_size}")
+    if cfg.data.train_size < 1:
+        raise ConfigError(f"config key 'data.train_size': expected >= 1 for training, got {cfg.data.train_size}")
+    model, tokenizer = load_model(cfg.model)
+    task = get_task(cfg.data.task)
+    splits = task.build(cfg.data)
+    try:
+        train = tokenize_sft(splits["train"], task, tokenizer, cfg.rollout.gen_length,
+                             cfg.data.chat_template).with_format(columns=["prompt_ids", "answer_ids"])
+    except ValueError as exc:
+        raise ConfigError(f"data ({task.name}): {exc}") from None
+    with claim_run_dir(cfg.run_dir, resume=False, overwrite=cfg.overwrite, what="SFT run"):
+        return _sft(cfg, model, tokenizer, task, splits, train, micro)
+
+
+def _sft(cfg: Config, model, tokenizer, task, splits, train, micro: int) -> dict:
+    sft = cfg.sft
     run_dir = cfg.run_dir
     write_resolved(cfg, run_dir)
-
-    # --- model, data ------------------------------------------------------------------
-    model, tokenizer = load_model(cfg.model)
     base_model_dir = cfg.model.path
     if cfg.model.lora.enabled and base_model_dir is None:  # a LoRA checkpoint needs its base on disk
         base_model_dir = os.path.join(run_dir, "base_model")
@@ -89,11 +106,6 @@ def run_sft(cfg: Config) -> dict:
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     model = apply_lora(model, cfg.model.lora, model_family(model))
-    task = get_task(cfg.data.task)
-    splits = task.build(cfg.data)
-    train = tokenize_sft(splits["train"], task, tokenizer, cfg.rollout.gen_length,
-                         cfg.data.chat_template).with_format(
-        columns=["prompt_ids", "answer_ids"])
     decoding = cfg.eval_decoding()
 
     engine, optimizer = build_engine(

@@ -125,9 +125,12 @@ def _load_file(path: str):
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception:
+        except SyntaxError as exc:
             del sys.modules[name]
-            raise
+            raise KeyError(f"reward file '{path}' line {exc.lineno}: syntax error ({exc.msg})") from None
+        except Exception as exc:  # noqa: BLE001 — the user's module failed at import: say where
+            del sys.modules[name]
+            raise KeyError(f"reward file '{path}' failed to import: {type(exc).__name__}: {exc}") from None
         # the reward pool's processes cannot import a module by this made-up name: ship its code
         cloudpickle.register_pickle_by_value(module)
     return sys.modules[name]

@@ -68,6 +68,8 @@ class DecodingConfig:
                                  f"got {getattr(self, name)!r}")
         if self.gen_length < 1:
             raise ValueError(f"decoding setting 'gen_length' must be >= 1, got {self.gen_length}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"decoding setting 'steps' must be >= 1 (or null for gen_length), got {self.steps}")
         if self.block < 1 or self.gen_length % self.block:
             raise ValueError(f"decoding setting 'block_length' ({self.block}) must divide "
                              f"'gen_length' ({self.gen_length})")

@@ -172,43 +172,56 @@ class RolloutGroup:
         self.workers = [actor.remote(*args) for _ in range(num_workers)]
         ray.get([w.policy_version.remote() for w in self.workers])  # wait until every copy is built
 
-    # --- calls that look the same on Ray and in-process ---------------------------------
-
-    def _call(self, worker, method: str, *args):
-        return getattr(worker, method).remote(*args) if self.use_ray else getattr(worker, method)(*args)
-
-    def _get(self, handles):
-        if not self.use_ray:
-            return handles
-        import ray
-
-        return ray.get(handles)
-
     # --- public surface -------------------------------------------------------------------
 
     def sync(self, state: dict[str, torch.Tensor], version: int) -> int:
-        """Ship new weights (LoRA-only for a peft policy) to every worker; returns bytes shipped."""
+        """Ship new weights (LoRA-only for a peft policy) to every worker; returns bytes shipped.
+        A worker that dies meanwhile is restored with these weights (see `_on_all`)."""
         if self.use_ray:
             import ray
 
             self._weights = ray.put(state)  # one copy in the object store, read by every worker
         else:
             self._weights = state
-        versions = self._get([self._call(w, "load_weights", self._weights, version) for w in self.workers])
+        self.version = version  # what a restored worker must hold from now on
+        versions = self._on_all("load_weights", self._weights, version)
         if any(v != version for v in versions):
             raise RuntimeError(f"workers report versions {versions} after syncing version {version}")
-        self.version = version
         self.sync_bytes = state_bytes(state)
         return self.sync_bytes
 
     def versions(self) -> list[int]:
-        return self._get([self._call(w, "policy_version") for w in self.workers])
+        return self._on_all("policy_version")
 
     def log_probs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, answer: torch.Tensor) -> list:
-        return self._get([self._call(w, "log_probs", prompt_ids, prompt_mask, answer) for w in self.workers])
+        return self._on_all("log_probs", prompt_ids, prompt_mask, answer)
 
     def pids(self) -> list[int]:
-        return self._get([self._call(w, "pid") for w in self.workers])
+        return self._on_all("pid")
+
+    def _on_all(self, method: str, *args) -> list:
+        """`method` on every worker. A worker found dead (killed, OOM, node lost) is restored — Ray
+        restarts it, it gets the current weights again — and asked once more; counted in `restarts`."""
+        if not self.use_ray:
+            return [getattr(w, method)(*args) for w in self.workers]
+        import ray
+
+        refs = [getattr(w, method).remote(*args) for w in self.workers]
+        out = []
+        for w, ref in enumerate(refs):
+            for attempt in range(1, self.max_attempts + 1):
+                try:
+                    out.append(ray.get(ref))
+                    break
+                except _dead_actor_errors() as err:
+                    if attempt == self.max_attempts:
+                        raise RuntimeError(f"worker {w} kept dying during {method}; gave up after {attempt} "
+                                           f"attempts") from err
+                    log.warning("worker %d died during %s (%s); restoring it and retrying", w, method,
+                                type(err).__name__)
+                    self._restore(w)
+                    ref = getattr(self.workers[w], method).remote(*args)
+        return out
 
     def sample(self, prompts: list[list[int]], group_size: int = 1, seed: int = 0,
                pinned: list[dict[int, int] | None] | None = None) -> list[Trajectory]:
@@ -235,7 +248,7 @@ class RolloutGroup:
 
     def _sample_on_ray(self, shards: list[list[SampleJob]]) -> list[list[Trajectory]]:
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import RayTaskError
 
         pending = {w: self.workers[w].sample.remote(shard, self.version)
                    for w, shard in enumerate(shards) if shard}
@@ -248,7 +261,7 @@ class RolloutGroup:
                 results[w] = ray.get(ready[0])
                 del pending[w]
                 continue
-            except RayActorError as err:
+            except _dead_actor_errors() as err:
                 reason = f"worker {w} died ({type(err).__name__})"
             except RayTaskError as err:
                 if not isinstance(err.cause, StaleWeights):
@@ -264,7 +277,7 @@ class RolloutGroup:
 
     def _restore(self, w: int, timeout_s: float = 120.0) -> None:
         """Wait for Ray to restart worker w, then give it the current weights again."""
-        from ray.exceptions import RayActorError
+        import ray
 
         self.restarts += 1
         deadline = time.monotonic() + timeout_s
@@ -272,9 +285,16 @@ class RolloutGroup:
             try:
                 call = (self.workers[w].load_weights.remote(self._weights, self.version)
                         if self._weights is not None else self.workers[w].policy_version.remote())
-                self._get(call)
+                ray.get(call)
                 return
-            except RayActorError:
+            except _dead_actor_errors():
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+
+
+def _dead_actor_errors() -> tuple[type[BaseException], ...]:
+    """What Ray raises for a call to an actor that died or is restarting."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    return (RayActorError, ActorUnavailableError)

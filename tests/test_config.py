@@ -86,8 +86,8 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["rollout.gen_length=16", "rollout.block_length=4", "rollout.steps=2"], "'steps' \\(2\\) must be at least"),
-    (["rollout.gen_length=10", "rollout.block_length=4"], "'block_length' \\(4\\) must divide 'gen_length'"),
+    (["rollout.gen_length=16", "rollout.block_length=4", "rollout.steps=2"], "'rollout.steps' \\(2\\) must be at least"),
+    (["rollout.gen_length=10", "rollout.block_length=4"], "'rollout.block_length' \\(4\\) must divide 'gen_length'"),
     (["rollout.commit=topk"], "rollout.commit"),
     (["ray.address=localhost"], "ray.address"),
     (["ray.num_workers=0"], "ray.num_workers"),

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rollouts import DecodingConfig
+from rollouts.sampler import left_pad
 from rollouts.workers import PolicySpec, RolloutGroup, policy_weights, state_bytes
 
 ray = pytest.importorskip("ray")
@@ -107,7 +108,6 @@ def test_ray_group_matches_in_process_and_follows_lora_updates(ray_session, spec
         assert remote.versions() == [1, 1]
         assert_same(remote.sample(prompts(), group_size=3, seed=5), local.sample(prompts(), group_size=3, seed=5))
 
-        # the workers' logits are the trainer's on the same canvas
         from rollouts.sampler import left_pad
 
         ids, mask = left_pad(prompts(2), trainer_policy.ids.pad)
@@ -156,5 +156,30 @@ def test_killed_worker_is_restarted_and_its_shard_resampled(ray_session, spec, t
         assert group.versions() == [4, 4]  # ...holding the current adapter
         assert all(t.policy_version == 4 for t in got)
         assert_same(got, expected)
+    finally:
+        group.shutdown()
+
+
+def test_worker_killed_before_a_sync_is_restored_and_synced(ray_session, spec, trainer_policy):
+    """A worker that dies outside sample() — here SIGKILLed right as the weights go out — is restarted,
+    gets the new adapter, and the sync returns normally; log-probs and pids survive a death too."""
+    state = policy_weights(trainer_policy.model)
+    group = RolloutGroup(spec, DECODING, num_workers=2, use_ray=True)
+    try:
+        group.sync(state, version=1)
+        victim = group.pids()[1]
+        os.kill(victim, signal.SIGKILL)
+        group.sync(state, version=2)
+        assert group.restarts == 1 and group.versions() == [2, 2]
+        assert victim not in group.pids()
+        ids, mask = left_pad(prompts(2), trainer_policy.ids.pad)
+        answer = torch.full((2, 8), trainer_policy.ids.mask)
+        os.kill(group.pids()[0], signal.SIGKILL)
+        logps = group.log_probs(ids, mask, answer)
+        assert group.restarts == 2 and len(logps) == 2
+        with torch.no_grad():
+            mine = trainer_policy.step_log_probs(ids, mask, answer, DECODING.temperature, DECODING.latent_steps,
+                                                 DECODING.latent_mix)
+        assert all((lp - mine).abs().max() < 1e-5 for lp in logps)  # the restored worker holds the adapter
     finally:
         group.shutdown()

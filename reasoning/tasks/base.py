@@ -30,6 +30,12 @@ class DataConfig:
     # conversation as it is); none: plain text (base models)
     chat_template: Literal["auto", "none"] = "auto"
 
+    def __post_init__(self) -> None:
+        if self.train_size < 0:
+            raise ConfigError(f"config key 'data.train_size': expected >= 0, got {self.train_size}")
+        if self.test_size < 1:
+            raise ConfigError(f"config key 'data.test_size': expected >= 1, got {self.test_size}")
+
 
 def score_one(reward: str, completion: str, example: dict) -> float:
     """Call a registered reward function on a single example (its columns as 1-element lists)."""

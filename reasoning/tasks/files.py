@@ -9,6 +9,7 @@ is smaller). Scored by the registered `gsm8k` / `math` rewards.
 
 from __future__ import annotations
 
+import json
 import os
 
 from datasets import Dataset, DatasetDict, load_dataset
@@ -29,7 +30,14 @@ def read_file(path: str, key: str = "data.task_args.path") -> Dataset:
             raise ConfigError(f"config key '{key}': '{path}' is not a .jsonl, .json, .parquet or .csv file")
         if os.path.getsize(path) == 0:
             raise ConfigError(f"config key '{key}': data file '{path}' is empty")
-        rows = load_dataset(kind, data_files=path, split="train")
+        if kind == "json" and path.lower().endswith(".jsonl"):
+            check_jsonl(path)
+        try:
+            rows = load_dataset(kind, data_files=path, split="train")
+        except Exception as exc:  # noqa: BLE001 — datasets/pyarrow raise many types for a bad file
+            cause = exc.__cause__ or exc
+            raise ConfigError(f"data file '{path}' could not be read as {kind}: {type(cause).__name__}: "
+                              f"{str(cause).splitlines()[0][:200] if str(cause) else ''}") from None
     elif os.sep in path or path.endswith((".jsonl", ".json", ".parquet", ".csv")):
         raise ConfigError(f"config key '{key}': data file '{path}' not found")
     else:
@@ -37,6 +45,21 @@ def read_file(path: str, key: str = "data.task_args.path") -> Dataset:
     if len(rows) == 0:
         raise ConfigError(f"config key '{key}': data file '{path}' has no rows")
     return rows
+
+
+def check_jsonl(path: str) -> None:
+    """Every line of a JSONL file is a JSON object; the error names the line."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"data file '{path}' line {number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(value, dict):
+                raise ConfigError(f"data file '{path}' line {number}: expected a JSON object, got "
+                                  f"{type(value).__name__}")
 
 
 def load_rows(path: str, prompt_field: str, answer_field: str, key: str = "data.task_args.path") -> Dataset:
