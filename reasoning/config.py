@@ -194,6 +194,9 @@ class Config:
                 if key == "kl_coef" and not self.model.lora.enabled:
                     value = 0.0  # a full fine-tune has no adapter to disable: no reference
                 setattr(tr, key, value)
+        if tr.kl_coef > 0 and tr.objective in ("spg", "wd1"):
+            raise ConfigError(f"config key 'trainer.kl_coef': objective '{tr.objective}' has no KL term (its paper "
+                              f"uses none; SPG's code raises on β ≠ 0); set it to 0")
         if tr.kl_coef > 0 and not self.model.lora.enabled:
             raise ConfigError("config key 'trainer.kl_coef' > 0 needs model.lora.enabled: the reference policy is "
                               "the model with its adapter disabled (a full fine-tune keeps no frozen copy)")

@@ -44,6 +44,9 @@ class TinyModelConfig:
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"config key 'model.tiny.hidden_size': {self.hidden_size} is not divisible by "
                               f"model.tiny.num_heads ({self.num_heads})")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ConfigError(f"config key 'model.tiny.hidden_size': the head size hidden_size / num_heads = "
+                              f"{self.hidden_size // self.num_heads} must be even (rotary position embeddings)")
 
 
 @dataclass

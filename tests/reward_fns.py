@@ -52,3 +52,19 @@ def vowel_share(prompts, completions, **kwargs):
     the RL step really updates the adapter. Accepts TRL's chat-format completions too."""
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
     return [sum(ch in "aeiouAEIOU" for ch in t) / max(len(t), 1) for t in texts]
+
+
+def returns_nan(prompts, completions, **kwargs):
+    return [float("nan")] * len(completions)
+
+
+def returns_none(prompts, completions, **kwargs):
+    return None
+
+
+def returns_text(prompts, completions, **kwargs):
+    return ["high"] * len(completions)
+
+
+def returns_too_few(prompts, completions, **kwargs):
+    return []

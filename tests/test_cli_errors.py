@@ -1,0 +1,165 @@
+"""Bad input through the real CLI: every case exits 2 with one line naming the culprit, shows no
+traceback, and writes nothing (the run directory is never created). Plus run-directory ownership."""
+
+import json
+import os
+
+import pytest
+
+from reasoning.cli import main
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FNS = os.path.join(HERE, "reward_fns.py")
+FAST = ["model.tiny={hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64, max_positions: 64}",
+        "data.train_size=16", "data.test_size=4", "eval.n=4", "trainer.steps=1", "trainer.prompts_per_step=2",
+        "rollout.group_size=2", "rollout.temperature=1.0", "logging.tensorboard=false", "logging.progress=false",
+        "sft.steps=1", "sft.batch_size=4"]
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def reward(name):
+    return f"rewards=[{{fn: '{FNS}:{name}'}}]"
+
+
+def gsm8k_file(tmp, lines):
+    return write(tmp / "gsm8k.jsonl", "\n".join(lines) + "\n")
+
+
+GOOD_ROW = json.dumps({"question": "1+1?", "answer": "#### 2"})
+NO_FIELD_ROW = json.dumps({"q": 1})
+
+# (case id, argv builder(tmp) -> list, expected text in the one error line)
+CASES = [
+    ("group_size 0", lambda t: ["train", *FAST, "rollout.group_size=0"], "rollout.group_size"),
+    ("group_size 1 trains nothing", lambda t: ["train", *FAST, "rollout.group_size=1"], "rollout.group_size"),
+    ("train_size 0", lambda t: ["train", *FAST, "data.train_size=0"], "data.train_size"),
+    ("sft batch_size 0", lambda t: ["sft", *FAST, "sft.batch_size=0"], "sft.batch_size"),
+    ("negative lr", lambda t: ["train", *FAST, "trainer.lr=-1"], "trainer.lr"),
+    ("sft lr 0", lambda t: ["sft", *FAST, "sft.lr=0"], "sft.lr"),
+    ("hidden not divisible by heads", lambda t: ["train", *FAST, "model.tiny.hidden_size=30", "model.tiny.num_heads=4"],
+     "not divisible"),
+    ("odd head size", lambda t: ["train", *FAST, "model.tiny.hidden_size=30"], "must be even"),
+    ("reward file syntax error", lambda t: ["train", *FAST, f"rewards=[{{fn: '{write(t / 'bad.py', 'def f(:')}:f'}}]"],
+     "syntax error"),
+    ("reward raises (raise)", lambda t: ["train", *FAST, reward("raising"), "rewards.on_error=raise"], "boom"),
+    ("reward NaN (raise)", lambda t: ["train", *FAST, reward("returns_nan"), "rewards.on_error=raise"], "nan"),
+    ("reward None (raise)", lambda t: ["train", *FAST, reward("returns_none"), "rewards.on_error=raise"], "NoneType"),
+    ("reward text (raise)", lambda t: ["train", *FAST, reward("returns_text"), "rewards.on_error=raise"], "'high'"),
+    ("reward wrong length (raise)", lambda t: ["train", *FAST, reward("returns_too_few"), "rewards.on_error=raise"],
+     "returned 0 values"),
+    ("malformed train JSONL", lambda t: ["train", *FAST, "data.task=gsm8k",
+                                         f"data.task_args.path={gsm8k_file(t, [GOOD_ROW, '{oops'])}"], "line 2"),
+    ("JSONL line not an object", lambda t: ["train", *FAST, "data.task=gsm8k",
+                                            f"data.task_args.path={gsm8k_file(t, [GOOD_ROW, '[1, 2]'])}"], "line 2"),
+    ("malformed eval JSONL", lambda t: ["eval", write(t / "c.yaml", "name: e\n"), *FAST, "--data",
+                                        gsm8k_file(t, ['{"question": 1', GOOD_ROW])], "line 1"),
+    ("prompt longer than context", lambda t: ["train", *FAST, "model.tiny.max_positions=24"], "context"),
+    ("output_dir is a file", lambda t: ["train", *FAST, f"output_dir={write(t / 'f', 'x')}"], "not a directory"),
+    ("output_dir cannot be created", lambda t: ["train", *FAST, "output_dir=/dev/null/runs"], "cannot create"),
+    ("rollout.steps 0", lambda t: ["train", *FAST, "rollout.steps=0"], "rollout.steps"),
+    ("unknown key", lambda t: ["train", *FAST, "trainer.lrr=1"], "did you mean 'lr'"),
+    ("unknown objective", lambda t: ["train", *FAST, "trainer.objective=grpo"], "trainer.objective"),
+    ("model.path missing", lambda t: ["train", *FAST, "model.path=/nonexistent/model"], "model.path"),
+    ("model dir without config.json", lambda t: ["train", *FAST, f"model.path={t}"], "config.json"),
+    ("unknown task", lambda t: ["train", *FAST, "data.task=sudoku5"], "data.task"),
+    ("unknown deepspeed preset", lambda t: ["train", *FAST, "trainer.deepspeed=zero9"], "trainer.deepspeed"),
+    ("resume path missing", lambda t: ["train", *FAST, "trainer.resume=/nonexistent/ckpt"], "trainer.resume"),
+    ("config file missing", lambda t: ["train", str(t / "nope.yaml"), *FAST], "not found"),
+    ("config not YAML", lambda t: ["train", write(t / "c.yaml", "a: [1, 2\n"), *FAST], "not valid YAML"),
+    ("config not a mapping", lambda t: ["train", write(t / "c.yaml", "- 1\n- 2\n"), *FAST], "mapping"),
+    ("RL at temperature 0", lambda t: ["train", *FAST, "rollout.temperature=0"], "rollout.temperature"),
+    ("KL without a reference", lambda t: ["train", *FAST, "trainer.kl_coef=0.1"], "trainer.kl_coef"),
+    ("block_length does not divide", lambda t: ["train", *FAST, "rollout.gen_length=20", "rollout.block_length=3"],
+     "rollout.block_length"),
+    ("negative temperature", lambda t: ["train", *FAST, "rollout.temperature=-1"], "temperature"),
+    ("eval.n 0", lambda t: ["train", *FAST, "eval.n=0"], "eval.n"),
+    ("test_size 0", lambda t: ["train", *FAST, "data.test_size=0"], "data.test_size"),
+    ("threads 0", lambda t: ["train", *FAST, "threads=0"], "threads"),
+    ("reward file missing", lambda t: ["train", *FAST, "rewards=[{fn: '/nonexistent/r.py:f'}]"], "not found"),
+    ("unknown reward", lambda t: ["train", *FAST, "rewards=[{name: sudoku5}]"], "unknown reward"),
+    ("prompts_per_step 0", lambda t: ["train", *FAST, "trainer.prompts_per_step=0"], "trainer.prompts_per_step"),
+    ("lora r 0", lambda t: ["train", *FAST, "model.lora.enabled=true", "model.lora.r=0"], "model.lora.r"),
+    ("gsm8k without a path", lambda t: ["train", *FAST, "data.task=gsm8k"], "data.task_args.path"),
+    ("data file lacks the field", lambda t: ["train", *FAST, "data.task=gsm8k",
+                                             f"data.task_args.path={gsm8k_file(t, [NO_FIELD_ROW])}"], "no field"),
+    ("empty data file", lambda t: ["train", *FAST, "data.task=gsm8k", f"data.task_args.path={write(t / 'e.jsonl', '')}"],
+     "is empty"),
+    ("unknown task_args", lambda t: ["train", *FAST, "data.task_args.size=3"], "data.task_args.size"),
+    ("unknown dtype", lambda t: ["train", *FAST, "model.dtype=float8"], "model.dtype"),
+    ("name with a path", lambda t: ["train", *FAST, "name=../elsewhere"], "name"),
+    ("eval of a missing target", lambda t: ["eval", str(t / "missing")], "does not exist"),
+    ("sample of a file", lambda t: ["sample", write(t / "x.txt", "x"), "--prompt", "hi"], "not a directory"),
+    ("export without checkpoints", lambda t: ["export", str(t), str(t / "out")], "no complete checkpoint"),
+    ("micro_batch_size 0", lambda t: ["train", *FAST, "trainer.micro_batch_size=0"], "trainer.micro_batch_size"),
+    ("spg with KL", lambda t: ["train", *FAST, "trainer.objective=spg", "model.lora.enabled=true",
+                               "trainer.kl_coef=0.1"], "kl_coef"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line_and_writes_nothing(case, tmp_path, capsys):
+    _, build, expected = case
+    runs = tmp_path / "runs"
+    argv = build(tmp_path)
+    if argv[0] in ("train", "sft") and not argv[1].endswith(".yaml"):
+        argv.insert(1, write(tmp_path / "run.yaml", "name: run\n"))
+    argv = argv + [f"output_dir={runs}"] if not any(a.startswith("output_dir=") for a in argv) else argv
+    before = set(os.listdir(tmp_path))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("dlmrl ")]
+    assert len(lines) == 1 and expected.lower() in lines[0].lower(), err[-2000:]
+    assert "Traceback" not in err
+    assert not runs.exists() and set(os.listdir(tmp_path)) == before  # nothing written
+
+
+@pytest.mark.parametrize("argv", [["train", "c.yaml", "trainer.lr"], ["eval", ".", "--samples", "0"],
+                                  ["sample", ".", "--prompt"], ["train"], ["frobnicate"]])
+def test_malformed_command_lines_exit_2(argv, capsys):
+    """argparse's own usage errors (a token that is not an override, --samples 0, a missing value)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_traceback_flag_shows_the_trace(tmp_path):
+    with pytest.raises(Exception, match="rollout.group_size"):
+        main(["train", write(tmp_path / "c.yaml", "name: t\n"), *FAST, "rollout.group_size=0",
+              f"output_dir={tmp_path}", "--traceback"])
+
+
+# --- a run owns its directory ------------------------------------------------------------------------
+
+def run(tmp_path, *extra):
+    return ["train", write(tmp_path / "owned.yaml", "name: owned\n"), *FAST, "trainer.checkpoint_every=1",
+            f"output_dir={tmp_path}", *extra]
+
+
+def test_a_second_run_into_a_held_directory_is_refused(tmp_path, capsys):
+    from reasoning.rundir import claim_run_dir
+
+    run_dir = tmp_path / "owned"
+    with claim_run_dir(str(run_dir), resume=False, overwrite=False):  # another run holds it (same lock)
+        assert main(run(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert f"in use by another dlmrl RL run (pid {os.getpid()})" in err
+    assert os.listdir(run_dir) == [".lock"]  # the refused run wrote nothing
+
+
+def test_a_fresh_run_into_an_old_runs_directory_is_refused(tmp_path, capsys):
+    assert main(run(tmp_path)) == 0
+    old = sorted(os.listdir(tmp_path / "owned" / "checkpoints"))
+    metrics = (tmp_path / "owned" / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(run(tmp_path)) == 2
+    assert "holds checkpoints of an earlier RL run" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "owned" / "checkpoints")) == old  # untouched
+    assert (tmp_path / "owned" / "metrics.jsonl").read_text() == metrics
+    assert main(run(tmp_path, "trainer.resume=auto", "trainer.steps=2")) == 0
+    assert main(run(tmp_path, "overwrite=true")) == 0  # explicit start over
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "owned" / "metrics.jsonl") if '"reward"' in line]
+    assert steps == [1]
