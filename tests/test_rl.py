@@ -92,6 +92,28 @@ def test_rollouts_on_ray_workers(tmp_path):
     assert len(saved) == 8 and {t.policy_version for t in saved} == {0}
 
 
+def test_run_survives_a_worker_killed_during_the_weight_sync(tmp_path, monkeypatch):
+    """SIGKILL one Ray worker as the second weight sync starts: the run restores it and completes
+    every step (issue: ActorUnavailableError from RolloutGroup.sync used to end the run)."""
+    pytest.importorskip("ray")
+    from rollouts.workers import RolloutGroup
+
+    original, calls = RolloutGroup.sync, []
+
+    def sync_with_a_kill(self, state, version):
+        calls.append(version)
+        if len(calls) == 2:
+            os.kill(self.pids()[0], signal.SIGKILL)
+        return original(self, state, version)
+
+    monkeypatch.setattr(RolloutGroup, "sync", sync_with_a_kill)
+    cfg = config(tmp_path, "ray.enabled=true", "ray.num_workers=2", "trainer.steps=3")
+    result = run_rl(cfg)
+    steps = train_steps(cfg.run_dir)
+    assert [m["step"] for m in steps] == [1, 2, 3] and result["steps"] == 3
+    assert len(calls) >= 3 and steps[-1]["rollout/worker_restarts"] >= 1
+
+
 def test_non_finite_loss_skips_the_step(tmp_path, monkeypatch):
     from reasoning import objectives
 
