@@ -164,12 +164,19 @@ def raw_token_log_probs(policy, prompt, canvas, final):
     return logits.log_softmax(-1).gather(-1, torch.as_tensor(final).long().unsqueeze(-1)).squeeze(-1)
 
 
-def test_coupled_is_diffucoder_full_mask_plus_complementary_pair():
-    cfg = DecodingConfig(gen_length=4, temperature=1.0, confidence="max_prob")
+def prepared(name, n, seed, advantages=None, **settings):
+    """(policy, batch, objective) with the objective's randomness drawn for one inner step."""
     policy = tiny_policy()
-    batch = batch_for(policy, cfg, n=4)
-    objective = build_objective("coupled", ObjectiveSettings())
-    objective.prepare(policy, batch, torch.Generator().manual_seed(1), inner_steps=1)
+    batch = batch_for(policy, DecodingConfig(gen_length=4, temperature=1.0, confidence="max_prob"), n=n)
+    if advantages is not None:
+        batch.advantages = torch.tensor(advantages)
+    objective = build_objective(name, ObjectiveSettings(**settings))
+    objective.prepare(policy, batch, torch.Generator().manual_seed(seed), inner_steps=1)
+    return policy, batch, objective
+
+
+def test_coupled_is_diffucoder_full_mask_plus_complementary_pair():
+    policy, batch, objective = prepared("coupled", n=4, seed=1)
     t = objective.t[0]
     assert 0.2 <= t <= 0.8
     with torch.no_grad():
@@ -186,11 +193,7 @@ def test_coupled_is_diffucoder_full_mask_plus_complementary_pair():
 
 
 def test_wd1_weights_are_group_softmaxes_and_the_score_a_sum():
-    cfg = DecodingConfig(gen_length=4, temperature=1.0, confidence="max_prob")
-    policy = tiny_policy()
-    batch = batch_for(policy, cfg, n=8)
-    objective = build_objective("wd1", ObjectiveSettings())
-    objective.prepare(policy, batch, torch.Generator().manual_seed(2), inner_steps=1)
+    policy, batch, objective = prepared("wd1", n=8, seed=2)
     first = batch.advantages[:4]
     assert objective.weights[:4].tolist() == pytest.approx((first.softmax(0) - (-first).softmax(0)).tolist())
     assert objective.units(batch) == 2  # a unit is a group
@@ -202,12 +205,8 @@ def test_wd1_weights_are_group_softmaxes_and_the_score_a_sum():
 
 def test_spg_upper_bound_for_negative_advantages():
     """S⁻ = (1/β)·mean_{k: P_k>0} log P_k, P_k = mean_j 1(k∈M_j)·p_k^β / t̂_j — recomputed here."""
-    cfg = DecodingConfig(gen_length=4, temperature=1.0, confidence="max_prob")
-    policy = tiny_policy()
-    batch = batch_for(policy, cfg, n=4)
-    batch.advantages = torch.tensor([-1.0, 1.0, -0.5, 0.5])
-    objective = build_objective("spg", ObjectiveSettings(spg_mode="eubo", spg_beta=1.5, spg_block=2))
-    objective.prepare(policy, batch, torch.Generator().manual_seed(3), inner_steps=1)
+    policy, batch, objective = prepared("spg", n=4, seed=3, advantages=[-1.0, 1.0, -0.5, 0.5], spg_mode="eubo",
+                                        spg_beta=1.5, spg_block=2)
     with torch.no_grad():
         canvases, _ = objective.canvas_log_probs(policy, batch, [0], 0)
         got = objective.sequence_score(batch, 0, 0, canvases[0])
