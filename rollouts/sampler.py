@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from rollouts.policy import DiffusionPolicy
-from rollouts.selection import CONFIDENCES, FAMILY_CONFIDENCE, confidence, gumbel_like, plackett_luce_terms
+from rollouts.selection import (CONFIDENCES, FAMILY_CONFIDENCE, confidence, gumbel_like, plackett_luce_terms,
+                                truncate)
 from rollouts.trajectory import Trajectory
 
 CommitRule = Literal["low_confidence", "random", "threshold"]
@@ -47,6 +48,8 @@ class DecodingConfig:
     block_length: int | None = None  # semi-AR block size; None = gen_length (fully parallel)
     steps: int | None = None  # denoising steps over the whole answer, split over blocks; None = gen_length
     temperature: float = 0.0  # token choice; 0 = argmax
+    top_k: int = 0  # sample among the k most likely tokens only (0 = all)
+    top_p: float = 1.0  # ... and among the smallest set holding this much probability (1 = all)
     commit: CommitRule = "low_confidence"
     # how sure the model is at a position (rollouts.selection.confidence); auto = the model family's
     # reference sampler: LLaDA chosen_prob (untempered prob of the sampled token), Dream entropy, others max_prob
@@ -78,6 +81,7 @@ class DecodingConfig:
                              f"(gen_length / block_length = {self.num_blocks}) and at most gen_length "
                              f"({self.gen_length})")
         checks = {"temperature": self.temperature >= 0, "selection_temperature": self.selection_temperature >= 0,
+                  "top_k": self.top_k >= 0, "top_p": 0 < self.top_p <= 1,
                   "threshold": 0 <= self.threshold <= 1, "remask_threshold": 0 <= self.remask_threshold <= 1,
                   "remask_budget": self.remask_budget >= 0, "latent_steps": self.latent_steps >= 0,
                   "latent_mix": 0 <= self.latent_mix <= 1}
@@ -198,8 +202,8 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
 
     while not done.all():
         rows = (~done).nonzero().squeeze(1)
-        logp = policy.step_log_probs(prompt_ids[rows], prompt_mask[rows], answer[rows], cfg.temperature,
-                                     cfg.latent_steps, cfg.latent_mix)
+        logp = truncate(policy.step_log_probs(prompt_ids[rows], prompt_mask[rows], answer[rows], cfg.temperature,
+                                              cfg.latent_steps, cfg.latent_mix), cfg.top_k, cfg.top_p)
         positions = block[rows, None] * width + offsets  # (R, W) answer positions of the current block
         logp = logp.gather(1, positions[..., None].expand(-1, -1, logp.shape[-1]))  # (R, W, V)
         current = answer[rows].gather(1, positions)

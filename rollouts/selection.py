@@ -52,6 +52,24 @@ def confidence(logp: torch.Tensor, measure: str, tokens: torch.Tensor | None = N
     raise ValueError(f"unknown confidence measure {measure!r} (expected {', '.join(CONFIDENCES)})")
 
 
+def truncate(logp: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """log-probs (..., V) restricted to the `top_k` most likely tokens and then to the smallest set whose
+    probability reaches `top_p` (the most likely token always stays), renormalised. Applied the same
+    way in sampling and in replay, so a sampled token's log-prob stays finite and replay exact."""
+    if top_k <= 0 and top_p >= 1.0:
+        return logp
+    keep = torch.ones_like(logp, dtype=torch.bool)
+    if top_k > 0 and top_k < logp.shape[-1]:
+        kth = logp.topk(top_k, dim=-1).values[..., -1:]
+        keep &= logp >= kth
+    if top_p < 1.0:
+        sorted_logp, order = logp.masked_fill(~keep, EXCLUDED).sort(-1, descending=True)
+        before = sorted_logp.exp().cumsum(-1) - sorted_logp.exp()  # mass of the more likely tokens
+        keep_sorted = before < top_p
+        keep &= torch.zeros_like(keep).scatter(-1, order, keep_sorted)
+    return logp.masked_fill(~keep, EXCLUDED).log_softmax(-1)
+
+
 def gumbel_like(shape: tuple[int, ...], generators: list[torch.Generator], device) -> torch.Tensor:
     """Gumbel(0, 1) noise with row r drawn from generators[r] (results do not depend on batching)."""
     rows = [torch.rand(shape[1:], generator=g, dtype=torch.float64) for g in generators]

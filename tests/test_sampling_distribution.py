@@ -49,10 +49,24 @@ def raw_distribution(model, canvas, cfg) -> np.ndarray:
     ids = torch.tensor([PROMPT + list(canvas)])
     positions = torch.arange(ids.shape[1]).unsqueeze(0)
 
-    def dist(logits):
+    def dist(logits, truncated=False):
         z = logits[0, len(PROMPT):].double()
         z[:, MASK] = -math.inf
-        return torch.softmax(z / (cfg.temperature or 1.0), -1)
+        p = torch.softmax(z / (cfg.temperature or 1.0), -1)
+        if not truncated:
+            return p
+        for row in p:  # top-k, then the smallest most-likely set reaching top-p; renormalised
+            order = row.argsort(descending=True).tolist()
+            kept = order[:cfg.top_k] if cfg.top_k else order
+            mass, chosen = 0.0, []
+            for token in kept:
+                if mass >= cfg.top_p:
+                    break
+                chosen.append(token)
+                mass += float(row[token])
+            row[[t for t in range(len(row)) if t not in chosen]] = 0
+            row /= row.sum()
+        return p
 
     with torch.no_grad():
         p = dist(model(input_ids=ids, position_ids=positions).logits)
@@ -63,6 +77,8 @@ def raw_distribution(model, canvas, cfg) -> np.ndarray:
             mixed = (1 - cfg.latent_mix) * table[MASK] + cfg.latent_mix * (p @ table)
             embeds[len(PROMPT):][answer_masked] = mixed[answer_masked]
             p = dist(model(inputs_embeds=embeds.float().unsqueeze(0), position_ids=positions).logits)
+        if cfg.top_k or cfg.top_p < 1:
+            p = dist(model(input_ids=ids, position_ids=positions).logits if not cfg.latent_steps else None, True)
     return p.numpy()
 
 
@@ -171,6 +187,7 @@ PATHS = {
     "latent_thinking": dict(gen_length=3, temperature=1.0, confidence="max_prob", latent_steps=1, latent_mix=0.6),
     "blocks_eos_stop": dict(gen_length=4, block_length=2, steps=4, temperature=1.0, confidence="max_prob"),
     "llada_chosen_prob": dict(gen_length=3, temperature=1.0, confidence="chosen_prob"),
+    "top_k_top_p": dict(gen_length=3, temperature=1.0, confidence="max_prob", top_k=4, top_p=0.8),
 }
 
 
