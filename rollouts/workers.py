@@ -275,7 +275,7 @@ class RolloutGroup:
             pending[w] = self.workers[w].sample.remote(shards[w], self.version)
         return [results[w] for w in range(len(shards))]
 
-    def _restore(self, w: int, timeout_s: float = 120.0) -> None:
+    def _restore(self, w: int, timeout_s: float = 300.0) -> None:
         """Wait for Ray to restart worker w, then give it the current weights again."""
         import ray
 
