@@ -19,7 +19,6 @@ curve = [{trained_s, accuracy}]); best.<task> = {objective, gain_pts}; gain_pts_
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform

@@ -53,14 +53,14 @@ def save_checkpoint(run_dir: str, step: int, model: torch.nn.Module, tokenizer, 
 
 
 @contextlib.contextmanager
-def gathered(model: torch.nn.Module, zero3: bool):
-    """Under ZeRO-3 parameters are sharded; gather them to save full tensors."""
+def gathered(model: torch.nn.Module, zero3: bool, parameters: list | None = None):
+    """Under ZeRO-3 parameters are sharded; gather them (all, or just `parameters`) as full tensors."""
     if not zero3:
         yield
         return
     import deepspeed
 
-    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+    with deepspeed.zero.GatheredParameters(parameters or list(model.parameters()), modifier_rank=None):
         yield
 
 

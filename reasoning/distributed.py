@@ -60,15 +60,11 @@ def trainer_weights(model: torch.nn.Module, zero_stage: int) -> dict[str, torch.
     """What the rollout workers need (the LoRA adapter, or every weight without LoRA) as full
     tensors. Under ZeRO-3 each rank holds only a shard of every parameter, so the shipped ones
     are gathered first (a collective: every rank must call this); otherwise they would be empty."""
+    from reasoning.checkpoint import gathered, is_peft
     from rollouts.workers import policy_weights
 
-    if zero_stage != 3:
-        return policy_weights(model)
-    import deepspeed
-
-    shipped = [p for p in model.parameters() if p.requires_grad] if hasattr(model, "peft_config") \
-        else list(model.parameters())
-    with deepspeed.zero.GatheredParameters(shipped, modifier_rank=None):
+    shipped = [p for p in model.parameters() if p.requires_grad] if is_peft(model) else None
+    with gathered(model, zero_stage == 3, shipped):
         return policy_weights(model)
 
 

@@ -53,11 +53,11 @@ from reasoning.metrics import MetricsLogger
 from reasoning.modeling import (apply_lora, count_parameters, enable_gradient_checkpointing, load_model, model_family,
                                 peft_lora_config)
 from reasoning.objectives import ObjectiveSettings, RolloutBatch, build_objective
+from reasoning.preflight import check_prompt_lengths, check_rl_inputs
 from reasoning.rundir import claim_run_dir
 from reasoning.schema import ConfigError
 from reasoning.sft import seed_everything
-from reasoning.tasks import get_task
-from rewards import RewardRunner, RewardSpec
+from rewards import RewardRunner
 from rollouts import make_policy, save_jsonl
 from rollouts.workers import PolicySpec, RolloutGroup
 
@@ -111,21 +111,6 @@ class PromptStream:
         return out
 
 
-def check_rollout_temperature(objective: str, decoding) -> None:
-    """At T = 0 every token is the argmax: none was sampled, so no token log-prob may be trained.
-    Only a learned (Plackett–Luce) position choice is left to train, by the trajectory objective."""
-    from reasoning.objectives import TrajectoryObjective
-
-    if decoding.temperature > 0:
-        return
-    if objective == "trajectory" and TrajectoryObjective.learned_selection(decoding):
-        print("note: rollout.temperature 0 — tokens are the argmax; only the position choice is trained")
-        return
-    raise ConfigError("config key 'rollout.temperature': RL rollouts at temperature 0 sample no token, so there "
-                      "is nothing to train; set rollout.temperature > 0 (or, with objective trajectory, "
-                      "rollout.selection_temperature > 0 to train the position choice alone)")
-
-
 def warm_start(cfg: Config) -> Config:
     """`trainer.sft_warm_start`: masked-diffusion SFT with the `sft` block first (reused when a
     previous attempt finished it), then RL from that checkpoint."""
@@ -161,75 +146,6 @@ def run_rl(cfg: Config) -> dict:
             cfg = warm_start(cfg)
             model, tokenizer = load_model(cfg.model)
         return _train(cfg, model, tokenizer, task, splits, reward_cfg, started)
-
-
-def check_rl_inputs(cfg: Config):
-    """(task, splits, reward config), or a ConfigError naming what is wrong — before any file is written."""
-    tr = cfg.trainer
-    check_rollout_temperature(tr.objective, cfg.rollout_decoding())
-    if cfg.rollout.group_size < 2:
-        raise ConfigError(f"config key 'rollout.group_size': expected >= 2 for RL, got {cfg.rollout.group_size} "
-                          f"(advantages are relative to the other answers of the same prompt)")
-    if cfg.data.train_size < 1:
-        raise ConfigError(f"config key 'data.train_size': expected >= 1 for training, got {cfg.data.train_size}")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and cfg.model.path is None:
-        raise ConfigError("config key 'model.path': several trainer processes start from a checkpoint on disk "
-                          "(train the SFT warm start in a single process first)")
-    if tr.prompts_per_step % world_size:
-        raise ConfigError(f"config key 'trainer.prompts_per_step': {tr.prompts_per_step} does not split over "
-                          f"{world_size} processes")
-    task = get_task(cfg.data.task)
-    splits = task.build(cfg.data)
-    if len(splits["train"]) == 0:
-        raise ConfigError(f"config key 'data': task '{task.name}' has no training rows")
-    reward_cfg = cfg.rewards if cfg.rewards.functions else dataclasses.replace(
-        cfg.rewards, functions=[RewardSpec(name=task.reward)])
-    check_rewards(reward_cfg, task, splits["train"])
-    return task, splits, reward_cfg
-
-
-def check_rewards(reward_cfg, task, train) -> None:
-    """Every reward resolves; under `on_error: raise` each is also called once on the first training
-    row (its reference answer, where the task has one) so a broken function stops the run before it starts."""
-    from rewards import RewardError
-
-    try:
-        runner = RewardRunner(reward_cfg)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if reward_cfg.on_error != "raise":
-        return
-    row = train[0]
-    try:
-        completion = task.reference(row)
-    except (NotImplementedError, ConfigError, KeyError):
-        completion = ""
-    columns = {c: [row[c]] for c in train.column_names if c != "prompt"}
-    try:
-        with runner:
-            runner([row["prompt"]], [completion], None, **columns)
-    except (RewardError, ValueError, TypeError) as exc:
-        raise ConfigError(f"config block 'rewards' (checked on the first training row): {exc}") from None
-
-
-def check_prompt_lengths(cfg: Config, tokenizer, model, splits) -> None:
-    """The longest prompts (all test rows, the 64 longest training rows by text) plus gen_length fit the
-    model's context; otherwise a ConfigError naming the split and row."""
-    from rollouts import make_policy
-
-    context = make_policy(model, tokenizer, cfg.model.shift_logits).context_length
-    if context is None:
-        return
-    for split in ("test", "train"):
-        rows = splits[split]
-        lengths = [len(str(p)) for p in rows["prompt"]]
-        candidates = range(len(rows)) if split == "test" else sorted(range(len(rows)), key=lengths.__getitem__)[-64:]
-        for i in candidates:
-            n = len(encode_prompt(tokenizer, rows[i]["prompt"], cfg.data.chat_template))
-            if n + cfg.rollout.gen_length > context:
-                raise ConfigError(f"data ({split} row {i}): a prompt of {n} tokens plus rollout.gen_length "
-                                  f"{cfg.rollout.gen_length} exceeds the model's context of {context} positions")
 
 
 def _train(cfg: Config, model, tokenizer, task, splits, reward_cfg, started: float) -> dict:

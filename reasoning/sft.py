@@ -32,6 +32,7 @@ from reasoning.engine import build_engine, engine_step, zero_stage
 from reasoning.evaluate import evaluate
 from reasoning.metrics import MetricsLogger
 from reasoning.modeling import apply_lora, count_parameters, enable_gradient_checkpointing, load_model, model_family
+from reasoning.preflight import require_training_rows
 from reasoning.rundir import claim_run_dir
 from reasoning.schema import ConfigError
 from reasoning.tasks import get_task
@@ -80,8 +81,7 @@ def run_sft(cfg: Config) -> dict:
     micro = sft.micro_batch_size or sft.batch_size
     if sft.batch_size % micro:
         raise ConfigError(f"config key 'sft.micro_batch_size': {micro} must divide sft.batch_size={sft.batch_size}")
-    if cfg.data.train_size < 1:
-        raise ConfigError(f"config key 'data.train_size': expected >= 1 for training, got {cfg.data.train_size}")
+    require_training_rows(cfg)
     model, tokenizer = load_model(cfg.model)
     task = get_task(cfg.data.task)
     splits = task.build(cfg.data)

@@ -13,7 +13,7 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-from rollouts.families import load_pretrained, shifts_logits  # noqa: F401  (load_pretrained re-exported)
+from rollouts.families import shifts_logits
 
 # Disallowed tokens get this logit instead of -inf: their probability is exactly 0 after
 # softmax, yet every log-prob, entropy and gradient stays finite.

@@ -250,7 +250,7 @@ def test_merged_replay_never_scores_a_visible_position():
 
 
 def test_rl_rollouts_at_temperature_zero_are_refused_unless_selection_is_learned():
-    from reasoning.rl import check_rollout_temperature
+    from reasoning.preflight import check_rollout_temperature
 
     with pytest.raises(ConfigError, match="rollout.temperature"):
         check_rollout_temperature("trajectory", DecodingConfig(temperature=0.0))
