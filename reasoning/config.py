@@ -27,10 +27,25 @@ DEEPSPEED_PRESETS = ("zero0", "zero2", "zero3")
 
 
 @dataclass
+class AsyncConfig:
+    """`rollout.async`: generate step n+1's rollouts while the trainer updates on step n's."""
+
+    enabled: bool = False
+    # a rollout sampled by policy_version v is trained at trainer version v' only if v' - v <= this;
+    # older ones are dropped (counted); 0 = generation waits for each update (the synchronous run)
+    max_staleness: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_staleness < 0:
+            raise ConfigError(f"config key 'rollout.async.max_staleness': expected >= 0, got {self.max_staleness}")
+
+
+@dataclass
 class RolloutConfig(DecodingConfig):
     """Decoding policy used for RL rollouts (and for eval unless `eval.decoding` overrides it)."""
 
     group_size: int = 8  # G samples per prompt
+    async_: AsyncConfig = field(default_factory=AsyncConfig)  # YAML key `async`
 
     def __post_init__(self) -> None:
         if self.group_size < 1:
@@ -101,6 +116,9 @@ class TrainerConfig:
     leave_one_out: bool | None = None  # baseline = mean of the other G-1 rewards
     merge_steps: int = 1  # trajectory objective: score s consecutive steps from one replayed state
     prompt_mask_prob: float = 0.15  # mean_field objective: d1's prompt masking
+    # stale rollouts (rollout.async): a unit whose importance weight π_prox/π_behav exceeds this is
+    # left out of the loss (AReaL's token mask; the denominator keeps it)
+    importance_cap: float = 5.0
     deepspeed: str = "zero0"
     grad_clip: float = 1.0
     eval_every: int = 0  # 0 = only at the start and the end
@@ -124,6 +142,8 @@ class TrainerConfig:
                 raise ConfigError(f"config key 'trainer.{key}': expected >= 0, got {getattr(self, key)}")
         if not 0 <= self.prompt_mask_prob < 1:
             raise ConfigError(f"config key 'trainer.prompt_mask_prob': expected in [0, 1), got {self.prompt_mask_prob}")
+        if not self.importance_cap >= 1:
+            raise ConfigError(f"config key 'trainer.importance_cap': expected >= 1, got {self.importance_cap}")
 
 
 @dataclass
@@ -146,6 +166,8 @@ class RayConfig:
     address: str = "local"  # local (a fresh local instance) | auto | ray://host:port
     num_workers: int = 2
     threads_per_worker: int = 1  # torch threads per worker; 1 is fastest when workers share cores
+    placement: Literal["spread", "pack"] = "spread"  # workers over as many nodes as possible, or few
+    connect_timeout_s: float = 30.0  # `address` that answers nothing: a clear error after this long
 
     def __post_init__(self) -> None:
         if self.address not in ("local", "auto") and not self.address.startswith("ray://"):
@@ -200,6 +222,11 @@ class Config:
         if tr.kl_coef > 0 and not self.model.lora.enabled:
             raise ConfigError("config key 'trainer.kl_coef' > 0 needs model.lora.enabled: the reference policy is "
                               "the model with its adapter disabled (a full fine-tune keeps no frozen copy)")
+        stale = self.rollout.async_
+        if stale.enabled and stale.max_staleness > 0 and tr.objective != "trajectory":
+            raise ConfigError(f"config key 'rollout.async.max_staleness': objective '{tr.objective}' cannot correct "
+                              f"stale rollouts (its surrogate's behaviour log-probs need the old weights; only "
+                              f"'trajectory' records them); use objective trajectory or max_staleness 0")
 
     @property
     def run_dir(self) -> str:

@@ -7,6 +7,10 @@ import math
 import os
 import time
 
+import torch
+
+from reasoning.evaluate import answer_length
+
 
 class MetricsLogger:
     def __init__(self, run_dir: str, tensorboard: bool = True, wandb: bool = False, run_name: str = "run",
@@ -46,3 +50,19 @@ class MetricsLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def rollout_metrics(trajectories, stop: tuple[int, ...]) -> dict[str, float]:
+    """Completion lengths and denoising statistics of a step's rollouts (DESIGN.md metric names)."""
+    lengths = [answer_length(torch.as_tensor(t.final_tokens), stop) for t in trajectories]
+    steps = [t.num_steps for t in trajectories]
+    commits = [int(t.commits.sum()) for t in trajectories]
+    n = max(len(trajectories), 1)
+    return {
+        "completions/mean_length": sum(lengths) / n,
+        "completions/total_tokens": float(sum(lengths)),
+        "diffusion/steps": sum(steps) / n,
+        "diffusion/forward_passes": sum(t.forward_passes for t in trajectories) / n,
+        "diffusion/tokens_per_step": sum(commits) / max(sum(steps), 1),
+        "diffusion/remasks": sum(t.num_remasks for t in trajectories) / n,
+    }

@@ -52,6 +52,7 @@ import torch
 
 from rollouts import DecodingConfig, DiffusionPolicy, Trajectory, replay
 from rollouts.sampler import left_pad
+from rollouts.seeding import derive_seed
 
 # The papers' defaults, used where the config leaves a trainer key unset (null).
 PAPER_DEFAULTS: dict[str, dict] = {
@@ -76,6 +77,13 @@ class RolloutBatch:
     advantages: torch.Tensor  # (N,)
     decoding: DecodingConfig
     stop: tuple[int, ...] = ()  # ids that end an answer (the loss mask runs up to and including the first)
+    policy_version: int | None = None  # the trainer's version at this update (None: every sample is fresh)
+
+    def stale(self) -> list[int]:
+        """Samples drawn by an older policy than the one being updated (asynchronous RL)."""
+        if self.policy_version is None:
+            return []
+        return [i for i, t in enumerate(self.trajectories) if t.policy_version < self.policy_version]
 
 
 @dataclass
@@ -85,6 +93,7 @@ class ObjectiveSettings:
     kl_coef: float = 0.0
     merge_steps: int = 1  # trajectory: score s consecutive steps from one canvas (TraceRL shrink)
     prompt_mask_prob: float = 0.15  # mean_field, wd1, spg: d1's prompt masking
+    importance_cap: float = 5.0  # stale samples: units with π_prox/π_behav above this are masked (AReaL)
     replay_batch: int = 256  # trajectory: replayed states per forward
     coupled_t: tuple[float, float] = (0.2, 0.8)  # coupled: t ~ U(lo, hi)
     spg_mode: str = "mix"  # spg, A <= 0: eubo | mix (ω·EUBO + (1−ω)·ELBO) | elbo
@@ -97,11 +106,9 @@ class ObjectiveSettings:
 def sample_generators(batch: "RolloutBatch", generator: torch.Generator) -> list[torch.Generator]:
     """One generator per sample, seeded from the update's generator and the sample's (prompt, sample)
     index: a sample's masks do not depend on which micro-batch or rank it lands in."""
-    import numpy as np
-
     base = int(torch.randint(2 ** 62, (1,), generator=generator))
-    return [torch.Generator().manual_seed(int(np.random.SeedSequence([base, t.prompt_index, t.sample_index])
-                                              .generate_state(1)[0])) for t in batch.trajectories]
+    return [torch.Generator().manual_seed(derive_seed(base, t.prompt_index, t.sample_index))
+            for t in batch.trajectories]
 
 
 def loss_mask(trajectory: Trajectory, stop: tuple[int, ...]) -> torch.Tensor:
@@ -123,6 +130,7 @@ class Objective:
         self.s = settings
         self.old: dict[int, list[torch.Tensor]] = {}
         self.ref: dict[int, list[torch.Tensor]] | None = None
+        self.importance: dict[int, torch.Tensor] = {}  # stale sample -> per-unit importance weight (decoupled PPO)
 
     # --- what differs between objectives -------------------------------------------------
 
@@ -142,6 +150,11 @@ class Objective:
         """The sampler's own log-probs, when they are exactly what this objective scores."""
         return None
 
+    def recorded_log_probs(self, batch: RolloutBatch) -> list[torch.Tensor] | None:
+        """The sampler's log-probs of this objective's units, as the rollout computed them (the
+        behaviour policy of a stale sample); None where the rollout records no such thing."""
+        return None
+
     # --- shared ----------------------------------------------------------------------------
 
     def prepare(self, policy: DiffusionPolicy, batch: RolloutBatch, generator: torch.Generator,
@@ -151,17 +164,38 @@ class Objective:
         self.draw(batch, generator, inner_steps)
         steps = range(inner_steps) if self.random_per_inner_step() else range(1)
         everything = list(range(len(batch.trajectories)))
-        self.old, self.ref = {}, None
+        self.old, self.ref, self.importance = {}, None, {}
         if self.uses_ratio:
             behaviour = self.behaviour_log_probs(batch)
             for j in steps:
-                self.old[j] = behaviour if behaviour is not None else self._no_grad(policy, batch, everything, j, chunk)
+                self.old[j] = (list(behaviour) if behaviour is not None
+                               else self._no_grad(policy, batch, everything, j, chunk))
+            self._decouple(policy, batch, behaviour is not None, chunk)
         if self.s.kl_coef > 0:
             if reference is None:
                 raise ValueError("config key 'trainer.kl_coef' > 0 needs a reference policy: enable model.lora "
                                  "(the reference is the model with its adapter disabled)")
             with reference:
                 self.ref = {j: self._no_grad(policy, batch, everything, j, chunk) for j in steps}
+
+    def _decouple(self, policy, batch: RolloutBatch, old_is_behaviour: bool, chunk: int) -> None:
+        """Decoupled PPO (AReaL, arXiv 2505.24298 Eq. 5) for stale samples: clip around the proximal
+        policy π_prox (θ at the start of this update) and weight each unit by the detached
+        w = π_prox/π_behav, π_behav being what the sampler recorded; units with w above the cap are
+        masked (AReaL's token mask). Fresh samples keep old = behaviour and w = 1."""
+        stale = batch.stale()
+        if not stale:
+            return
+        recorded = self.recorded_log_probs(batch)
+        if recorded is None or self.random_per_inner_step():
+            raise ValueError(f"objective '{self.name}' cannot train stale samples: the rollout does not record "
+                             f"its units' behaviour log-probs (use objective trajectory, or max_staleness 0)")
+        proximal = (self._no_grad(policy, batch, stale, 0, chunk) if old_is_behaviour
+                    else [self.old[0][i] for i in stale])
+        for i, prox in zip(stale, proximal):
+            self.old[0][i] = prox
+            weight = torch.exp(prox - recorded[i].to(prox.device))
+            self.importance[i] = torch.where(weight > self.s.importance_cap, torch.zeros_like(weight), weight)
 
     def _slot(self, inner: int) -> int:
         return inner if self.random_per_inner_step() else 0
@@ -193,6 +227,9 @@ class Objective:
         ratio = torch.exp(logp - old)
         low, high = 1 - self.s.clip_eps_low, 1 + self.s.clip_eps_high
         surrogate = torch.minimum(ratio * adv, ratio.clamp(low, high) * adv)
+        if self.importance:  # stale samples: importance weight π_prox/π_behav (detached), fresh ones 1
+            weight = torch.cat([self.importance.get(i, torch.ones(len(old_all[i]))).to(device) for i in indices])
+            surrogate = surrogate * weight
         loss = -surrogate.sum() / total_units
         stats = {
             "units": float(len(logp)),
@@ -202,6 +239,11 @@ class Objective:
             "clip_high": float(((ratio > high) & (adv > 0)).sum()),
             "entropy_sum": float(torch.cat(entropy).sum()) if entropy else 0.0,
         }
+        stale = [self.importance[i] for i in indices if i in self.importance]
+        if stale:
+            stale_w = torch.cat(stale)
+            stats.update(stale_units=float(len(stale_w)), importance_weight_sum=float(stale_w.sum()),
+                         importance_masked=float((stale_w == 0).sum()))
         if self.ref is not None:
             ref = torch.cat([self.ref[self._slot(inner)][i] for i in indices]).to(device)
             kl = k3(ref, logp)
@@ -242,11 +284,14 @@ class TrajectoryObjective(Objective):
             out = out + picks
         return out
 
+    def recorded_log_probs(self, batch):
+        return [self._combine(batch.decoding, torch.tensor(t.event_logp[t.commits]),
+                              torch.tensor(t.event_selection_logp[t.commits])) for t in batch.trajectories]
+
     def behaviour_log_probs(self, batch):
         if self.s.merge_steps != 1:
             return None  # merged windows are scored from other canvases: old = replay with the same merge
-        return [self._combine(batch.decoding, torch.tensor(t.event_logp[t.commits]),
-                              torch.tensor(t.event_selection_logp[t.commits])) for t in batch.trajectories]
+        return self.recorded_log_probs(batch)
 
     def unit_log_probs(self, policy, batch, indices, inner):
         trajectories = [batch.trajectories[i] for i in indices]

@@ -1,28 +1,34 @@
-"""RL over whole denoising trajectories — the `dlmrl train CONFIG` recipe, top to bottom.
+"""RL over whole denoising trajectories — the `dlmrl train CONFIG` recipe, top to bottom:
+setup → restore → loop → finish, each a short function below.
 
-The algorithm's choices, per RL step:
-  1. eval     every `trainer.eval_every` steps (and first and last): held-out accuracy
-              with the eval decoding and the task's own scorer.
-  2. rollout  P = `trainer.prompts_per_step` prompts (a seeded permutation of the train
-              split, epoch after epoch) × G = `rollout.group_size` samples, from the
-              rollout workers (Ray actors or in-process) at policy_version v. Each sample
-              is a Trajectory: the exact visited denoising path and its behaviour log-probs.
+The algorithm's choices, per RL step k:
+  1. eval     every `trainer.eval_every` steps / `eval_every_s` seconds (and first and last):
+              held-out accuracy with the eval decoding and the task's own scorer.
+  2. rollout  P = `trainer.prompts_per_step` prompts (positions (k-1)P … kP-1 of seeded
+              permutations of the train split) × G = `rollout.group_size` samples from the
+              rollout workers (Ray actors or in-process). Each sample is a Trajectory: the
+              exact visited denoising path, its behaviour log-probs and the policy_version
+              that sampled it. Synchronous: sampled now. Asynchronous (`rollout.async`):
+              sampled by a producer thread while step k-1 was being trained
+              (reasoning/batches.py); groups more than `max_staleness` versions behind the
+              trainer are dropped and counted.
   3. reward   the configured reward functions (default: the task's verifier) on the
               decoded completions; weighted sum.
   4. advantage group-relative (mean baseline or leave-one-out, optional std
               normalisation); groups with zero reward variance are dropped.
-  5. update   `trainer.inner_steps` optimizer steps over the kept samples, each in
-              micro-batches with gradient accumulation, through the chosen objective
-              (reasoning/objectives.py: trajectory | mean_field | coupled), token-level
-              PPO clip against the sampling-time log-probs, optional k3 KL to the
-              adapter-disabled model. A non-finite loss skips the step.
-  6. sync     LoRA-only state_dict to the workers (ray.put once) → policy_version v+1.
-  7. log      TRL metric names + diffusion/*, timing_s/*, perf/* (jsonl, TensorBoard, wandb).
+  5. update   `trainer.inner_steps` optimizer steps over the kept samples, in micro-batches
+              with gradient accumulation, through the chosen objective (reasoning/objectives.py),
+              token-level PPO clip against the sampling-time log-probs — for a stale sample
+              against the proximal policy, importance-weighted by π_prox/π_behav (decoupled
+              PPO) — optional k3 KL to the adapter-disabled model. A non-finite loss skips it.
+  6. sync     LoRA-only state_dict to the workers (ray.put once) → policy_version v+1; the
+              asynchronous producer ships it between two batches, so the trainer never waits.
+  7. log      TRL metric names + diffusion/*, async/*, timing_s/*, timeline/*, perf/*.
   8. save     every `trainer.checkpoint_every` steps, atomically: adapter/, DeepSpeed
-              optimizer state, RNG, data position. `trainer.resume: auto` continues from
-              the newest complete checkpoint with the same step counter and data order.
-All randomness of step k derives from (seed, k), so a resumed run repeats exactly what an
-uninterrupted run would have done.
+              optimizer state, RNG, step. `trainer.resume: auto` continues from the newest
+              complete checkpoint with the same step counter and data order.
+All randomness of step k derives from (seed, k) (rollouts/seeding.py), so a resumed run
+repeats exactly what an uninterrupted synchronous run would have done.
 """
 
 from __future__ import annotations
@@ -35,94 +41,81 @@ import os
 import random
 import shutil
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from reasoning.advantages import group_advantages
+from reasoning.batches import AsyncRollouts, PromptSchedule, Rollouts, SyncRollouts
 from reasoning.checkpoint import (checkpoint_name, complete_checkpoints, is_checkpoint, prune_checkpoints,
                                   save_checkpoint)
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import decode_completion, encode_prompt
-from reasoning.distributed import (NoLogger, any_rank, barrier, combine_metrics, rank_and_world, sum_over_ranks,
-                                   trainer_weights)
-from reasoning.engine import build_engine, engine_step, zero_stage
-from reasoning.evaluate import answer_length, evaluate
-from reasoning.metrics import MetricsLogger
+from reasoning.distributed import NoLogger, barrier, combine_metrics, rank_and_world, trainer_weights
+from reasoning.engine import build_engine, zero_stage
+from reasoning.evaluate import evaluate
+from reasoning.metrics import MetricsLogger, rollout_metrics
 from reasoning.modeling import (apply_lora, count_parameters, enable_gradient_checkpointing, load_model, model_family,
                                 peft_lora_config)
 from reasoning.objectives import ObjectiveSettings, RolloutBatch, build_objective
 from reasoning.preflight import check_prompt_lengths, check_rl_inputs
 from reasoning.rundir import claim_run_dir
 from reasoning.schema import ConfigError
-from reasoning.sft import seed_everything
+from reasoning.sft import seed_everything, sft_warm_start
+from reasoning.update import update
 from rewards import RewardRunner
 from rollouts import make_policy, save_jsonl
+from rollouts.seeding import ROLLOUT, UPDATE, derive_seed
 from rollouts.workers import PolicySpec, RolloutGroup
 
 
-def step_seed(seed: int, step: int, stream: int) -> int:
-    """A seed for one purpose (stream) at one RL step: resume-safe randomness."""
-    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1)[0])
+@dataclass
+class RLRun:
+    """Everything the loop works with: built by `setup`, advanced by `loop`, summed up by `finish`."""
 
+    cfg: Config
+    task: object
+    train: object  # datasets.Dataset
+    test: object
+    tokenizer: object
+    engine: object
+    optimizer: object
+    policy: object
+    objective: object
+    rewarder: RewardRunner
+    logger: object
+    schedule: PromptSchedule
+    base_dir: str
+    micro_batches: int
+    rank: int = 0
+    world: int = 1
+    group: RolloutGroup | None = None  # rollout workers (on rank 0 only when Ray serves several ranks)
+    source: object = None  # SyncRollouts | AsyncRollouts (reasoning/batches.py)
+    step: int = 0  # the last finished step
+    version: int = 0  # policy_version of the trainer's weights
+    trained_s: float = 0.0  # training wall time over the whole run (evals excluded)
+    resumed_from: str | None = None
+    eval_metrics: dict = field(default_factory=dict)
+    before: float | None = None
+    staleness: Counter = field(default_factory=Counter)  # policy versions behind -> trajectories
+    groups: Counter = field(default_factory=Counter)  # "sampled" / "dropped" groups
+    origin: float = field(default_factory=time.perf_counter)
 
-def find_resume(cfg: Config) -> str | None:
-    if cfg.trainer.resume == "none":
-        return None
-    if cfg.trainer.resume == "auto":
-        found = complete_checkpoints(cfg.run_dir)
-        return found[-1] if found else None
-    if not is_checkpoint(cfg.trainer.resume):
-        raise ConfigError(f"config key 'trainer.resume': '{cfg.trainer.resume}' is not a complete checkpoint "
-                          f"(no trainer_state.json)")
-    return cfg.trainer.resume
+    def clock(self) -> float:
+        """Seconds since the loop's start (the timeline of rollout / update / sync)."""
+        return time.perf_counter() - self.origin
 
+    @property
+    def lora(self) -> bool:
+        return self.cfg.model.lora.enabled
 
-def truncate_metrics(run_dir: str, step: int) -> None:
-    """Drop metrics logged after `step` (by a run that died before its next checkpoint)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return
-    with open(path) as fh:
-        kept = [line for line in fh if line.strip() and json.loads(line).get("step", 0) <= step]
-    with open(path, "w") as fh:
-        fh.writelines(kept)
-
-
-class PromptStream:
-    """Prompts in a seeded random order, epoch after epoch; its position is checkpointed."""
-
-    def __init__(self, size: int, seed: int, epoch: int = 0, cursor: int = 0):
-        self.size, self.seed, self.epoch, self.cursor = size, seed, epoch, cursor
-        self.order = self._order()
-
-    def _order(self) -> list[int]:
-        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch)).tolist()
-
-    def take(self, n: int) -> list[int]:
-        out = []
-        while len(out) < n:
-            if self.cursor == self.size:
-                self.epoch, self.cursor = self.epoch + 1, 0
-                self.order = self._order()
-            out.append(self.order[self.cursor])
-            self.cursor += 1
-        return out
-
-
-def warm_start(cfg: Config) -> Config:
-    """`trainer.sft_warm_start`: masked-diffusion SFT with the `sft` block first (reused when a
-    previous attempt finished it), then RL from that checkpoint."""
-    from reasoning.sft import run_sft
-
-    sft_cfg = dataclasses.replace(cfg, output_dir=cfg.run_dir, name="sft", overwrite=True)  # this run's own subdir
-    done = complete_checkpoints(sft_cfg.run_dir)
-    if not done or not os.path.isfile(os.path.join(sft_cfg.run_dir, "sft_result.json")):
-        print(f"SFT warm start: {cfg.sft.steps} steps into {sft_cfg.run_dir}")
-        run_sft(sft_cfg)
-        done = complete_checkpoints(sft_cfg.run_dir)
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=done[-1]))
+    @property
+    def ray_serves_all_ranks(self) -> bool:
+        """Ray workers sample every rank's prompts on rank 0, which hands each rank its share."""
+        return self.cfg.ray.enabled and self.world > 1
 
 
 def run_rl(cfg: Config) -> dict:
@@ -143,312 +136,351 @@ def run_rl(cfg: Config) -> dict:
                            what="RL run") if first_rank else contextlib.nullcontext())
     with claim:
         if warm:
-            cfg = warm_start(cfg)
+            cfg = sft_warm_start(cfg)
             model, tokenizer = load_model(cfg.model)
-        return _train(cfg, model, tokenizer, task, splits, reward_cfg, started)
+        run = setup(cfg, model, tokenizer, task, splits, reward_cfg)
+        try:
+            restore(run, find_resume(cfg))
+            start_rollouts(run)
+            loop(run)
+        finally:
+            close(run)
+        return finish(run, started)
 
 
-def _train(cfg: Config, model, tokenizer, task, splits, reward_cfg, started: float) -> dict:
+# --- setup: model, engine, objective, workers -------------------------------------------------------
+
+def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
     tr = cfg.trainer
-    run_dir = cfg.run_dir
-    resume_from = find_resume(cfg)
-    write_resolved(cfg, run_dir)
-
-    # --- model: frozen base on disk (workers load it too) + LoRA adapter -------------------
+    write_resolved(cfg, cfg.run_dir)
     base_dir = cfg.model.path
     if base_dir is None:  # the tiny default: put its initial weights where the workers can read them
-        base_dir = os.path.join(run_dir, "base_model")
+        base_dir = os.path.join(cfg.run_dir, "base_model")
         if not os.path.isdir(base_dir):
             model.save_pretrained(base_dir)
             tokenizer.save_pretrained(base_dir)
         model, tokenizer = load_model(dataclasses.replace(cfg.model, path=base_dir))
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    lora = cfg.model.lora.enabled
     family = model_family(model)
     model = apply_lora(model, cfg.model.lora, family)
-    train, test = splits["train"], splits["test"]
-    decoding = cfg.rollout_decoding()
-    group_size = cfg.rollout.group_size
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # several processes: each takes 1/world of the prompts
-    samples_per_rank = tr.prompts_per_step // world_size * group_size
-    micro_batches = math.ceil(samples_per_rank / tr.micro_batch_size)
-
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # several processes: each trains 1/world of the prompts
+    micro_batches = math.ceil(tr.prompts_per_step // world_size * cfg.rollout.group_size / tr.micro_batch_size)
     engine, optimizer = build_engine(
         model, deepspeed_config_path(tr.deepspeed, "trainer.deepspeed"), lr=tr.lr, weight_decay=tr.weight_decay,
         warmup_steps=tr.warmup_steps, grad_clip=tr.grad_clip, micro_batch_size=1, grad_accum=micro_batches,
         total_steps=tr.steps * tr.inner_steps, schedule="constant", optimizer_name=tr.optimizer)
-    raw_model = engine.module
     rank, world = rank_and_world()
-    if world > 1 and cfg.ray.enabled:
-        raise ConfigError("config key 'ray.enabled': with several trainer processes each rank samples with its own "
-                          "in-process rollout worker; set ray.enabled=false (Ray workers serve one trainer process)")
-    policy = make_policy(raw_model, tokenizer, cfg.model.shift_logits)
+    policy = make_policy(engine.module, tokenizer, cfg.model.shift_logits)
     objective = build_objective(tr.objective, ObjectiveSettings(
         clip_eps_low=tr.clip_eps_low, clip_eps_high=tr.clip_eps_high, kl_coef=tr.kl_coef,
-        merge_steps=tr.merge_steps, prompt_mask_prob=tr.prompt_mask_prob))
+        merge_steps=tr.merge_steps, prompt_mask_prob=tr.prompt_mask_prob, importance_cap=tr.importance_cap))
+    run = RLRun(cfg, task, splits["train"], splits["test"], tokenizer, engine, optimizer, policy, objective,
+                RewardRunner(reward_cfg), NoLogger(), PromptSchedule(len(splits["train"]), tr.prompts_per_step,
+                                                                     cfg.seed),
+                base_dir, micro_batches, rank, world)
+    if rank == 0 or not run.ray_serves_all_ranks:
+        run.group = RolloutGroup(
+            PolicySpec(path=base_dir, lora=peft_lora_config(cfg.model.lora, family) if run.lora else None,
+                       shift_logits=cfg.model.shift_logits, family=cfg.model.family,
+                       trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype),
+            cfg.rollout_decoding(), num_workers=cfg.ray.num_workers if cfg.ray.enabled else 1,
+            use_ray=cfg.ray.enabled, address=cfg.ray.address, threads=cfg.ray.threads_per_worker,
+            placement=cfg.ray.placement, connect_timeout_s=cfg.ray.connect_timeout_s)
+    mode = (f"async (max_staleness {cfg.rollout.async_.max_staleness})" if cfg.rollout.async_.enabled
+            else "synchronous")
+    print(f"train {task.name} with {tr.objective}: {count_parameters(engine.module) / 1e6:.2f} M parameters "
+          f"({count_parameters(engine.module, trainable_only=True) / 1e6:.3f} M trainable), "
+          f"{'Ray' if cfg.ray.enabled else 'in-process'} rollouts, {mode}, {world} trainer process(es), "
+          f"run dir {cfg.run_dir}")
+    return run
 
-    # --- resume -----------------------------------------------------------------------------
-    start_step, version, stream, trained_s = 0, 0, PromptStream(len(train), cfg.seed), 0.0
-    if resume_from is not None:
-        with open(os.path.join(resume_from, "trainer_state.json")) as fh:
+
+def find_resume(cfg: Config) -> str | None:
+    if cfg.trainer.resume == "none":
+        return None
+    if cfg.trainer.resume == "auto":
+        found = complete_checkpoints(cfg.run_dir)
+        return found[-1] if found else None
+    if not is_checkpoint(cfg.trainer.resume):
+        raise ConfigError(f"config key 'trainer.resume': '{cfg.trainer.resume}' is not a complete checkpoint "
+                          f"(no trainer_state.json)")
+    return cfg.trainer.resume
+
+
+# --- restore: the newest checkpoint's weights, optimizer, RNG and counters --------------------------
+
+def restore(run: RLRun, checkpoint: str | None) -> None:
+    if checkpoint is not None:
+        with open(os.path.join(checkpoint, "trainer_state.json")) as fh:
             state = json.load(fh)
-        engine.load_checkpoint(os.path.join(resume_from, "ds"), tag="state", load_module_strict=False,
-                               load_optimizer_states=True, load_lr_scheduler_states=True)
-        rng = torch.load(os.path.join(resume_from, "ds", f"rng_rank{rank}.pt"), weights_only=False)
+        run.engine.load_checkpoint(os.path.join(checkpoint, "ds"), tag="state", load_module_strict=False,
+                                   load_optimizer_states=True, load_lr_scheduler_states=True)
+        rng = torch.load(os.path.join(checkpoint, "ds", f"rng_rank{run.rank}.pt"), weights_only=False)
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
-        start_step, version = state["step"], state["policy_version"]
-        trained_s = state.get("trained_s", 0.0)  # max_seconds is a budget for the whole run
-        stream = PromptStream(len(train), cfg.seed, state["data_epoch"], state["data_cursor"])
-        if rank == 0:
-            truncate_metrics(run_dir, start_step)
-        print(f"resumed from {resume_from} at step {start_step}")
+        run.step, run.version = state["step"], state["policy_version"]
+        run.trained_s = state.get("trained_s", 0.0)  # max_seconds is a budget for the whole run
+        run.staleness.update({int(k): v for k, v in state.get("staleness", {}).items()})
+        run.groups.update(state.get("groups", {}))
+        run.resumed_from = checkpoint
+        if run.rank == 0:
+            truncate_metrics(run.cfg.run_dir, run.step)
+        print(f"resumed from {checkpoint} at step {run.step}")
+    if run.rank == 0:
+        cfg = run.cfg
+        run.logger = MetricsLogger(cfg.run_dir, cfg.logging.tensorboard, cfg.logging.wandb, cfg.name,
+                                   append=checkpoint is not None)
 
-    logger = (MetricsLogger(run_dir, cfg.logging.tensorboard, cfg.logging.wandb, cfg.name,
-                            append=resume_from is not None) if rank == 0 else NoLogger())
-    group = RolloutGroup(
-        PolicySpec(path=base_dir, lora=peft_lora_config(cfg.model.lora, family) if lora else None,
-                   shift_logits=cfg.model.shift_logits, family=cfg.model.family,
-                   trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype),
-        decoding, num_workers=cfg.ray.num_workers if cfg.ray.enabled else 1, use_ray=cfg.ray.enabled,
-        address=cfg.ray.address, threads=cfg.ray.threads_per_worker)
-    group.sync(trainer_weights(raw_model, zero_stage(engine)), version)
-    rewarder = RewardRunner(reward_cfg)
-    print(f"train {task.name} with {tr.objective}: {count_parameters(raw_model) / 1e6:.2f} M parameters "
-          f"({count_parameters(raw_model, trainable_only=True) / 1e6:.3f} M trainable), "
-          f"{'Ray' if cfg.ray.enabled else 'in-process'} rollouts, run dir {run_dir}")
 
-    def run_eval(step: int) -> dict:
-        with torch.no_grad():
-            result = evaluate(policy, tokenizer, task, test, cfg.eval_decoding(), cfg.eval.n, cfg.eval.batch_size,
-                              seed=cfg.seed, progress=cfg.logging.progress, chat_template=cfg.data.chat_template)
-        metrics = result.summary(f"eval/{task.name}")
-        logger.log(step, metrics)
-        tqdm.write(f"step {step}: eval {task.name} acc {result.accuracy:.3f}")
-        return metrics
+def truncate_metrics(run_dir: str, step: int) -> None:
+    """Drop metrics logged after `step` (by a run that died before its next checkpoint)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    with open(path) as fh:
+        kept = [line for line in fh if line.strip() and json.loads(line).get("step", 0) <= step]
+    with open(path, "w") as fh:
+        fh.writelines(kept)
 
-    def checkpoint(step: int, metrics: dict) -> str:
-        """Every rank writes its optimizer shard and RNG to a staging dir; rank 0 then builds the
-        checkpoint around it in a temp dir and renames it into place (trainer_state.json last)."""
-        staging = os.path.join(run_dir, "checkpoints", f".ds-{checkpoint_name(step)}")
-        engine.save_checkpoint(staging, tag="state", save_latest=False, exclude_frozen_parameters=lora)
-        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-                   os.path.join(staging, f"rng_rank{rank}.pt"))
-        barrier()
-        path = os.path.join(run_dir, "checkpoints", checkpoint_name(step))
-        if rank == 0:
-            path = save_checkpoint(run_dir, step, raw_model, tokenizer, {
-                "base_model": base_dir, "policy_version": version, "data_epoch": stream.epoch,
-                "data_cursor": stream.cursor, "metrics": metrics, "task": task.name, "objective": tr.objective,
-                "world_size": world, "trained_s": trained_s,
-            }, zero3=zero_stage(engine) == 3, extra=lambda tmp: shutil.move(staging, os.path.join(tmp, "ds")))
-            prune_checkpoints(run_dir, tr.keep_checkpoints)
-        barrier()
-        return path
 
-    # --- the RL loop ---------------------------------------------------------------------------
-    eval_metrics = run_eval(start_step) if start_step == 0 else {}
-    before = eval_metrics.get(f"eval/{task.name}/acc")
-    metrics: dict = {}
-    # training wall time (evals excluded), carried over a resume; the next timed eval is the next multiple
-    next_eval_s = tr.eval_every_s * (math.floor(trained_s / tr.eval_every_s) + 1) if tr.eval_every_s else 0.0
-    final_step = tr.steps
-    bar = tqdm(range(start_step + 1, tr.steps + 1), desc=f"rl {task.name}", disable=not cfg.logging.progress)
-    try:
-        for step in bar:
-            step_start = time.perf_counter()
-            timing = {}
-            # rollout
-            t0 = time.perf_counter()
-            rows = train.select(stream.take(tr.prompts_per_step)[rank::world])
-            prompts = [encode_prompt(tokenizer, p, cfg.data.chat_template) for p in rows["prompt"]]
-            trajectories = group.sample(prompts, group_size, seed=step_seed(cfg.seed, step, 0))
-            timing["rollout"] = time.perf_counter() - t0
+def start_rollouts(run: RLRun) -> None:
+    """Give the workers the trainer's weights, then start the batch source (sync or async)."""
+    weights = trainer_weights(run.engine.module, zero_stage(run.engine))  # a collective under ZeRO-3
+    if run.group is None:
+        return
+    run.group.sync(weights, run.version)
+    cfg = run.cfg
+    asynchronous = cfg.rollout.async_
+    tolerate = asynchronous.enabled  # stamped rollouts: a worker left behind makes stale ones, not wrong ones
 
-            # reward
-            t0 = time.perf_counter()
-            completions = [decode_completion(tokenizer, t.final_tokens, policy.ids.stop) for t in trajectories]
-            columns = {c: [v for v in rows[c] for _ in range(group_size)] for c in rows.column_names if c != "prompt"}
-            scored = rewarder([p for p in rows["prompt"] for _ in range(group_size)], completions,
-                              [t.final_tokens.tolist() for t in trajectories], **columns)
-            advantages = group_advantages(scored.total, group_size, tr.normalize_std, tr.leave_one_out)
-            timing["reward"] = time.perf_counter() - t0
+    def sample(step: int) -> Rollouts:
+        indices = run.schedule.indices(step)
+        if not run.ray_serves_all_ranks:
+            indices = indices[run.rank::run.world]  # each rank samples its own prompts
+        prompts = [encode_prompt(run.tokenizer, p, cfg.data.chat_template) for p in run.train[indices]["prompt"]]
+        start = run.clock()
+        trajectories = run.group.sample(prompts, cfg.rollout.group_size, seed=derive_seed(cfg.seed, step, ROLLOUT))
+        return Rollouts(step, indices, trajectories, (start, run.clock()))
 
-            # update
-            kept = [i for i in range(len(trajectories)) if advantages.keep[i]]
-            batch = RolloutBatch([trajectories[i] for i in kept], advantages.values[kept], decoding, policy.ids.stop)
-            update = _update(engine, optimizer, policy, objective, batch, micro_batches, tr.inner_steps,
-                             torch.Generator().manual_seed(step_seed(cfg.seed, step, 1)), lora, timing,
-                             world)
-            if update["updated"]:
-                t0 = time.perf_counter()
-                version += 1
-                group.sync(trainer_weights(raw_model, zero_stage(engine)), version)
-                timing["weight_sync"] = time.perf_counter() - t0
+    def sync(weights: dict, version: int) -> None:
+        run.group.sync(weights, version, tolerate_failures=tolerate)
 
-            # log
-            metrics = {**scored.metrics, **update["metrics"], **_rollout_metrics(trajectories, policy.ids.stop),
-                       "frac_reward_zero_std": advantages.frac_zero_std, "policy_version": version,
-                       "rollout/worker_restarts": float(group.restarts),
-                       "data/epoch": stream.epoch, "data/cursor": stream.cursor,
-                       "lr": optimizer.param_groups[0]["lr"],
-                       **{f"timing_s/{k}": v for k, v in timing.items()}}
-            metrics = combine_metrics(metrics, world)
-            metrics["perf/tokens_per_s"] = metrics["completions/total_tokens"] / max(sum(timing.values()), 1e-9)
-            if step % tr.log_every == 0 or step == tr.steps:
-                logger.log(step, metrics)
-            if rank == 0 and tr.save_rollouts_every and (step % tr.save_rollouts_every == 0 or step == 1):
-                os.makedirs(os.path.join(run_dir, "rollouts"), exist_ok=True)
-                save_jsonl(trajectories, os.path.join(run_dir, "rollouts", f"step_{step:06d}.jsonl"))
-            bar.set_postfix(reward=f"{metrics['reward']:.3f}", kept=len(kept))
-            trained_s += time.perf_counter() - step_start
-            if tr.max_seconds and trained_s >= tr.max_seconds:
-                final_step = step
-                break
-            timed_eval = tr.eval_every_s and trained_s >= next_eval_s
-            if (tr.eval_every and step % tr.eval_every == 0 and step != tr.steps) or timed_eval:
-                eval_metrics = run_eval(step)
-                logger.log(step, {"timing_s/trained": trained_s})
-                while tr.eval_every_s and next_eval_s <= trained_s:
-                    next_eval_s += tr.eval_every_s
-            if tr.checkpoint_every and step % tr.checkpoint_every == 0 and step != tr.steps:
-                checkpoint(step, eval_metrics)
-        bar.close()
-        if start_step < final_step:
-            eval_metrics = run_eval(final_step)
-            logger.log(final_step, {"timing_s/trained": trained_s})
-            checkpoint(final_step, eval_metrics)
-    finally:
-        rewarder.close()
-        group.shutdown()
-        logger.close()
-    after = eval_metrics.get(f"eval/{task.name}/acc")
-    summary = {"task": task.name, "steps": final_step, "policy_version": version, "trained_s": trained_s,
-               **eval_metrics}
+    if asynchronous.enabled:
+        run.source = AsyncRollouts(sample, sync, asynchronous.max_staleness, run.step + 1, cfg.trainer.steps,
+                                   run.clock)
+    else:
+        run.source = SyncRollouts(sample, sync)
+
+
+# --- the loop: rollout -> reward -> advantage -> update -> sync -> log -> eval -> save -----------------
+
+def loop(run: RLRun) -> None:
+    cfg, tr = run.cfg, run.cfg.trainer
+    first = run.step
+    if run.step == 0:
+        run.eval_metrics = run_eval(run)
+        run.before = run.eval_metrics.get(f"eval/{run.task.name}/acc")
+    # the next timed eval is the next multiple of eval_every_s of training time (carried over a resume)
+    next_eval_s = tr.eval_every_s * (math.floor(run.trained_s / tr.eval_every_s) + 1) if tr.eval_every_s else 0.0
+    bar = tqdm(range(run.step + 1, tr.steps + 1), desc=f"rl {run.task.name}", disable=not cfg.logging.progress)
+    for step in bar:
+        step_start = time.perf_counter()
+        metrics = rl_step(run, step)
+        run.step = step
+        if step % tr.log_every == 0 or step == tr.steps:
+            run.logger.log(step, metrics)
+        bar.set_postfix(reward=f"{metrics['reward']:.3f}", kept=int(metrics["train/samples"]))
+        run.trained_s += time.perf_counter() - step_start
+        if tr.max_seconds and run.trained_s >= tr.max_seconds:
+            break
+        if (tr.eval_every and step % tr.eval_every == 0 and step != tr.steps) or (
+                tr.eval_every_s and run.trained_s >= next_eval_s):
+            run.eval_metrics = run_eval(run)
+            run.logger.log(step, {"timing_s/trained": run.trained_s})
+            while tr.eval_every_s and next_eval_s <= run.trained_s:
+                next_eval_s += tr.eval_every_s
+        if tr.checkpoint_every and step % tr.checkpoint_every == 0 and step != tr.steps:
+            checkpoint(run)
+    bar.close()
+    if run.step > first:  # the final eval and checkpoint
+        run.eval_metrics = run_eval(run)
+        run.logger.log(run.step, {"timing_s/trained": run.trained_s})
+        checkpoint(run)
+
+
+def rl_step(run: RLRun, step: int) -> dict:
+    """One RL step; returns its metrics (combined over ranks)."""
+    cfg, tr, group_size = run.cfg, run.cfg.trainer, run.cfg.rollout.group_size
+    timing: dict[str, float] = {}
+    timeline = {"update_start": 0.0}  # wall-clock intervals for `dlmrl show`'s timeline picture
+
+    # rollout: this step's groups (sampled now, or earlier by the asynchronous producer)
+    t0 = time.perf_counter()
+    rollouts = next_rollouts(run, step)
+    timing["rollout_wait"] = time.perf_counter() - t0
+    timing["rollout"] = rollouts.sampled[1] - rollouts.sampled[0]
+    timeline.update(rollout_start=rollouts.sampled[0], rollout_end=rollouts.sampled[1])
+    if rollouts.synced is not None:
+        timeline.update(sync_start=rollouts.synced[0], sync_end=rollouts.synced[1])
+    rollouts, stale = drop_stale(run, rollouts)
+
+    # reward
+    t0 = time.perf_counter()
+    rows = run.train.select(rollouts.indices)
+    trajectories = rollouts.trajectories
+    completions = [decode_completion(run.tokenizer, t.final_tokens, run.policy.ids.stop) for t in trajectories]
+    columns = {c: [v for v in rows[c] for _ in range(group_size)] for c in rows.column_names if c != "prompt"}
+    scored = run.rewarder([p for p in rows["prompt"] for _ in range(group_size)], completions,
+                          [t.final_tokens.tolist() for t in trajectories], **columns)
+    advantages = group_advantages(scored.total, group_size, tr.normalize_std, tr.leave_one_out)
+    timing["reward"] = time.perf_counter() - t0
+
+    # update
+    timeline["update_start"] = run.clock()
+    kept = [i for i in range(len(trajectories)) if advantages.keep[i]]
+    batch = RolloutBatch([trajectories[i] for i in kept], advantages.values[kept], cfg.rollout_decoding(),
+                         run.policy.ids.stop, policy_version=run.version)
+    result = update(run.engine, run.optimizer, run.policy, run.objective, batch, run.micro_batches,
+                    tr.inner_steps, torch.Generator().manual_seed(derive_seed(cfg.seed, step, UPDATE)), run.lora,
+                    timing, run.world)
+    timeline["update_end"] = run.clock()
+
+    # sync: new weights to the workers (the asynchronous producer ships them itself, between batches)
+    if result.updated:
+        run.version += 1
+        weights = trainer_weights(run.engine.module, zero_stage(run.engine))  # a collective under ZeRO-3
+        if run.source is not None:
+            run.source.publish(weights, run.version, run.clock)
+            if not run.source.asynchronous:
+                timeline.update(sync_start=run.source.last_sync[0], sync_end=run.source.last_sync[1])
+                timing["weight_sync"] = run.source.last_sync[1] - run.source.last_sync[0]
+    if run.source is not None:
+        run.source.step_done(step)
+
+    # log
+    epoch, cursor = run.schedule.position(step)
+    restarts = run.group.restarts if run.group is not None else 0
+    metrics = {**scored.metrics, **result.metrics, **rollout_metrics(trajectories, run.policy.ids.stop), **stale,
+               "frac_reward_zero_std": advantages.frac_zero_std, "policy_version": run.version,
+               "rollout/worker_restarts": float(restarts), "data/epoch": epoch, "data/cursor": cursor,
+               "lr": run.optimizer.param_groups[0]["lr"], **{f"timing_s/{k}": v for k, v in timing.items()},
+               **{f"timeline/{k}": v for k, v in timeline.items()}}
+    if run.group is not None:
+        metrics.update({"rollout/sync_failures": float(run.group.sync_failures),
+                        "rollout/regenerated_samples": float(run.group.regenerated)})
+    metrics = combine_metrics(metrics, run.world)
+    metrics["perf/tokens_per_s"] = metrics["completions/total_tokens"] / max(run.clock() - timeline["update_start"]
+                                                                             + timing["rollout_wait"]
+                                                                             + timing["reward"], 1e-9)
+    if run.rank == 0 and tr.save_rollouts_every and (step % tr.save_rollouts_every == 0 or step == 1):
+        os.makedirs(os.path.join(cfg.run_dir, "rollouts"), exist_ok=True)
+        save_jsonl(trajectories, os.path.join(cfg.run_dir, "rollouts", f"step_{step:06d}.jsonl"))
+    return metrics
+
+
+def next_rollouts(run: RLRun, step: int) -> Rollouts:
+    """This rank's rollouts of `step`. With Ray serving several trainer ranks, rank 0 alone talks to
+    the workers and broadcasts the batch; every rank then takes its share, so all agree on it."""
+    if not run.ray_serves_all_ranks:
+        return run.source.get(step)
+    import torch.distributed as dist
+
+    box = [run.source.get(step) if run.rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0].share(run.rank, run.world)
+
+
+def drop_stale(run: RLRun, rollouts: Rollouts) -> tuple[Rollouts, dict[str, float]]:
+    """Drop every group with a trajectory more than `rollout.async.max_staleness` policy versions
+    behind the trainer (invariant 8); the rest are trained, stale ones importance-weighted."""
+    group_size = run.cfg.rollout.group_size
+    limit = run.cfg.rollout.async_.max_staleness if run.cfg.rollout.async_.enabled else 0
+    behind = [run.version - t.policy_version for t in rollouts.trajectories]
+    run.staleness.update(behind)
+    keep = [g for g in range(len(rollouts.indices))
+            if max(behind[g * group_size:(g + 1) * group_size]) <= limit]
+    dropped = len(rollouts.indices) - len(keep)
+    run.groups.update(sampled=len(rollouts.indices), dropped=dropped)
+    stats = {"async/staleness_mean": sum(behind) / max(len(behind), 1), "async/staleness_max": float(max(behind)),
+             "async/dropped_groups": float(dropped),
+             "async/dropped_fraction": run.groups["dropped"] / max(run.groups["sampled"], 1)}
+    if not dropped:
+        return rollouts, stats
+    kept = [t for g in keep for t in rollouts.trajectories[g * group_size:(g + 1) * group_size]]
+    return Rollouts(rollouts.step, [rollouts.indices[g] for g in keep], kept, rollouts.sampled,
+                    rollouts.synced), stats
+
+
+def run_eval(run: RLRun) -> dict:
+    cfg, task = run.cfg, run.task
+    with torch.no_grad():
+        result = evaluate(run.policy, run.tokenizer, task, run.test, cfg.eval_decoding(), cfg.eval.n,
+                          cfg.eval.batch_size, seed=cfg.seed, progress=cfg.logging.progress,
+                          chat_template=cfg.data.chat_template)
+    metrics = result.summary(f"eval/{task.name}")
+    run.logger.log(run.step, metrics)
+    tqdm.write(f"step {run.step}: eval {task.name} acc {result.accuracy:.3f}")
+    return metrics
+
+
+def checkpoint(run: RLRun) -> str:
+    """Every rank writes its optimizer shard and RNG to a staging dir; rank 0 then builds the
+    checkpoint around it in a temp dir and renames it into place (trainer_state.json last)."""
+    cfg, step = run.cfg, run.step
+    staging = os.path.join(cfg.run_dir, "checkpoints", f".ds-{checkpoint_name(step)}")
+    run.engine.save_checkpoint(staging, tag="state", save_latest=False, exclude_frozen_parameters=run.lora)
+    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+               os.path.join(staging, f"rng_rank{run.rank}.pt"))
+    barrier()
+    path = os.path.join(cfg.run_dir, "checkpoints", checkpoint_name(step))
+    if run.rank == 0:
+        epoch, cursor = run.schedule.position(step)
+        path = save_checkpoint(cfg.run_dir, step, run.engine.module, run.tokenizer, {
+            "base_model": run.base_dir, "policy_version": run.version, "data_epoch": epoch, "data_cursor": cursor,
+            "metrics": run.eval_metrics, "task": run.task.name, "objective": cfg.trainer.objective,
+            "world_size": run.world, "trained_s": run.trained_s, "staleness": dict(run.staleness),
+            "groups": dict(run.groups),
+        }, zero3=zero_stage(run.engine) == 3, extra=lambda tmp: shutil.move(staging, os.path.join(tmp, "ds")))
+        prune_checkpoints(cfg.run_dir, cfg.trainer.keep_checkpoints)
+    barrier()
+    return path
+
+
+# --- finish: final eval and checkpoint, summary table, pictures --------------------------------------
+
+def close(run: RLRun) -> None:
+    if run.source is not None:
+        run.source.close()
+    run.rewarder.close()
+    if run.group is not None:
+        run.group.shutdown()
+    run.logger.close()
+
+
+def finish(run: RLRun, started: float) -> dict:
+    cfg, task = run.cfg, run.task
+    after = run.eval_metrics.get(f"eval/{task.name}/acc")
+    summary = {"task": task.name, "steps": run.step, "policy_version": run.version, "trained_s": run.trained_s,
+               "staleness_histogram": {str(k): v for k, v in sorted(run.staleness.items())},
+               "dropped_fraction": run.groups["dropped"] / max(run.groups["sampled"], 1), **run.eval_metrics}
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    if before is not None and after is not None:
+    if run.before is not None and after is not None:
+        before = run.before
         summary.update(before=before, after=after, gain_pts=round(100 * (after - before), 1))
-        table = (f"| {task.name} held-out accuracy ({min(cfg.eval.n, len(test))} problems) | value |\n|---|---|\n"
-                 f"| before RL (start checkpoint) | {100 * before:.1f} % |\n"
-                 f"| after RL ({final_step} steps, {tr.objective}) | {100 * after:.1f} % |\n"
+        loop_kind = (f"async, max_staleness {cfg.rollout.async_.max_staleness}" if cfg.rollout.async_.enabled
+                     else "synchronous")
+        table = (f"| {task.name} held-out accuracy ({min(cfg.eval.n, len(run.test))} problems) | value |\n"
+                 f"|---|---|\n| before RL (start checkpoint) | {100 * before:.1f} % |\n"
+                 f"| after RL ({run.step} steps, {cfg.trainer.objective}, {loop_kind}) | {100 * after:.1f} % |\n"
                  f"| gain | {100 * (after - before):+.1f} pts |\n| wall time | {summary['seconds']:.0f} s |\n")
         print("\n" + table)
-        if rank == 0:
-            with open(os.path.join(run_dir, "summary.md"), "w") as fh:
+        if run.rank == 0:
+            with open(os.path.join(cfg.run_dir, "summary.md"), "w") as fh:
                 fh.write(table)
-    if rank == 0:
-        _draw(run_dir, tokenizer)
+    if run.rank == 0:
+        from reasoning.show import draw_run
+
+        draw_run(cfg.run_dir, run.tokenizer)
     return summary
-
-
-def _draw(run_dir: str, tokenizer) -> None:
-    """curves.png and pictures of the first and last saved rollouts (best effort: never fails a run)."""
-    import glob
-
-    from reasoning.show import plot_run, show_trajectories
-
-    try:
-        plot_run(run_dir)
-        saved = sorted(glob.glob(os.path.join(run_dir, "rollouts", "*.jsonl")))
-        for path in saved[:1] + saved[-1:] if len(saved) > 1 else saved:
-            show_trajectories(path, tokenizer)
-    except Exception as exc:  # noqa: BLE001 — a picture is not worth losing a finished run
-        print(f"could not draw pictures: {exc}")
-
-
-def _zero_loss(model: torch.nn.Module) -> torch.Tensor:
-    """A loss of exactly 0 that still touches every trainable parameter (keeps DeepSpeed's
-    gradient accumulation in step when a micro-batch is empty or its loss is skipped)."""
-    return sum((p.sum() * 0.0 for p in model.parameters() if p.requires_grad), torch.zeros(()))
-
-
-def _update(engine, optimizer, policy, objective, batch: RolloutBatch, micro_batches: int, inner_steps: int,
-            generator: torch.Generator, lora: bool, timing: dict, world: int = 1) -> dict:
-    """`inner_steps` optimizer steps over `batch`; each = `micro_batches` accumulated backward passes.
-
-    With several processes every rank makes the same number of backward/step calls (empty
-    micro-batches contribute a zero loss) and a skip is agreed by all ranks."""
-    totals: dict[str, float] = {}
-    if not any_rank(bool(batch.trajectories), world):  # every group had equal rewards: nothing to learn
-        return {"updated": False, "metrics": {"skipped_steps": 0.0}}
-    model = engine.module
-    t0 = time.perf_counter()
-    reference = model.disable_adapter() if lora and objective.s.kl_coef > 0 else None
-    # dropout off: replay must see the sampler's function. transformers only checkpoints activations
-    # in train mode, so with gradient checkpointing we stay in train mode (DLM configs have dropout 0).
-    if getattr(model, "is_gradient_checkpointing", False):
-        engine.train()
-    else:
-        engine.eval()
-    if batch.trajectories:
-        objective.prepare(policy, batch, generator, reference, inner_steps)
-    timing["logp"] = time.perf_counter() - t0
-    # one normalisation for every objective: the units of the whole update, over all ranks; DeepSpeed
-    # averages gradients over ranks, so each rank's loss is scaled by the world size to make it a sum
-    units = max(sum_over_ranks(objective.units(batch) if batch.trajectories else 0, world), 1)
-    chunks = [c.tolist() for c in np.array_split(np.arange(len(batch.trajectories)), micro_batches)]
-    t0 = time.perf_counter()
-    skipped, grad_norm, first_dev = 0, float("nan"), 0.0
-    for inner in range(inner_steps):
-        bad = False
-        for k, chunk in enumerate(chunks):
-            if chunk:
-                loss, stats = objective.loss(policy, batch, chunk, units / world, inner)
-                if not torch.isfinite(loss):
-                    bad, loss = True, _zero_loss(model)
-                for key, value in stats.items():
-                    totals[key] = totals.get(key, 0.0) + value
-                if inner == 0:
-                    first_dev = max(first_dev, stats["ratio_max_abs_dev"])
-                totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
-            else:
-                loss = _zero_loss(model)
-            engine.backward(loss, scale_wrt_gas=False)  # already normalised by the batch's units
-            if k == len(chunks) - 1:
-                bad = any_rank(bad or not _grads_finite(model), world)
-                if bad:  # skip: zero gradients and a zero learning rate leave the weights as they are
-                    for p in model.parameters():
-                        if p.grad is not None:
-                            p.grad.zero_()
-                    for group in optimizer.param_groups:
-                        group["lr"] = 0.0
-                    skipped += 1
-            norm = engine_step(engine)
-            if norm is not None:
-                grad_norm = norm
-    timing["update"] = time.perf_counter() - t0
-    n_units = max(totals.get("units", 0.0), 1.0)
-    metrics = {
-        "loss": totals.get("loss", 0.0) / inner_steps, "grad_norm": grad_norm, "skipped_steps": float(skipped),
-        "entropy": totals.get("entropy_sum", 0.0) / n_units, "ratio_mean": totals.get("ratio_sum", 0.0) / n_units,
-        "ratio/first_inner_max_dev": first_dev,
-        "clip_ratio/low_mean": totals.get("clip_low", 0.0) / n_units,
-        "clip_ratio/high_mean": totals.get("clip_high", 0.0) / n_units,
-        "clip_ratio/region_mean": (totals.get("clip_low", 0.0) + totals.get("clip_high", 0.0)) / n_units,
-        "train/samples": float(len(batch.trajectories)), "train/units": float(units),
-    }
-    if "kl_sum" in totals:
-        metrics["kl"] = totals["kl_sum"] / n_units
-    return {"updated": skipped < inner_steps, "metrics": metrics}
-
-
-def _grads_finite(model: torch.nn.Module) -> bool:
-    """Only checkable where gradients live on the parameters (ZeRO-0); ZeRO-2/3 partition them."""
-    return all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
-def _rollout_metrics(trajectories, stop: tuple[int, ...]) -> dict[str, float]:
-    lengths = [answer_length(torch.as_tensor(t.final_tokens), stop) for t in trajectories]
-    steps = [t.num_steps for t in trajectories]
-    commits = [int(t.commits.sum()) for t in trajectories]
-    n = max(len(trajectories), 1)
-    return {
-        "completions/mean_length": sum(lengths) / n,
-        "completions/total_tokens": float(sum(lengths)),
-        "diffusion/steps": sum(steps) / n,
-        "diffusion/forward_passes": sum(t.forward_passes for t in trajectories) / n,
-        "diffusion/tokens_per_step": sum(commits) / max(sum(steps), 1),
-        "diffusion/remasks": sum(t.num_remasks for t in trajectories) / n,
-    }

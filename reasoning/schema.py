@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import keyword
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -27,6 +28,16 @@ def suggest(name: str, valid: typing.Iterable[str]) -> str:
     if close:
         return f" (did you mean '{close[0]}'?)"
     return f" (valid keys: {', '.join(valid)})" if valid else ""
+
+
+def field_name(key: str) -> str:
+    """The dataclass field behind a YAML key: a Python keyword (`async`) is spelled `async_`."""
+    return f"{key}_" if keyword.iskeyword(key) else key
+
+
+def yaml_key(name: str) -> str:
+    """The YAML key of a dataclass field (inverse of `field_name`)."""
+    return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
 
 
 def _type_name(tp: Any) -> str:
@@ -99,13 +110,13 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"config block {where}: expected a mapping, got {data!r}")
     hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {yaml_key(f.name): f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
             raise ConfigError(f"unknown config key '{dotted}'{suggest(str(key), fields)}")
-        kwargs[key] = _coerce(value, hints[key], dotted)
+        kwargs[field_name(key)] = _coerce(value, hints[field_name(key)], dotted)
     try:
         obj = cls(**kwargs)
     except ConfigError:
@@ -123,21 +134,25 @@ def drop_unknown_keys(cls: type, data: Any, prefix: str = "") -> list[str]:
     if not isinstance(data, dict):
         return []
     hints = get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    fields = {yaml_key(f.name) for f in dataclasses.fields(cls) if f.init}
     dropped = []
     for key in list(data):
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
             dropped.append(dotted)
             del data[key]
-        elif dataclasses.is_dataclass(hints[key]):
-            dropped += drop_unknown_keys(hints[key], data[key], dotted)
+        elif dataclasses.is_dataclass(hints[field_name(key)]):
+            dropped += drop_unknown_keys(hints[field_name(key)], data[key], dotted)
     return dropped
 
 
 def to_dict(obj: Any) -> Any:
-    """Dataclass -> plain dict (for YAML)."""
-    return dataclasses.asdict(obj)
+    """Dataclass -> plain dict (for YAML), keys spelled as in YAML (`async`, not `async_`)."""
+    def rename(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {yaml_key(k) if isinstance(k, str) else k: rename(v) for k, v in value.items()}
+        return value
+    return rename(dataclasses.asdict(obj))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

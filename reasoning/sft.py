@@ -15,6 +15,7 @@ task's own scorer. Checkpoints are save_pretrained directories, written atomical
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from reasoning.checkpoint import save_checkpoint
+from reasoning.checkpoint import complete_checkpoints, save_checkpoint
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import SFTBatch, collate_sft, tokenize_sft
 from reasoning.engine import build_engine, engine_step, zero_stage
@@ -179,3 +180,15 @@ def _sft(cfg: Config, model, tokenizer, task, splits, train, micro: int) -> dict
     with open(os.path.join(run_dir, "sft_result.json"), "w") as fh:
         json.dump(final, fh, indent=2)
     return final
+
+
+def sft_warm_start(cfg: Config) -> Config:
+    """`trainer.sft_warm_start`: masked-diffusion SFT with the `sft` block first (reused when a
+    previous attempt finished it), then RL from that checkpoint."""
+    sft_cfg = dataclasses.replace(cfg, output_dir=cfg.run_dir, name="sft", overwrite=True)  # this run's own subdir
+    done = complete_checkpoints(sft_cfg.run_dir)
+    if not done or not os.path.isfile(os.path.join(sft_cfg.run_dir, "sft_result.json")):
+        print(f"SFT warm start: {cfg.sft.steps} steps into {sft_cfg.run_dir}")
+        run_sft(sft_cfg)
+        done = complete_checkpoints(sft_cfg.run_dir)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=done[-1]))

@@ -10,6 +10,7 @@ marked red. The title says the decoding (latent-thinking passes per step, forwar
 
 from __future__ import annotations
 
+import glob
 import html
 import json
 import os
@@ -161,3 +162,14 @@ def plot_run(run_dir: str) -> str:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def draw_run(run_dir: str, tokenizer) -> None:
+    """curves.png and pictures of the first and last saved rollouts (best effort: never fails a run)."""
+    try:
+        plot_run(run_dir)
+        saved = sorted(glob.glob(os.path.join(run_dir, "rollouts", "*.jsonl")))
+        for path in saved[:1] + saved[-1:] if len(saved) > 1 else saved:
+            show_trajectories(path, tokenizer)
+    except Exception as exc:  # noqa: BLE001 — a picture is not worth losing a finished run
+        print(f"could not draw pictures: {exc}")

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from rollouts.policy import DiffusionPolicy
+from rollouts.seeding import derive_seed
 from rollouts.selection import (CONFIDENCES, FAMILY_CONFIDENCE, confidence, gumbel_like, plackett_luce_terms,
                                 truncate)
 from rollouts.trajectory import Trajectory
@@ -136,7 +137,7 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 
 def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
     """The seed of one (prompt, sample) pair: independent streams, same wherever it runs."""
-    return int(np.random.SeedSequence([seed, prompt_index, sample_index]).generate_state(1)[0])
+    return derive_seed(seed, prompt_index, sample_index)
 
 
 def check_prompts(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfig) -> None:

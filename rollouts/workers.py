@@ -134,31 +134,49 @@ class RolloutWorker:
         return os.getpid()
 
 
-def connect_ray(address: str = "local", num_cpus: int | None = None) -> None:
-    """`local`: a fresh local Ray instance; `auto`: the running cluster; `ray://host:port`: a client."""
+def connect_ray(address: str = "local", num_cpus: int | None = None, timeout_s: float = 30.0) -> None:
+    """`local`: a fresh local Ray instance; `auto`: the running cluster; `ray://host:port`: a client.
+    An address with nothing behind it is a clear error within `timeout_s`, not a hang."""
     import ray
 
     if ray.is_initialized():
         return
     if address == "local":
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    elif address == "auto" or address.startswith("ray://"):
-        ray.init(address=address, log_to_driver=False)
-    else:
+        return
+    if not (address == "auto" or address.startswith("ray://")):
         raise ValueError(f"config key 'ray.address': expected local, auto or ray://host:port, got {address!r}")
+    if address.startswith("ray://"):
+        import socket
+
+        host, _, port = address[len("ray://"):].rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        except (OSError, ValueError) as exc:
+            raise ConnectionError(f"config key 'ray.address': no Ray client server answers at {address} "
+                                  f"({exc})") from None
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except ConnectionError as exc:
+        raise ConnectionError(f"config key 'ray.address': {address!r} found no running Ray cluster "
+                              f"(start one with `ray start --head`, or use address local): {exc}") from None
 
 
 class RolloutGroup:
     """`num_workers` rollout workers that sample together and follow the trainer's weights."""
 
     def __init__(self, spec: PolicySpec, decoding: DecodingConfig, num_workers: int = 2, use_ray: bool = True,
-                 address: str = "local", threads: int = 1, max_batch: int = 256, max_attempts: int = 3):
+                 address: str = "local", threads: int = 1, max_batch: int = 256, max_attempts: int = 3,
+                 placement: str = "spread", connect_timeout_s: float = 30.0):
         if num_workers < 1:
             raise ValueError(f"config key 'ray.num_workers' must be >= 1, got {num_workers}")
         self.use_ray = use_ray
         self.max_attempts = max_attempts
         self.version: int | None = None  # None until the first sync: workers keep their own init
+        self.worker_versions = [0] * num_workers  # what each worker holds (a failed sync leaves it behind)
         self.restarts = 0
+        self.regenerated = 0  # samples re-drawn because the worker holding them was lost
+        self.sync_failures = 0
         self.sync_bytes = 0
         self._weights = None  # the last synced state (an ObjectRef on Ray), re-sent after a restart
         args = (spec, decoding, threads, max_batch)
@@ -166,17 +184,35 @@ class RolloutGroup:
             self.workers = [RolloutWorker(*args) for _ in range(num_workers)]
             return
         import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        connect_ray(address, num_cpus=max(os.cpu_count() or 1, num_workers * threads))
-        actor = ray.remote(RolloutWorker).options(num_cpus=threads, max_restarts=-1, max_task_retries=0)
-        self.workers = [actor.remote(*args) for _ in range(num_workers)]
+        connect_ray(address, num_cpus=max(os.cpu_count() or 1, num_workers * threads), timeout_s=connect_timeout_s)
+        # one bundle per worker, over as many nodes as possible (spread) or as few (pack); a bundle on a
+        # lost node is re-placed by Ray on a live one, and the actor restarts there (max_restarts=-1)
+        self.placement_group = placement_group([{"CPU": threads}] * num_workers, strategy=placement.upper())
+        try:
+            ray.get(self.placement_group.ready(), timeout=max(connect_timeout_s, 60.0))
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(self.placement_group)
+            raise RuntimeError(f"config key 'ray.num_workers': the Ray cluster has no room for {num_workers} "
+                               f"workers of {threads} CPU(s) each (ray.threads_per_worker); "
+                               f"free CPUs: {ray.available_resources().get('CPU', 0)}") from None
+        self.workers = [
+            ray.remote(RolloutWorker).options(
+                num_cpus=threads, max_restarts=-1, max_task_retries=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, w)).remote(*args)
+            for w in range(num_workers)]
         ray.get([w.policy_version.remote() for w in self.workers])  # wait until every copy is built
 
     # --- public surface -------------------------------------------------------------------
 
-    def sync(self, state: dict[str, torch.Tensor], version: int) -> int:
+    def sync(self, state: dict[str, torch.Tensor], version: int, tolerate_failures: bool = False) -> int:
         """Ship new weights (LoRA-only for a peft policy) to every worker; returns bytes shipped.
-        A worker that dies meanwhile is restored with these weights (see `_on_all`)."""
+        A worker that dies meanwhile is restored with these weights (see `_on_all`). A worker that
+        refuses them (its load raises) fails the sync — or, with `tolerate_failures` (asynchronous
+        RL, where every rollout is stamped with the version that made it), stays on its old version
+        and is counted in `sync_failures`: its rollouts are then stale, never passed off as fresh."""
         if self.use_ray:
             import ray
 
@@ -184,9 +220,15 @@ class RolloutGroup:
         else:
             self._weights = state
         self.version = version  # what a restored worker must hold from now on
-        versions = self._on_all("load_weights", self._weights, version)
-        if any(v != version for v in versions):
-            raise RuntimeError(f"workers report versions {versions} after syncing version {version}")
+        for w, result in enumerate(self._on_all("load_weights", self._weights, version, catch=tolerate_failures)):
+            if isinstance(result, Exception):
+                self.sync_failures += 1
+                log.warning("worker %d could not load policy_version %d (%s); it stays on version %d", w, version,
+                            result, self.worker_versions[w])
+            elif result != version:
+                raise RuntimeError(f"worker {w} reports version {result} after syncing version {version}")
+            else:
+                self.worker_versions[w] = version
         self.sync_bytes = state_bytes(state)
         return self.sync_bytes
 
@@ -199,12 +241,22 @@ class RolloutGroup:
     def pids(self) -> list[int]:
         return self._on_all("pid")
 
-    def _on_all(self, method: str, *args) -> list:
+    def _on_all(self, method: str, *args, catch: bool = False) -> list:
         """`method` on every worker. A worker found dead (killed, OOM, node lost) is restored — Ray
-        restarts it, it gets the current weights again — and asked once more; counted in `restarts`."""
+        restarts it, it gets the current weights again — and asked once more; counted in `restarts`.
+        `catch`: an exception the method raises is returned in that worker's place, not raised."""
         if not self.use_ray:
-            return [getattr(w, method)(*args) for w in self.workers]
+            out = []
+            for worker in self.workers:
+                try:
+                    out.append(getattr(worker, method)(*args))
+                except Exception as err:  # noqa: BLE001 — handed to the caller, which decides
+                    if not catch:
+                        raise
+                    out.append(err)
+            return out
         import ray
+        from ray.exceptions import RayTaskError
 
         refs = [getattr(w, method).remote(*args) for w in self.workers]
         out = []
@@ -212,6 +264,11 @@ class RolloutGroup:
             for attempt in range(1, self.max_attempts + 1):
                 try:
                     out.append(ray.get(ref))
+                    break
+                except RayTaskError as err:
+                    if not catch:
+                        raise
+                    out.append(err.cause if isinstance(err.cause, Exception) else err)
                     break
                 except _dead_actor_errors() as err:
                     if attempt == self.max_attempts:
@@ -232,7 +289,7 @@ class RolloutGroup:
         if self.use_ray:
             results = self._sample_on_ray(shards)
         else:
-            results = [w.sample(shard, self.version) for w, shard in zip(self.workers, shards)]
+            results = [w.sample(shard, self._expected(i)) for i, (w, shard) in enumerate(zip(self.workers, shards))]
         out = [traj for shard in results for traj in shard]
         return sorted(out, key=lambda t: (t.prompt_index, t.sample_index))
 
@@ -240,8 +297,12 @@ class RolloutGroup:
         if self.use_ray:
             import ray
 
+            from ray.util.placement_group import remove_placement_group
+
             for worker in self.workers:
                 ray.kill(worker)
+            if self.workers:
+                remove_placement_group(self.placement_group)  # give its CPUs back to the cluster
         self.workers = []
 
     # --- fault handling -------------------------------------------------------------------
@@ -250,7 +311,7 @@ class RolloutGroup:
         import ray
         from ray.exceptions import RayTaskError
 
-        pending = {w: self.workers[w].sample.remote(shard, self.version)
+        pending = {w: self.workers[w].sample.remote(shard, self._expected(w))
                    for w, shard in enumerate(shards) if shard}
         results: dict[int, list[Trajectory]] = {w: [] for w in range(len(shards))}
         attempts = {w: 1 for w in pending}
@@ -271,9 +332,14 @@ class RolloutGroup:
                 raise RuntimeError(f"{reason}; gave up after {attempts[w]} attempts")
             log.warning("%s; restoring it and re-sampling its shard of %d", reason, len(shards[w]))
             self._restore(w)
+            self.regenerated += len(shards[w])
             attempts[w] += 1
-            pending[w] = self.workers[w].sample.remote(shards[w], self.version)
+            pending[w] = self.workers[w].sample.remote(shards[w], self._expected(w))
         return [results[w] for w in range(len(shards))]
+
+    def _expected(self, w: int) -> int | None:
+        """The version worker w must hold to sample (None before the first sync)."""
+        return None if self.version is None else self.worker_versions[w]
 
     def _restore(self, w: int, timeout_s: float = 300.0) -> None:
         """Wait for Ray to restart worker w, then give it the current weights again."""
@@ -286,6 +352,8 @@ class RolloutGroup:
                 call = (self.workers[w].load_weights.remote(self._weights, self.version)
                         if self._weights is not None else self.workers[w].policy_version.remote())
                 ray.get(call)
+                if self._weights is not None:
+                    self.worker_versions[w] = self.version
                 return
             except _dead_actor_errors():
                 if time.monotonic() > deadline:

@@ -12,7 +12,7 @@ import torch
 from reasoning.config import deepspeed_config_path
 from reasoning.engine import build_engine
 from reasoning.objectives import ObjectiveSettings, RolloutBatch, build_objective
-from reasoning.rl import _update
+from reasoning.update import update as _update
 from reasoning.advantages import group_advantages
 from rollouts import DecodingConfig, DiffusionPolicy, TokenIds, sample
 from transformers import LlamaConfig, LlamaForCausalLM

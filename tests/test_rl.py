@@ -100,11 +100,11 @@ def test_run_survives_a_worker_killed_during_the_weight_sync(tmp_path, monkeypat
 
     original, calls = RolloutGroup.sync, []
 
-    def sync_with_a_kill(self, state, version):
+    def sync_with_a_kill(self, state, version, **kwargs):
         calls.append(version)
         if len(calls) == 2:
             os.kill(self.pids()[0], signal.SIGKILL)
-        return original(self, state, version)
+        return original(self, state, version, **kwargs)
 
     monkeypatch.setattr(RolloutGroup, "sync", sync_with_a_kill)
     cfg = config(tmp_path, "ray.enabled=true", "ray.num_workers=2", "trainer.steps=3")
