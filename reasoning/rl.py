@@ -291,7 +291,7 @@ def loop(run: RLRun) -> None:
         run.step = step
         if step % tr.log_every == 0 or step == tr.steps:
             run.logger.log(step, metrics)
-        bar.set_postfix(reward=f"{metrics['reward']:.3f}", kept=int(metrics["train/samples"]))
+        bar.set_postfix(reward=f"{metrics.get('reward', float('nan')):.3f}", kept=int(metrics["train/samples"]))
         run.trained_s += time.perf_counter() - step_start
         if tr.max_seconds and run.trained_s >= tr.max_seconds:
             break

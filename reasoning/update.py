@@ -32,7 +32,7 @@ def update(engine, optimizer, policy, objective: Objective, batch: RolloutBatch,
     micro-batches contribute a zero loss) and a skip is agreed by all ranks."""
     totals: dict[str, float] = {}
     if not any_rank(bool(batch.trajectories), world):  # every group had equal rewards: nothing to learn
-        return UpdateResult(False, {"skipped_steps": 0.0})
+        return UpdateResult(False, {"skipped_steps": 0.0, "train/samples": 0.0})
     model = engine.module
     t0 = time.perf_counter()
     reference = model.disable_adapter() if lora and objective.s.kl_coef > 0 else None
