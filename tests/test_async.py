@@ -179,6 +179,10 @@ def test_a_run_survives_losing_the_node_of_a_ray_worker_and_resumes_exactly(tmp_
         calls.append(1)
         if len(calls) == 2:  # step 2's batch: take the second node (and the worker on it) away
             cluster.remove_node(doomed, allow_graceful=False)
+            deadline = time.monotonic() + 60
+            while any(n["Alive"] for n in ray.nodes() if n["NodeID"] == doomed.node_id):
+                assert time.monotonic() < deadline, "Ray never noticed the node was gone"
+                time.sleep(0.2)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(RolloutGroup, "sample", sample_losing_a_node)
