@@ -204,9 +204,12 @@ def _find_tokenizer(path: str):
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from reasoning.show import plot_run, show_trajectories
+    from reasoning.show import plot_run, plot_timeline, show_trajectories
 
     target = args.target
+    for other in args.compare:
+        if not os.path.isdir(other):
+            raise ConfigError(f"--compare '{other}' is not a run directory")
     if not os.path.exists(target):
         raise ConfigError(f"'{target}' does not exist (expected a run directory or a rollouts .jsonl file)")
     tokenizer = _find_tokenizer(target)
@@ -214,6 +217,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     try:
         if os.path.isdir(target):
             written.append(plot_run(target))
+            if args.compare or _has_timeline(target):
+                written.append(plot_timeline([target, *args.compare], args.out))
             rollouts = sorted(glob.glob(os.path.join(target, "rollouts", "*.jsonl")))
             for path in rollouts[:1] + rollouts[-1:] if len(rollouts) > 1 else rollouts:
                 written.extend(show_trajectories(path, tokenizer, args.index))
@@ -224,6 +229,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _has_timeline(run_dir: str) -> bool:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as fh:
+        return any("timeline/update_start" in line for line in fh)
 
 
 def _positive(text: str) -> int:
@@ -274,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = verbs.add_parser("show", help="pictures: a denoising trajectory, a run's curves")
     show.add_argument("target", help="a run directory or a rollouts .jsonl file")
     show.add_argument("--index", type=int, default=0, help="which trajectory of the file")
+    show.add_argument("--compare", nargs="+", default=[], metavar="RUN_DIR",
+                      help="more run directories drawn under the first in timeline.png (e.g. sync vs async)")
+    show.add_argument("--out", help="where timeline.png goes (default: the run directory)")
     show.set_defaults(func=cmd_show)
     return parser
 

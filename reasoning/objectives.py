@@ -131,6 +131,8 @@ class Objective:
         self.old: dict[int, list[torch.Tensor]] = {}
         self.ref: dict[int, list[torch.Tensor]] | None = None
         self.importance: dict[int, torch.Tensor] = {}  # stale sample -> per-unit importance weight (decoupled PPO)
+        self.recorded: dict[int, torch.Tensor] = {}  # stale sample -> its behaviour log-probs
+        self.pending_proximal: set[int] = set()  # stale samples whose π_prox comes from the next forward
 
     # --- what differs between objectives -------------------------------------------------
 
@@ -182,20 +184,28 @@ class Objective:
         """Decoupled PPO (AReaL, arXiv 2505.24298 Eq. 5) for stale samples: clip around the proximal
         policy π_prox (θ at the start of this update) and weight each unit by the detached
         w = π_prox/π_behav, π_behav being what the sampler recorded; units with w above the cap are
-        masked (AReaL's token mask). Fresh samples keep old = behaviour and w = 1."""
+        masked (AReaL's token mask). Fresh samples keep old = behaviour and w = 1. π_prox costs no
+        extra forward: where old is not already a replay at θ_prox, it is taken (detached) from the
+        first inner step's own forward, which runs at θ = θ_prox for every micro-batch."""
         stale = batch.stale()
+        self.recorded, self.pending_proximal = {}, set()
         if not stale:
             return
         recorded = self.recorded_log_probs(batch)
         if recorded is None or self.random_per_inner_step():
             raise ValueError(f"objective '{self.name}' cannot train stale samples: the rollout does not record "
                              f"its units' behaviour log-probs (use objective trajectory, or max_staleness 0)")
-        proximal = (self._no_grad(policy, batch, stale, 0, chunk) if old_is_behaviour
-                    else [self.old[0][i] for i in stale])
-        for i, prox in zip(stale, proximal):
-            self.old[0][i] = prox
-            weight = torch.exp(prox - recorded[i].to(prox.device))
-            self.importance[i] = torch.where(weight > self.s.importance_cap, torch.zeros_like(weight), weight)
+        self.recorded = {i: recorded[i] for i in stale}
+        if old_is_behaviour:
+            self.pending_proximal = set(stale)
+        else:
+            for i in stale:
+                self._weigh(i, self.old[0][i])
+
+    def _weigh(self, i: int, proximal: torch.Tensor) -> None:
+        self.old[0][i] = proximal
+        weight = torch.exp(proximal - self.recorded[i].to(proximal.device))
+        self.importance[i] = torch.where(weight > self.s.importance_cap, torch.zeros_like(weight), weight)
 
     def _slot(self, inner: int) -> int:
         return inner if self.random_per_inner_step() else 0
@@ -219,6 +229,10 @@ class Objective:
              inner: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         """This micro-batch's share of the PPO-clip loss: Σ over its units / `total_units` (global)."""
         new, entropy = self.unit_log_probs(policy, batch, indices, inner)
+        for i, lp in zip(indices, new):
+            if i in self.pending_proximal:  # first inner step: θ is still θ_prox
+                self._weigh(i, lp.detach())
+                self.pending_proximal.discard(i)
         logp = torch.cat(new)
         device = logp.device
         old_all = self.old[self._slot(inner)]

@@ -59,6 +59,10 @@ def check_rl_inputs(cfg: Config):
     reward_cfg = cfg.rewards if cfg.rewards.functions else dataclasses.replace(
         cfg.rewards, functions=[RewardSpec(name=task.reward)])
     check_rewards(reward_cfg, task, splits["train"])
+    if cfg.ray.enabled and cfg.ray.address != "local" and int(os.environ.get("RANK", "0")) == 0:
+        from rollouts.workers import connect_ray  # a cluster that is not there: a clear error now, not a hang
+
+        connect_ray(cfg.ray.address, timeout_s=cfg.ray.connect_timeout_s)
     return task, splits, reward_cfg
 
 

@@ -480,6 +480,8 @@ def finish(run: RLRun, started: float) -> dict:
             with open(os.path.join(cfg.run_dir, "summary.md"), "w") as fh:
                 fh.write(table)
     if run.rank == 0:
+        with open(os.path.join(cfg.run_dir, "summary.json"), "w") as fh:
+            json.dump(summary, fh, indent=1)
         from reasoning.show import draw_run
 
         draw_run(cfg.run_dir, run.tokenizer)

@@ -164,10 +164,57 @@ def plot_run(run_dir: str) -> str:
     return out
 
 
+TIMELINE_LANES = (("rollout", "tab:blue"), ("update", "tab:orange"), ("sync", "tab:green"))
+
+
+def plot_timeline(run_dirs: list[str], out: str | None = None, first_step: int = 2, steps: int = 8) -> str:
+    """timeline.png: when each step's rollout, update and weight sync ran (the `timeline/*`
+    metrics), one panel per run — synchronous runs show them in sequence, asynchronous ones the
+    rollout of step k+1 under the update of step k. Steps before `first_step` (warm-up) are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(run_dirs), 1, figsize=(10, 1.6 + 1.3 * len(run_dirs)), squeeze=False)
+    for ax, run_dir in zip(axes[:, 0], run_dirs):
+        with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+        rows = [r for r in rows if "timeline/update_start" in r and first_step <= r["step"] < first_step + steps]
+        if not rows:
+            raise ValueError(f"'{run_dir}' has no timeline/* metrics for steps {first_step}..{first_step + steps - 1}")
+        origin = min(min(r["timeline/rollout_start"], r["timeline/update_start"]) for r in rows)
+        end = max(r["timeline/update_end"] for r in rows) - origin
+        for lane, (name, colour) in enumerate(TIMELINE_LANES):
+            for r in rows:
+                if f"timeline/{name}_start" not in r:
+                    continue
+                start, stop = r[f"timeline/{name}_start"] - origin, r[f"timeline/{name}_end"] - origin
+                if stop < 0:
+                    continue
+                ax.broken_barh([(start, max(stop - start, end / 400))], (2 - lane - 0.35, 0.7), color=colour)
+                if name != "sync" and stop - start > end / 40:
+                    ax.text(start + (stop - start) / 2, 2 - lane, str(r["step"]), ha="center", va="center",
+                            fontsize=7, color="white")
+        ax.set_yticks([2, 1, 0], [n for n, _ in TIMELINE_LANES])
+        ax.set_xlim(0, end * 1.01)
+        rate = len(rows) / end if end > 0 else float("nan")
+        ax.set_title(f"{os.path.basename(os.path.normpath(run_dir))}: {rate:.2f} steps/s", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    out = out or os.path.join(run_dirs[0], "timeline.png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def draw_run(run_dir: str, tokenizer) -> None:
-    """curves.png and pictures of the first and last saved rollouts (best effort: never fails a run)."""
+    """curves.png, timeline.png and pictures of the first and last saved rollouts (best effort:
+    never fails a run)."""
     try:
         plot_run(run_dir)
+        plot_timeline([run_dir])
         saved = sorted(glob.glob(os.path.join(run_dir, "rollouts", "*.jsonl")))
         for path in saved[:1] + saved[-1:] if len(saved) > 1 else saved:
             show_trajectories(path, tokenizer)

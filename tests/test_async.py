@@ -90,14 +90,14 @@ def test_importance_weights_are_exp_of_proximal_minus_behaviour(tiny_model, tiny
     batch = RolloutBatch(stale, advantages, decoding, (tiny_tokenizer.eos_token_id,), policy_version=1)
     objective = build_objective("trajectory", ObjectiveSettings(importance_cap=5.0))
     objective.prepare(policy, batch, torch.Generator().manual_seed(0))
+    units = objective.units(batch)
+    loss, stats = objective.loss(policy, batch, [0, 1], units)  # π_prox is taken from this forward (θ = θ_prox)
     for i, delta in enumerate(deltas):
         expected = torch.exp(-delta)  # w = π_prox / π_behav = exp(ℓ − (ℓ + δ))
         expected[expected > 5.0] = 0.0
         assert torch.allclose(objective.importance[i], expected, atol=1e-3), (objective.importance[i], expected)
         assert (objective.importance[i] == 0).sum() == 1
     # the loss is the importance-weighted PPO surrogate; at θ = θ_prox the ratio is 1: −Σ w·A / units
-    units = objective.units(batch)
-    loss, stats = objective.loss(policy, batch, [0, 1], units)
     by_hand = -sum(float(objective.importance[i].sum()) * float(advantages[i]) for i in range(2)) / units
     assert float(loss) == pytest.approx(by_hand, abs=1e-4)
     assert stats["importance_masked"] == 2
@@ -145,7 +145,8 @@ def test_two_trainer_ranks_fed_by_one_ray_worker(tmp_path):
 
 @pytest.mark.parametrize("address", ["ray://127.0.0.1:1", "auto"])
 def test_a_ray_address_with_nothing_behind_it_is_a_clear_error_not_a_hang(tmp_path, address):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RAY_ADDRESS")
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
     env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
     (tmp_path / "rl.yaml").write_text("name: nowhere\n")
     started = time.monotonic()
