@@ -218,7 +218,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         if os.path.isdir(target):
             written.append(plot_run(target))
             if args.compare or _has_timeline(target):
-                written.append(plot_timeline([target, *args.compare], args.out))
+                written.append(plot_timeline([target, *args.compare], args.out, first_step=args.from_step))
             rollouts = sorted(glob.glob(os.path.join(target, "rollouts", "*.jsonl")))
             for path in rollouts[:1] + rollouts[-1:] if len(rollouts) > 1 else rollouts:
                 written.extend(show_trajectories(path, tokenizer, args.index))
@@ -290,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--compare", nargs="+", default=[], metavar="RUN_DIR",
                       help="more run directories drawn under the first in timeline.png (e.g. sync vs async)")
     show.add_argument("--out", help="where timeline.png goes (default: the run directory)")
+    show.add_argument("--from-step", type=int, default=5, help="timeline.png: the first of the 8 steps drawn")
     show.set_defaults(func=cmd_show)
     return parser
 

@@ -167,7 +167,7 @@ def plot_run(run_dir: str) -> str:
 TIMELINE_LANES = (("rollout", "tab:blue"), ("update", "tab:orange"), ("sync", "tab:green"))
 
 
-def plot_timeline(run_dirs: list[str], out: str | None = None, first_step: int = 2, steps: int = 8) -> str:
+def plot_timeline(run_dirs: list[str], out: str | None = None, first_step: int = 5, steps: int = 8) -> str:
     """timeline.png: when each step's rollout, update and weight sync ran (the `timeline/*`
     metrics), one panel per run — synchronous runs show them in sequence, asynchronous ones the
     rollout of step k+1 under the update of step k. Steps before `first_step` (warm-up) are left out."""
@@ -179,11 +179,13 @@ def plot_timeline(run_dirs: list[str], out: str | None = None, first_step: int =
     fig, axes = plt.subplots(len(run_dirs), 1, figsize=(10, 1.6 + 1.3 * len(run_dirs)), squeeze=False)
     for ax, run_dir in zip(axes[:, 0], run_dirs):
         with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
-        rows = [r for r in rows if "timeline/update_start" in r and first_step <= r["step"] < first_step + steps]
+            every = [json.loads(line) for line in fh if line.strip()]
+        rows = [r for r in every if "timeline/update_start" in r and first_step <= r["step"] < first_step + steps]
+        if not rows:  # a short run: its last steps
+            rows = [r for r in every if "timeline/update_start" in r][-steps:]
         if not rows:
             raise ValueError(f"'{run_dir}' has no timeline/* metrics for steps {first_step}..{first_step + steps - 1}")
-        origin = min(min(r["timeline/rollout_start"], r["timeline/update_start"]) for r in rows)
+        origin = min(r["timeline/update_start"] for r in rows)  # the first shown update; earlier bars are cut
         end = max(r["timeline/update_end"] for r in rows) - origin
         for lane, (name, colour) in enumerate(TIMELINE_LANES):
             for r in rows:
@@ -192,13 +194,15 @@ def plot_timeline(run_dirs: list[str], out: str | None = None, first_step: int =
                 start, stop = r[f"timeline/{name}_start"] - origin, r[f"timeline/{name}_end"] - origin
                 if stop < 0:
                     continue
+                start = max(start, 0.0)
                 ax.broken_barh([(start, max(stop - start, end / 400))], (2 - lane - 0.35, 0.7), color=colour)
                 if name != "sync" and stop - start > end / 40:
                     ax.text(start + (stop - start) / 2, 2 - lane, str(r["step"]), ha="center", va="center",
                             fontsize=7, color="white")
         ax.set_yticks([2, 1, 0], [n for n, _ in TIMELINE_LANES])
         ax.set_xlim(0, end * 1.01)
-        rate = len(rows) / end if end > 0 else float("nan")
+        rate = (len(rows) - 1) / (rows[-1]["timeline/update_end"] - rows[0]["timeline/update_end"]) \
+            if len(rows) > 1 else float("nan")
         ax.set_title(f"{os.path.basename(os.path.normpath(run_dir))}: {rate:.2f} steps/s", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel("seconds")

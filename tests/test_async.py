@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from test_rl import ROOT, TINY, adapter, config, train_steps
+from test_rl import ROOT, TINY, adapter, config, torchrun_train, train_steps
 
 from reasoning.objectives import ObjectiveSettings, RolloutBatch, build_objective
 from reasoning.rl import run_rl
@@ -118,23 +118,9 @@ def test_async_staleness_needs_an_objective_that_records_behaviour(tmp_path):
 def test_two_trainer_ranks_fed_by_one_ray_worker(tmp_path):
     """torchrun --nproc_per_node 2 + ray.enabled with one worker, async: rank 0 alone talks to Ray
     and broadcasts each batch; every rank trains its half."""
-    from reasoning.modeling import TinyModelConfig, build_char_tokenizer, build_tiny_model
-
-    base = tmp_path / "base"
-    tokenizer = build_char_tokenizer()
-    build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                                     max_positions=64), tokenizer).save_pretrained(base)
-    tokenizer.save_pretrained(base)
-    (tmp_path / "rl.yaml").write_text("name: mr\n")
-    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    env = {k: v for k, v in os.environ.items() if k not in launcher}
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    done = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "-m", "reasoning.cli", "train", str(tmp_path / "rl.yaml"), *TINY,
-         f"output_dir={tmp_path}", f"model.path={base}", "trainer.prompts_per_step=4", "trainer.steps=3",
-         "ray.enabled=true", "ray.num_workers=1", "rollout.async.enabled=true", "rollout.async.max_staleness=1"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    done = torchrun_train(tmp_path, "mr", "trainer.prompts_per_step=4", "trainer.steps=3", "ray.enabled=true",
+                          "ray.num_workers=1", "rollout.async.enabled=true", "rollout.async.max_staleness=1",
+                          timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     steps = train_steps(tmp_path / "mr")
     assert [m["step"] for m in steps] == [1, 2, 3]

@@ -198,8 +198,8 @@ def test_kill_and_resume_repeats_an_uninterrupted_run(tmp_path):
         assert torch.allclose(final_a[key], final_b[key], atol=1e-6)
 
 
-def test_two_trainer_processes_with_zero2(tmp_path):
-    """torchrun --nproc_per_node 2: prompts split over ranks, ZeRO-2, one checkpoint with both ranks' state."""
+def torchrun_train(tmp_path, name: str, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 -m reasoning.cli train` on a tiny base model saved under tmp_path."""
     from reasoning.modeling import TinyModelConfig, build_char_tokenizer, build_tiny_model
 
     base = tmp_path / "base"
@@ -207,16 +207,21 @@ def test_two_trainer_processes_with_zero2(tmp_path):
     build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                                      max_positions=64), tokenizer).save_pretrained(base)
     tokenizer.save_pretrained(base)
-    (tmp_path / "rl.yaml").write_text("name: mp\n")
+    (tmp_path / "rl.yaml").write_text(f"name: {name}\n")
     launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in launcher}
     env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    done = subprocess.run(
+    return subprocess.run(
         [torchrun, "--nproc_per_node", "2", "-m", "reasoning.cli", "train", str(tmp_path / "rl.yaml"), *TINY,
-         f"output_dir={tmp_path}", f"model.path={base}", "trainer.deepspeed=zero2", "trainer.prompts_per_step=4",
-         "trainer.checkpoint_every=1"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+         f"output_dir={tmp_path}", f"model.path={base}", *overrides],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_trainer_processes_with_zero2(tmp_path):
+    """torchrun --nproc_per_node 2: prompts split over ranks, ZeRO-2, one checkpoint with both ranks' state."""
+    done = torchrun_train(tmp_path, "mp", "trainer.deepspeed=zero2", "trainer.prompts_per_step=4",
+                          "trainer.checkpoint_every=1")
     assert done.returncode == 0, done.stderr[-3000:]
     steps = train_steps(tmp_path / "mp")
     assert [m["step"] for m in steps] == [1, 2]  # rank 0 logs, once per step

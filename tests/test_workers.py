@@ -151,7 +151,7 @@ def test_killed_worker_is_restarted_and_its_shard_resampled(ray_session, spec, t
         killer.start()
         got = group.sample(prompts(4), group_size=2, seed=9)
         killer.join()
-        assert group.restarts == 1
+        assert group.restarts == 1 and group.regenerated == 4  # its shard: 4 of the 8 samples, drawn again
         assert victim not in group.pids()  # a fresh process took its place
         assert group.versions() == [4, 4]  # ...holding the current adapter
         assert all(t.policy_version == 4 for t in got)
