@@ -131,7 +131,7 @@ class Objective:
         masked (AReaL's token mask). Fresh samples keep old = behaviour and w = 1. π_prox costs no
         extra forward: where old is not already a replay at θ_prox, it is taken (detached) from the
         first inner step's own forward, which runs at θ = θ_prox for every micro-batch."""
-        stale = batch.stale()
+        stale = self.off_policy(batch)
         self.recorded, self.pending_proximal = {}, set()
         if not stale:
             return
@@ -145,6 +145,10 @@ class Objective:
         else:
             for i in stale:
                 self._weigh(i, self.old[0][i])
+
+    def off_policy(self, batch: RolloutBatch) -> list[int]:
+        """Samples whose recorded log-probs are not θ_prox's: drawn by an older policy version."""
+        return batch.stale()
 
     def _weigh(self, i: int, proximal: torch.Tensor) -> None:
         self.old[0][i] = proximal
@@ -200,8 +204,10 @@ class Objective:
         stale = [self.importance[i] for i in indices if i in self.importance]
         if stale:
             stale_w = torch.cat(stale)
+            gap = torch.cat([(self.old[0][i] - self.recorded[i].to(device)).abs() for i in indices
+                             if i in self.importance])
             stats.update(stale_units=float(len(stale_w)), importance_weight_sum=float(stale_w.sum()),
-                         importance_masked=float((stale_w == 0).sum()))
+                         importance_masked=float((stale_w == 0).sum()), behaviour_gap_sum=float(gap.sum()))
         if self.ref is not None:
             ref = torch.cat([self.ref[self._slot(inner)][i] for i in indices]).to(device)
             kl = k3(ref, logp)

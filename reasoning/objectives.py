@@ -101,6 +101,12 @@ class TrajectoryObjective(Objective):
             out = out + picks
         return out
 
+    def off_policy(self, batch):
+        """Stale samples, and samples drawn through an approximate KV cache (decoding.cache): their
+        recorded log-probs are the cached forwards', while the replay attends to the full canvas."""
+        stale = set(batch.stale())
+        return [i for i, t in enumerate(batch.trajectories) if i in stale or t.cache != "none"]
+
     def recorded_log_probs(self, batch):
         return [self._combine(batch.decoding, torch.tensor(t.event_logp[t.commits]),
                               torch.tensor(t.event_selection_logp[t.commits])) for t in batch.trajectories]

@@ -94,6 +94,8 @@ def update(engine, optimizer, policy, objective: Objective, batch: RolloutBatch,
     if "stale_units" in totals:  # decoupled PPO on stale samples (rollout.async)
         metrics["async/importance_weight_mean"] = totals["importance_weight_sum"] / totals["stale_units"]
         metrics["async/importance_masked_frac"] = totals["importance_masked"] / totals["stale_units"]
+        # mean |log π_prox − log π_behav| over those units: staleness plus any KV-cache approximation
+        metrics["rollout/behaviour_replay_gap"] = totals["behaviour_gap_sum"] / totals["stale_units"]
     return UpdateResult(skipped < inner_steps, metrics)
 
 

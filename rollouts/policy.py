@@ -87,6 +87,13 @@ class DiffusionPolicy:
         accepted = _forward_parameters(model)
         self._takes_positions = "position_ids" in accepted
         self._takes_keep = "logits_to_keep" in accepted
+        # transformers 5 names the KV cache argument `cache` (older: `past_key_values`)
+        self._cache_argument = next((a for a in ("cache", "past_key_values") if a in accepted), None)
+
+    @property
+    def supports_kv_cache(self) -> bool:
+        """Whether the sampler's block caches (rollouts/kv_cache.py) can drive this model."""
+        return self._cache_argument is not None and self._takes_positions
 
     @property
     def context_length(self) -> int | None:
@@ -109,10 +116,25 @@ class DiffusionPolicy:
         if keep is not None and self._takes_keep:
             kwargs["logits_to_keep"] = keep + extra
         out = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs)
-        logits = out.logits
-        if self.shift_logits:
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        logits = self.shift_answer_logits(out.logits)
         return logits if keep is None else logits[:, -keep:]
+
+    def shift_answer_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Dream-style models: the logit for position i is the output at i-1 (the first keeps its own)."""
+        return torch.cat([logits[:, :1], logits[:, :-1]], dim=1) if self.shift_logits else logits
+
+    def cached_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                       keep: int, cache=None):
+        """(raw logits of the last `keep` fed tokens, KV cache): `attention_mask` covers the cached
+        positions first, then the fed ones. For the sampler's block caches (rollouts/kv_cache.py)."""
+        kwargs = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": True}
+        if cache is not None:
+            kwargs[self._cache_argument] = cache
+        if self._takes_keep:
+            kwargs["logits_to_keep"] = keep
+        out = self.model(input_ids=input_ids, **kwargs)
+        cache = getattr(out, "cache", None)
+        return out.logits[:, -keep:], cache if cache is not None else out.past_key_values
 
     def answer_log_probs(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
         """log softmax(logits / T) in float32 over every token but [MASK].
@@ -172,6 +194,10 @@ class BlockDiffusionPolicy(DiffusionPolicy):
     pass's answer logits as `self_conditioning_logits` (`latent_mix` is not used — the
     model learned its own mixing). Still a deterministic function of θ and the canvas.
     """
+
+    @property
+    def supports_kv_cache(self) -> bool:
+        return False  # it caches its prompt itself (encoder); the sampler's block caches do not apply
 
     def logits(self, *, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
                inputs_embeds: torch.Tensor | None = None, keep: int | None = None) -> torch.Tensor:

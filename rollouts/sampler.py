@@ -30,6 +30,7 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
+from rollouts.kv_cache import BlockCache
 from rollouts.policy import DiffusionPolicy
 from rollouts.seeding import derive_seed
 from rollouts.selection import (CONFIDENCES, FAMILY_CONFIDENCE, confidence, gumbel_like, plackett_luce_terms,
@@ -39,6 +40,7 @@ from rollouts.trajectory import Trajectory
 CommitRule = Literal["low_confidence", "random", "threshold"]
 ConfidenceMeasure = Literal["auto", "chosen_prob", "max_prob", "margin", "entropy"]
 RemaskRule = Literal["none", "running_confidence"]
+CacheMode = Literal["none", "prefix", "dual"]
 
 
 @dataclass
@@ -62,11 +64,14 @@ class DecodingConfig:
     remask_budget: int = 8  # at most this many re-masks per answer (bounds the revision loop)
     latent_steps: int = 0  # K latent-thinking passes per denoising step
     latent_mix: float = 0.5  # weight of the belief embedding vs the [MASK] embedding
+    # approximate block KV cache (rollouts/kv_cache.py): none (exact) | prefix | dual (needs blocks)
+    cache: CacheMode = "none"
 
     def __post_init__(self) -> None:
         if self.confidence == "prob":  # the name before chosen_prob existed
             self.confidence = "max_prob"
-        for name, rule in (("commit", CommitRule), ("confidence", ConfidenceMeasure), ("remask", RemaskRule)):
+        for name, rule in (("commit", CommitRule), ("confidence", ConfidenceMeasure), ("remask", RemaskRule),
+                           ("cache", CacheMode)):
             if getattr(self, name) not in get_args(rule):
                 raise ValueError(f"decoding setting '{name}': expected one of {', '.join(get_args(rule))}, "
                                  f"got {getattr(self, name)!r}")
@@ -81,6 +86,12 @@ class DecodingConfig:
             raise ValueError(f"decoding setting 'steps' ({self.total_steps}) must be at least the number of blocks "
                              f"(gen_length / block_length = {self.num_blocks}) and at most gen_length "
                              f"({self.gen_length})")
+        if self.cache == "dual" and self.num_blocks == 1:
+            raise ValueError("decoding setting 'cache': dual caches the blocks after the current one, so it needs "
+                             "semi-autoregressive blocks (set block_length below gen_length)")
+        if self.cache != "none" and self.latent_steps > 0:
+            raise ValueError("decoding setting 'cache': latent thinking re-predicts the whole canvas each pass; "
+                             "use cache none with latent_steps > 0")
         checks = {"temperature": self.temperature >= 0, "selection_temperature": self.selection_temperature >= 0,
                   "top_k": self.top_k >= 0, "top_p": 0 < self.top_p <= 1,
                   "threshold": 0 <= self.threshold <= 1, "remask_threshold": 0 <= self.remask_threshold <= 1,
@@ -201,12 +212,19 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
     offsets = torch.arange(width, device=device)
     stop = torch.tensor(ids.stop, device=device)  # EOS and end-of-turn: an answer holding one is done
 
+    cache = BlockCache(policy, cfg.cache, prompt_ids, prompt_mask, width) if cfg.cache != "none" else None
+    fed = torch.zeros(n, dtype=torch.long, device=device)  # canvas tokens computed per row
+
     while not done.all():
         rows = (~done).nonzero().squeeze(1)
-        logp = truncate(policy.step_log_probs(prompt_ids[rows], prompt_mask[rows], answer[rows], cfg.temperature,
-                                              cfg.latent_steps, cfg.latent_mix), cfg.top_k, cfg.top_p)
         positions = block[rows, None] * width + offsets  # (R, W) answer positions of the current block
-        logp = logp.gather(1, positions[..., None].expand(-1, -1, logp.shape[-1]))  # (R, W, V)
+        if cache is None:
+            logp = truncate(policy.step_log_probs(prompt_ids[rows], prompt_mask[rows], answer[rows], cfg.temperature,
+                                                  cfg.latent_steps, cfg.latent_mix), cfg.top_k, cfg.top_p)
+            logp = logp.gather(1, positions[..., None].expand(-1, -1, logp.shape[-1]))  # (R, W, V)
+            fed[rows] += (prompt_ids.shape[1] + length) * (1 + cfg.latent_steps)
+        else:
+            logp = _cached_block_log_probs(policy, cache, rows, answer, block, steps_in_block, cfg, fed)
         current = answer[rows].gather(1, positions)
         masked = current == ids.mask
         row_generators = [generators[r] for r in rows.tolist()]
@@ -260,7 +278,29 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
         done[finished] = has_eos | (block[finished] >= cfg.num_blocks)
 
     final = answer.masked_fill(answer == ids.mask, ids.eos).cpu().numpy()  # undecoded blocks after [EOS]
-    return [log[r].trajectory(prompts[r], cfg, ids.mask, final[r], is_pinned[r].cpu(), seeds[r]) for r in range(n)]
+    return [log[r].trajectory(prompts[r], cfg, ids.mask, final[r], is_pinned[r].cpu(), seeds[r], int(fed[r]))
+            for r in range(n)]
+
+
+def _cached_block_log_probs(policy: DiffusionPolicy, cache: BlockCache, rows: torch.Tensor, answer: torch.Tensor,
+                            block: torch.Tensor, steps_in_block: torch.Tensor, cfg: DecodingConfig,
+                            fed: torch.Tensor) -> torch.Tensor:
+    """(R, W, V) log-probs of the rows' current blocks through the block cache: rows are grouped by
+    block and by whether this is the block's first step (a full forward that refreshes the cache)."""
+    out = None
+    for b in block[rows].unique().tolist():
+        for fresh in (True, False):
+            pick = ((block[rows] == b) & ((steps_in_block[rows] == 0) == fresh)).nonzero().squeeze(1)
+            if len(pick) == 0:
+                continue
+            group = rows[pick]
+            logits, tokens = cache.block_logits(group, answer[group], b, fresh)
+            logp = truncate(policy.answer_log_probs(logits, cfg.temperature), cfg.top_k, cfg.top_p)
+            if out is None:
+                out = logp.new_empty((len(rows), *logp.shape[1:]))
+            out[pick] = logp
+            fed[group] += tokens
+    return out
 
 
 class _EventLog:
@@ -279,7 +319,7 @@ class _EventLog:
         self.selection.append(float(np.nansum(picks)))
 
     def trajectory(self, prompt: list[int], cfg: DecodingConfig, mask_id: int, final: np.ndarray,
-                   pinned: torch.Tensor, seed: int) -> Trajectory:
+                   pinned: torch.Tensor, seed: int, forward_tokens: int = 0) -> Trajectory:
         def cat(parts, dtype):
             return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
@@ -290,7 +330,7 @@ class _EventLog:
             event_token=cat(self.token, np.int64), event_logp=cat(self.logp, np.float32),
             event_selection_logp=cat(self.pick_logp, np.float32), selection_logp=np.asarray(self.selection, np.float32), final_tokens=final.astype(np.int64),
             forward_passes=len(self.selection) * (1 + cfg.latent_steps), pinned_position=where.astype(np.int32),
-            pinned_token=final[where].astype(np.int64), seed=seed,
+            pinned_token=final[where].astype(np.int64), seed=seed, cache=cfg.cache, forward_tokens=forward_tokens,
         )
 
 
