@@ -37,6 +37,7 @@ class BlockCache:
         self.prompt_ids, self.prompt_mask = prompt_ids, prompt_mask
         self.shift = 1 if policy.shift_logits else 0  # Dream: a position's logit sits one to the left
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (n, heads, N, d) per layer
+        self._kept: tuple[tuple, list] | None = None  # (rows, block) -> the kept keys/values, reused in a block
 
     def block_logits(self, rows: torch.Tensor, answer: torch.Tensor, block: int, fresh: bool) -> tuple[torch.Tensor, int]:
         """Logits (R, W, V) at the positions of block `block` for `rows` (all in that block), and the
@@ -50,13 +51,14 @@ class BlockCache:
         if fresh:
             logits, cache = self.policy.cached_forward(canvas, attention, positions, keep=length + self.shift)
             self._store(rows, cache)
+            self._kept = None
             logits = self.policy.shift_answer_logits(logits)[:, -length:]
             return logits[:, block * self.width:(block + 1) * self.width], canvas.shape[1]
         everything = torch.arange(canvas.shape[1], device=canvas.device)
         fed_end = start + self.width if self.mode == "dual" else canvas.shape[1]
         fed = everything[start - self.shift:fed_end]
         kept = everything[(everything < start - self.shift) | (everything >= fed_end)]
-        cache = self._cache(rows, kept)
+        cache = self._cache(rows, kept, block)
         logits, _ = self.policy.cached_forward(
             canvas[:, fed], torch.cat([attention[:, kept], attention[:, fed]], 1), positions[:, fed],
             keep=len(fed), cache=cache)
@@ -70,10 +72,16 @@ class BlockCache:
         for (keys, values), (k, v) in zip(self.layers, tensors):
             keys[rows], values[rows] = k, v
 
-    def _cache(self, rows: torch.Tensor, kept: torch.Tensor):
+    def _cache(self, rows: torch.Tensor, kept: torch.Tensor, block: int):
+        """A fresh DynamicCache over the kept positions' keys/values. They are gathered once per
+        block and row set and reused: the model appends the fed tokens' keys to a new tensor,
+        never to the gathered ones."""
         from transformers import DynamicCache
 
+        key = (block, tuple(rows.tolist()))
+        if self._kept is None or self._kept[0] != key:
+            self._kept = (key, [(k[rows][:, :, kept], v[rows][:, :, kept]) for k, v in self.layers])
         cache = DynamicCache()
-        for index, (keys, values) in enumerate(self.layers):
-            cache.update(keys[rows][:, :, kept], values[rows][:, :, kept], index)
+        for index, (keys, values) in enumerate(self._kept[1]):
+            cache.update(keys, values, index)
         return cache
