@@ -6,9 +6,9 @@ accuracy after the same training wall time.
 The start is `make run`'s own SFT warm start (configs/default.yaml's `sft` block: stopped at
 40 % held-out accuracy), trained once and reused. From it, per seed, three RL runs of `--budget`
 seconds of training time each (evaluations not counted), one after another, each with the whole
-machine:
-  sync_t2   configs/default.yaml as it was before async: synchronous, 2 torch threads
-  sync_t1   synchronous, 1 torch thread
+machine (`--set key=value ...` changes the config of all three, e.g. rollout.cache=none):
+  sync_t2   the same config, synchronous, 2 torch threads (how make run ran before async)
+  sync_t1   the same config, synchronous, 1 torch thread
   async     rollout.async.enabled, max_staleness 1: a rollout thread (1 torch thread) samples
             step k+1 while the trainer (1 torch thread) updates on step k
 Last output line, JSON: speedup (async steps/s over the best synchronous steps/s), speedup_vs
