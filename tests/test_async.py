@@ -42,6 +42,12 @@ def test_async_overlaps_and_keeps_within_the_staleness_bound(tmp_path):
     assert all(m["async/staleness_max"] <= 1 for m in steps)
     weighted = [m for m in steps if "async/importance_weight_mean" in m]
     assert weighted and all(0.5 < m["async/importance_weight_mean"] < 2 for m in weighted)
+    # the run drew its rollout / update / sync timeline; `dlmrl show --compare` draws two runs in one
+    assert os.path.isfile(os.path.join(cfg.run_dir, "timeline.png"))
+    from reasoning.cli import main
+
+    out = tmp_path / "both.png"
+    assert main(["show", cfg.run_dir, "--compare", cfg.run_dir, "--out", str(out)]) == 0 and out.stat().st_size > 0
 
 
 def test_a_worker_left_behind_makes_stale_groups_that_are_dropped_and_counted(tmp_path, monkeypatch):
