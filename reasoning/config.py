@@ -265,6 +265,9 @@ def load_config(path: str | None, overrides: list[str] = (), saved_by_run: bool 
     if isinstance(tree.get("rewards"), list):  # `rewards: [...]` is short for `rewards: {functions: [...]}`
         tree["rewards"] = {"functions": tree["rewards"]}
     if saved_by_run:
+        for block in (tree.get("rollout"), (tree.get("eval") or {}).get("decoding")):
+            if isinstance(block, dict) and block.get("top_k") == 0:
+                block["top_k"] = None  # runs before 2026-12 wrote 0 for "all tokens"
         dropped = drop_unknown_keys(Config, tree)
         if dropped:
             print(f"note: {path} was written by another dlmrl version; ignoring its keys "

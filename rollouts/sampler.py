@@ -51,7 +51,7 @@ class DecodingConfig:
     block_length: int | None = None  # semi-AR block size; None = gen_length (fully parallel)
     steps: int | None = None  # denoising steps over the whole answer, split over blocks; None = gen_length
     temperature: float = 0.0  # token choice; 0 = argmax
-    top_k: int = 0  # sample among the k most likely tokens only (0 = all)
+    top_k: int | None = None  # sample among the k most likely tokens only (null = all)
     top_p: float = 1.0  # ... and among the smallest set holding this much probability (1 = all)
     commit: CommitRule = "low_confidence"
     # how sure the model is at a position (rollouts.selection.confidence); auto = the model family's
@@ -93,7 +93,7 @@ class DecodingConfig:
             raise ValueError("decoding setting 'cache': latent thinking re-predicts the whole canvas each pass; "
                              "use cache none with latent_steps > 0")
         checks = {"temperature": self.temperature >= 0, "selection_temperature": self.selection_temperature >= 0,
-                  "top_k": self.top_k >= 0, "top_p": 0 < self.top_p <= 1,
+                  "top_k": self.top_k is None or self.top_k >= 1, "top_p": 0 < self.top_p <= 1,
                   "threshold": 0 <= self.threshold <= 1, "remask_threshold": 0 <= self.remask_threshold <= 1,
                   "remask_budget": self.remask_budget >= 0, "latent_steps": self.latent_steps >= 0,
                   "latent_mix": 0 <= self.latent_mix <= 1}

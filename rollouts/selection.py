@@ -52,14 +52,14 @@ def confidence(logp: torch.Tensor, measure: str, tokens: torch.Tensor | None = N
     raise ValueError(f"unknown confidence measure {measure!r} (expected {', '.join(CONFIDENCES)})")
 
 
-def truncate(logp: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def truncate(logp: torch.Tensor, top_k: int | None = None, top_p: float = 1.0) -> torch.Tensor:
     """log-probs (..., V) restricted to the `top_k` most likely tokens and then to the smallest set whose
     probability reaches `top_p` (the most likely token always stays), renormalised. Applied the same
     way in sampling and in replay, so a sampled token's log-prob stays finite and replay exact."""
-    if top_k <= 0 and top_p >= 1.0:
+    if not top_k and top_p >= 1.0:
         return logp
     keep = torch.ones_like(logp, dtype=torch.bool)
-    if top_k > 0 and top_k < logp.shape[-1]:
+    if top_k and top_k < logp.shape[-1]:
         kth = logp.topk(top_k, dim=-1).values[..., -1:]
         keep &= logp >= kth
     if top_p < 1.0:

@@ -47,6 +47,8 @@ CASES = [
     ("importance cap below 1", lambda t: ["train", *FAST, "trainer.importance_cap=0.5"], "trainer.importance_cap"),
     ("unknown placement", lambda t: ["train", *FAST, "ray.placement=diagonal"], "ray.placement"),
     ("dual cache without blocks", lambda t: ["train", *FAST, "rollout.cache=dual"], "rollout.cache"),
+    ("top_k 0", lambda t: ["train", *FAST, "rollout.top_k=0"], "top_k"),
+    ("top_p above 1", lambda t: ["train", *FAST, "rollout.top_p=1.5"], "top_p"),
     ("cache with latent thinking", lambda t: ["train", *FAST, "rollout.cache=prefix", "rollout.latent_steps=1"],
      "rollout.cache"),
     ("sft lr 0", lambda t: ["sft", *FAST, "sft.lr=0"], "sft.lr"),
