@@ -18,6 +18,7 @@ this module, decides what is too stale to train (reasoning/rl.py `drop_stale`).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
@@ -59,7 +60,6 @@ class Rollouts:
     """One step's sampled groups: the train-split indices of its prompts, and G trajectories per
     prompt ordered (prompt 0: samples 0..G-1, prompt 1: ...)."""
 
-    step: int
     indices: list[int]
     trajectories: list[Trajectory]
     sampled: tuple[float, float]  # (start, end) of the sampling, seconds on the run's clock
@@ -69,26 +69,25 @@ class Rollouts:
         """The groups rank `rank` of `world` trains: every world-th prompt."""
         if world == 1:
             return self
-        return Rollouts(self.step, self.indices[rank::world],
-                        [t for t in self.trajectories if t.prompt_index % world == rank], self.sampled, self.synced)
+        return dataclasses.replace(self, indices=self.indices[rank::world],
+                                   trajectories=[t for t in self.trajectories if t.prompt_index % world == rank])
 
 
 class SyncRollouts:
     """Sample when asked; sync weights when published (the trainer waits for both)."""
 
-    asynchronous = False
-
-    def __init__(self, sample: Callable[[int], Rollouts], sync: Callable[[dict, int], object]):
-        self._sample, self._sync = sample, sync
-        self.last_sync: tuple[float, float] | None = None
+    def __init__(self, sample: Callable[[int], Rollouts], sync: Callable[[dict, int], object],
+                 clock: Callable[[], float]):
+        self._sample, self._sync, self._clock = sample, sync, clock
 
     def get(self, step: int) -> Rollouts:
         return self._sample(step)
 
-    def publish(self, weights: dict, version: int, clock: Callable[[], float]) -> None:
-        start = clock()
+    def publish(self, weights: dict, version: int) -> tuple[float, float]:
+        """Ship the weights now; returns the (start, end) of the sync the trainer waited for."""
+        start = self._clock()
         self._sync(weights, version)
-        self.last_sync = (start, clock())
+        return start, self._clock()
 
     def step_done(self, step: int) -> None:
         pass
@@ -101,8 +100,6 @@ class AsyncRollouts:
     """A producer thread samples batches first_step … last_step in order, at most
     `max_staleness` steps ahead of the trainer, syncing the newest published weights before each."""
 
-    asynchronous = True
-
     def __init__(self, sample: Callable[[int], Rollouts], sync: Callable[[dict, int], object],
                  max_staleness: int, first_step: int, last_step: int, clock: Callable[[], float]):
         self._sample, self._sync, self._clock = sample, sync, clock
@@ -113,7 +110,6 @@ class AsyncRollouts:
         self._ready: dict[int, Rollouts] = {}
         self._error: BaseException | None = None
         self._stop = False
-        self.last_sync = None
         self._thread = threading.Thread(target=self._produce, args=(first_step, last_step),
                                         name="dlmrl-rollouts", daemon=True)
         self._thread.start()
@@ -148,8 +144,9 @@ class AsyncRollouts:
                 raise RuntimeError(f"the rollout producer failed before step {step}") from self._error
             return self._ready.pop(step)
 
-    def publish(self, weights: dict, version: int, clock: Callable[[], float]) -> None:
-        """Hand new weights to the producer; it ships them before its next batch (never waits)."""
+    def publish(self, weights: dict, version: int) -> None:
+        """Hand new weights to the producer; it ships them before its next batch, so the trainer
+        never waits for a sync (its interval is recorded in that batch's `synced`)."""
         with self._cond:
             self._pending = (weights, version)
 

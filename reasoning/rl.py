@@ -103,6 +103,10 @@ class RLRun:
     staleness: Counter = field(default_factory=Counter)  # policy versions behind -> trajectories
     groups: Counter = field(default_factory=Counter)  # "sampled" / "dropped" groups
     origin: float = field(default_factory=time.perf_counter)
+    decoding: object = field(init=False)  # the rollout block's DecodingConfig, built once
+
+    def __post_init__(self) -> None:
+        self.decoding = self.cfg.rollout_decoding()
 
     def clock(self) -> float:
         """Seconds since the loop's start (the timeline of rollout / update / sync)."""
@@ -184,7 +188,7 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
             PolicySpec(path=base_dir, lora=peft_lora_config(cfg.model.lora, family) if run.lora else None,
                        shift_logits=cfg.model.shift_logits, family=cfg.model.family,
                        trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype),
-            cfg.rollout_decoding(), num_workers=cfg.ray.num_workers if cfg.ray.enabled else 1,
+            run.decoding, num_workers=cfg.ray.num_workers if cfg.ray.enabled else 1,
             use_ray=cfg.ray.enabled, address=cfg.ray.address, threads=cfg.ray.threads_per_worker,
             placement=cfg.ray.placement, connect_timeout_s=cfg.ray.connect_timeout_s)
     mode = (f"async (max_staleness {cfg.rollout.async_.max_staleness})" if cfg.rollout.async_.enabled
@@ -262,7 +266,7 @@ def start_rollouts(run: RLRun) -> None:
         prompts = [encode_prompt(run.tokenizer, p, cfg.data.chat_template) for p in run.train[indices]["prompt"]]
         start = run.clock()
         trajectories = run.group.sample(prompts, cfg.rollout.group_size, seed=derive_seed(cfg.seed, step, ROLLOUT))
-        return Rollouts(step, indices, trajectories, (start, run.clock()))
+        return Rollouts(indices, trajectories, (start, run.clock()))
 
     def sync(weights: dict, version: int) -> None:
         run.group.sync(weights, version, tolerate_failures=tolerate)
@@ -271,7 +275,7 @@ def start_rollouts(run: RLRun) -> None:
         run.source = AsyncRollouts(sample, sync, asynchronous.max_staleness, run.step + 1, cfg.trainer.steps,
                                    run.clock)
     else:
-        run.source = SyncRollouts(sample, sync)
+        run.source = SyncRollouts(sample, sync, run.clock)
 
 
 # --- the loop: rollout -> reward -> advantage -> update -> sync -> log -> eval -> save -----------------
@@ -341,7 +345,7 @@ def rl_step(run: RLRun, step: int) -> dict:
     # update
     timeline["update_start"] = run.clock()
     kept = [i for i in range(len(trajectories)) if advantages.keep[i]]
-    batch = RolloutBatch([trajectories[i] for i in kept], advantages.values[kept], cfg.rollout_decoding(),
+    batch = RolloutBatch([trajectories[i] for i in kept], advantages.values[kept], run.decoding,
                          run.policy.ids.stop, policy_version=run.version)
     result = update(run.engine, run.optimizer, run.policy, run.objective, batch, run.micro_batches,
                     tr.inner_steps, torch.Generator().manual_seed(derive_seed(cfg.seed, step, UPDATE)), run.lora,
@@ -352,11 +356,10 @@ def rl_step(run: RLRun, step: int) -> dict:
     if result.updated:
         run.version += 1
         weights = trainer_weights(run.engine.module, zero_stage(run.engine))  # a collective under ZeRO-3
-        if run.source is not None:
-            run.source.publish(weights, run.version, run.clock)
-            if not run.source.asynchronous:
-                timeline.update(sync_start=run.source.last_sync[0], sync_end=run.source.last_sync[1])
-                timing["weight_sync"] = run.source.last_sync[1] - run.source.last_sync[0]
+        synced = run.source.publish(weights, run.version) if run.source is not None else None
+        if synced is not None:  # the synchronous source ships them now, while the trainer waits
+            timeline.update(sync_start=synced[0], sync_end=synced[1])
+            timing["weight_sync"] = synced[1] - synced[0]
     if run.source is not None:
         run.source.step_done(step)
 
@@ -408,8 +411,7 @@ def drop_stale(run: RLRun, rollouts: Rollouts) -> tuple[Rollouts, dict[str, floa
     if not dropped:
         return rollouts, stats
     kept = [t for g in keep for t in rollouts.trajectories[g * group_size:(g + 1) * group_size]]
-    return Rollouts(rollouts.step, [rollouts.indices[g] for g in keep], kept, rollouts.sampled,
-                    rollouts.synced), stats
+    return dataclasses.replace(rollouts, indices=[rollouts.indices[g] for g in keep], trajectories=kept), stats
 
 
 def run_eval(run: RLRun) -> dict:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import torch
 
-CACHE_MODES = ("none", "prefix", "dual")
-
 
 class BlockCache:
     """Per-row keys/values of the canvas as encoded at the start of the row's current block."""
