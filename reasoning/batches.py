@@ -12,6 +12,12 @@ The trainer loop is the same for both (reasoning/rl.py): `get(step)` the step's 
                 never waits for an update (it is done by the producer, between two batches).
                 With max_staleness 0 it waits for every update: the synchronous run, exactly.
 
+A batch is a list of sample jobs (rollouts/workers.py), each with its own seed, so who samples a
+job does not change its draws. With in-process rollouts the producer works through a batch in
+chunks, and a trainer that has finished its update and is waiting for that batch may claim the
+chunks nobody has started and sample them itself, with its own newer weights
+(`rollout.async.trainer_samples`): on a machine whose cores are shared by the two, neither idles.
+
 Every trajectory carries the `policy_version` of the worker that sampled it; the trainer, not
 this module, decides what is too stale to train (reasoning/rl.py `drop_stale`).
 """
@@ -21,11 +27,12 @@ from __future__ import annotations
 import dataclasses
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from rollouts import Trajectory
+from rollouts.workers import SampleJob
 from rollouts.seeding import DATA, derive_seed
 
 
@@ -64,6 +71,7 @@ class Rollouts:
     trajectories: list[Trajectory]
     sampled: tuple[float, float]  # (start, end) of the sampling, seconds on the run's clock
     synced: tuple[float, float] | None = None  # the weight sync the producer did just before (async)
+    trainer_sampled: int = 0  # trajectories the waiting trainer sampled itself (async, trainer_samples)
 
     def share(self, rank: int, world: int) -> "Rollouts":
         """The groups rank `rank` of `world` trains: every world-th prompt."""
@@ -73,15 +81,24 @@ class Rollouts:
                                    trajectories=[t for t in self.trajectories if t.prompt_index % world == rank])
 
 
+Plan = Callable[[int], tuple[list[int], list[SampleJob]]]  # step -> (prompt indices, sample jobs)
+Run = Callable[[list[SampleJob]], list[Trajectory]]  # jobs -> their trajectories
+
+
+def in_order(parts: Sequence[list[Trajectory]]) -> list[Trajectory]:
+    return sorted((t for part in parts for t in part), key=lambda t: (t.prompt_index, t.sample_index))
+
+
 class SyncRollouts:
     """Sample when asked; sync weights when published (the trainer waits for both)."""
 
-    def __init__(self, sample: Callable[[int], Rollouts], sync: Callable[[dict, int], object],
-                 clock: Callable[[], float]):
-        self._sample, self._sync, self._clock = sample, sync, clock
+    def __init__(self, plan: Plan, run: Run, sync: Callable[[dict, int], object], clock: Callable[[], float]):
+        self._plan, self._run, self._sync, self._clock = plan, run, sync, clock
 
     def get(self, step: int) -> Rollouts:
-        return self._sample(step)
+        indices, jobs = self._plan(step)
+        start = self._clock()
+        return Rollouts(indices, in_order([self._run(jobs)]), (start, self._clock()))
 
     def publish(self, weights: dict, version: int) -> tuple[float, float]:
         """Ship the weights now; returns the (start, end) of the sync the trainer waited for."""
@@ -96,17 +113,43 @@ class SyncRollouts:
         pass
 
 
+@dataclass
+class _Batch:
+    """The batch the producer is working through: its chunks, who has claimed them, results."""
+
+    step: int
+    chunks: list[list[SampleJob]]
+    results: list[list[Trajectory] | None]
+    claimed: int = 0  # chunks 0 .. claimed-1 are taken
+    trainer_sampled: int = 0
+
+    def complete(self) -> bool:
+        return all(r is not None for r in self.results)
+
+
+def split(jobs: list[SampleJob], chunks: int) -> list[list[SampleJob]]:
+    """`jobs` in `chunks` contiguous, near-equal parts (whole groups stay together when G divides)."""
+    chunks = max(1, min(chunks, len(jobs)))
+    bounds = [round(i * len(jobs) / chunks) for i in range(chunks + 1)]
+    return [jobs[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+
+
 class AsyncRollouts:
     """A producer thread samples batches first_step … last_step in order, at most
-    `max_staleness` steps ahead of the trainer, syncing the newest published weights before each."""
+    `max_staleness` steps ahead of the trainer, syncing the newest published weights before each.
+    With `trainer_run` (in-process rollouts), a batch is worked through in `chunks` parts and the
+    trainer, while it waits for a batch, samples unclaimed parts with `trainer_run`."""
 
-    def __init__(self, sample: Callable[[int], Rollouts], sync: Callable[[dict, int], object],
-                 max_staleness: int, first_step: int, last_step: int, clock: Callable[[], float]):
-        self._sample, self._sync, self._clock = sample, sync, clock
+    def __init__(self, plan: Plan, run: Run, sync: Callable[[dict, int], object], max_staleness: int,
+                 first_step: int, last_step: int, clock: Callable[[], float], trainer_run: Run | None = None,
+                 chunks: int = 1):
+        self._plan, self._run, self._sync, self._clock = plan, run, sync, clock
+        self._trainer_run, self._chunks = trainer_run, chunks if trainer_run else 1
         self.max_staleness = max_staleness
         self._cond = threading.Condition()
         self._done = first_step - 1  # the last step the trainer finished
         self._pending: tuple[dict, int] | None = None  # weights published, not yet shipped
+        self._batch: _Batch | None = None  # in progress
         self._ready: dict[int, Rollouts] = {}
         self._error: BaseException | None = None
         self._stop = False
@@ -127,17 +170,52 @@ class AsyncRollouts:
                     start = self._clock()
                     self._sync(*pending)
                     synced = (start, self._clock())
-                rollouts = self._sample(step)
-                rollouts.synced = synced
+                indices, jobs = self._plan(step)
+                start = self._clock()
+                chunks = split(jobs, self._chunks)
+                batch = _Batch(step, chunks, [None] * len(chunks))
                 with self._cond:
-                    self._ready[step] = rollouts
+                    self._batch = batch
+                    self._cond.notify_all()
+                while (part := self._claim(batch)) is not None:
+                    self._deliver(batch, part, self._run(chunks[part]))
+                with self._cond:  # the trainer may still be sampling a part
+                    self._cond.wait_for(lambda: self._stop or batch.complete())
+                    if self._stop:
+                        return
+                    self._batch = None
+                    self._ready[step] = Rollouts(indices, in_order(batch.results), (start, self._clock()), synced,
+                                                 batch.trainer_sampled)
                     self._cond.notify_all()
         except BaseException as err:  # noqa: BLE001 — handed to the trainer thread by `get`
             with self._cond:
                 self._error = err
                 self._cond.notify_all()
 
+    def _claim(self, batch: _Batch) -> int | None:
+        with self._cond:
+            if batch.claimed == len(batch.chunks):
+                return None
+            batch.claimed += 1
+            return batch.claimed - 1
+
+    def _deliver(self, batch: _Batch, part: int, trajectories: list[Trajectory], by_trainer: bool = False) -> None:
+        with self._cond:
+            batch.results[part] = trajectories
+            batch.trainer_sampled += len(trajectories) if by_trainer else 0
+            self._cond.notify_all()
+
+    def _batch_for(self, step: int) -> _Batch | None:
+        """The producer's batch `step` once it has started it; None if it is done or failed."""
+        with self._cond:
+            self._cond.wait_for(lambda: (self._batch is not None and self._batch.step == step)
+                                or step in self._ready or self._error is not None or self._stop)
+            return self._batch if self._batch is not None and self._batch.step == step else None
+
     def get(self, step: int) -> Rollouts:
+        if self._trainer_run is not None and (batch := self._batch_for(step)) is not None:
+            while (part := self._claim(batch)) is not None:  # help instead of waiting
+                self._deliver(batch, part, self._trainer_run(batch.chunks[part]), by_trainer=True)
         with self._cond:
             self._cond.wait_for(lambda: step in self._ready or self._error is not None)
             if step not in self._ready:
@@ -161,4 +239,3 @@ class AsyncRollouts:
             self._stop = True
             self._cond.notify_all()
         self._thread.join(timeout_s)
-

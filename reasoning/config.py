@@ -34,6 +34,10 @@ class AsyncConfig:
     # a rollout sampled by policy_version v is trained at trainer version v' only if v' - v <= this;
     # older ones are dropped (counted); 0 = generation waits for each update (the synchronous run)
     max_staleness: int = 1
+    # in-process rollouts (no Ray, one trainer process), max_staleness >= 1: a trainer that has
+    # finished its update samples the unclaimed chunks of the batch it waits for with its own,
+    # newer weights, instead of idling (those samples are on-policy)
+    trainer_samples: bool = True
 
     def __post_init__(self) -> None:
         if self.max_staleness < 0:

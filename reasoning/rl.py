@@ -67,9 +67,9 @@ from reasoning.schema import ConfigError
 from reasoning.sft import seed_everything, sft_warm_start
 from reasoning.update import update
 from rewards import RewardRunner
-from rollouts import make_policy, save_jsonl
+from rollouts import Trajectory, make_policy, save_jsonl
 from rollouts.seeding import ROLLOUT, UPDATE, derive_seed
-from rollouts.workers import PolicySpec, RolloutGroup
+from rollouts.workers import PolicySpec, RolloutGroup, SampleJob, make_jobs, sample_jobs
 
 
 @dataclass
@@ -259,23 +259,28 @@ def start_rollouts(run: RLRun) -> None:
     asynchronous = cfg.rollout.async_
     tolerate = asynchronous.enabled  # stamped rollouts: a worker left behind makes stale ones, not wrong ones
 
-    def sample(step: int) -> Rollouts:
+    def plan(step: int) -> tuple[list[int], list[SampleJob]]:
         indices = run.schedule.indices(step)
         if not run.ray_serves_all_ranks:
             indices = indices[run.rank::run.world]  # each rank samples its own prompts
         prompts = [encode_prompt(run.tokenizer, p, cfg.data.chat_template) for p in run.train[indices]["prompt"]]
-        start = run.clock()
-        trajectories = run.group.sample(prompts, cfg.rollout.group_size, seed=derive_seed(cfg.seed, step, ROLLOUT))
-        return Rollouts(indices, trajectories, (start, run.clock()))
+        return indices, make_jobs(prompts, cfg.rollout.group_size, derive_seed(cfg.seed, step, ROLLOUT))
 
     def sync(weights: dict, version: int) -> None:
         run.group.sync(weights, version, tolerate_failures=tolerate)
 
-    if asynchronous.enabled:
-        run.source = AsyncRollouts(sample, sync, asynchronous.max_staleness, run.step + 1, cfg.trainer.steps,
-                                   run.clock)
-    else:
-        run.source = SyncRollouts(sample, sync, run.clock)
+    if not asynchronous.enabled:
+        run.source = SyncRollouts(plan, run.group.run, sync, run.clock)
+        return
+
+    def trainer_run(jobs: list[SampleJob]) -> list[Trajectory]:  # the waiting trainer, its own newer weights
+        return sample_jobs(run.policy, run.decoding, jobs, run.version)
+
+    helps = (asynchronous.trainer_samples and asynchronous.max_staleness >= 1 and not cfg.ray.enabled
+             and run.world == 1)
+    chunks = max(1, min(8, cfg.trainer.prompts_per_step // 2))  # >= 2 prompts' groups per chunk
+    run.source = AsyncRollouts(plan, run.group.run, sync, asynchronous.max_staleness, run.step + 1,
+                               cfg.trainer.steps, run.clock, trainer_run if helps else None, chunks)
 
 
 # --- the loop: rollout -> reward -> advantage -> update -> sync -> log -> eval -> save -----------------
@@ -407,7 +412,8 @@ def drop_stale(run: RLRun, rollouts: Rollouts) -> tuple[Rollouts, dict[str, floa
     run.groups.update(sampled=len(rollouts.indices), dropped=dropped)
     stats = {"async/staleness_mean": sum(behind) / max(len(behind), 1), "async/staleness_max": float(max(behind)),
              "async/dropped_groups": float(dropped),
-             "async/dropped_fraction": run.groups["dropped"] / max(run.groups["sampled"], 1)}
+             "async/dropped_fraction": run.groups["dropped"] / max(run.groups["sampled"], 1),
+             "async/trainer_sampled_fraction": rollouts.trainer_sampled / max(len(behind), 1)}
     if not dropped:
         return rollouts, stats
     kept = [t for g in keep for t in rollouts.trajectories[g * group_size:(g + 1) * group_size]]

@@ -83,6 +83,28 @@ class SampleJob:
     pinned: dict[int, int] | None = None
 
 
+def sample_jobs(policy, decoding: DecodingConfig, jobs: list[SampleJob], version: int,
+                max_batch: int = 256) -> list[Trajectory]:
+    """Sample `jobs` with `policy` (at most `max_batch` per call), each trajectory stamped with
+    its job's prompt/sample index and the policy `version` that sampled it."""
+    out = []
+    for lo in range(0, len(jobs), max_batch):
+        chunk = jobs[lo:lo + max_batch]
+        trajectories = sample(policy, [j.prompt_ids for j in chunk], decoding,
+                              seeds=[j.seed for j in chunk], pinned=[j.pinned for j in chunk])
+        for job, traj in zip(chunk, trajectories):
+            traj.prompt_index, traj.sample_index, traj.policy_version = job.prompt_index, job.sample_index, version
+        out.extend(trajectories)
+    return out
+
+
+def make_jobs(prompts: list[list[int]], group_size: int, seed: int,
+              pinned: list[dict[int, int] | None] | None = None) -> list[SampleJob]:
+    """G jobs per prompt, each with its own seed: whoever samples a job draws the same answer."""
+    return [SampleJob(i, g, prompt, sample_seed(seed, i, g), pinned[i] if pinned else None)
+            for i, prompt in enumerate(prompts) for g in range(group_size)]
+
+
 class RolloutWorker:
     """One policy copy. As a Ray actor it is a process of its own with `threads` torch threads."""
 
@@ -96,16 +118,7 @@ class RolloutWorker:
     def sample(self, jobs: list[SampleJob], expected_version: int | None = None) -> list[Trajectory]:
         if expected_version is not None and expected_version != self.version:
             raise StaleWeights(f"worker holds policy_version {self.version}, asked for {expected_version}")
-        out = []
-        for lo in range(0, len(jobs), self.max_batch):
-            chunk = jobs[lo:lo + self.max_batch]
-            trajectories = sample(self.policy, [j.prompt_ids for j in chunk], self.decoding,
-                                  seeds=[j.seed for j in chunk], pinned=[j.pinned for j in chunk])
-            for job, traj in zip(chunk, trajectories):
-                traj.prompt_index, traj.sample_index, traj.policy_version = (
-                    job.prompt_index, job.sample_index, self.version)
-            out.extend(trajectories)
-        return out
+        return sample_jobs(self.policy, self.decoding, jobs, self.version, self.max_batch)
 
     def load_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
         model = self.policy.model
@@ -283,8 +296,10 @@ class RolloutGroup:
     def sample(self, prompts: list[list[int]], group_size: int = 1, seed: int = 0,
                pinned: list[dict[int, int] | None] | None = None) -> list[Trajectory]:
         """`group_size` trajectories per prompt, ordered (prompt 0: samples 0..G-1, prompt 1: ...)."""
-        jobs = [SampleJob(i, g, prompt, sample_seed(seed, i, g), pinned[i] if pinned else None)
-                for i, prompt in enumerate(prompts) for g in range(group_size)]
+        return self.run(make_jobs(prompts, group_size, seed, pinned))
+
+    def run(self, jobs: list[SampleJob]) -> list[Trajectory]:
+        """Sample `jobs`, split over the workers; returned in (prompt, sample) order."""
         shards = [jobs[w::len(self.workers)] for w in range(len(self.workers))]
         if self.use_ray:
             results = self._sample_on_ray(shards)

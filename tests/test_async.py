@@ -63,7 +63,8 @@ def test_a_worker_left_behind_makes_stale_groups_that_are_dropped_and_counted(tm
         return original(self, state, version)
 
     monkeypatch.setattr(RolloutWorker, "load_weights", refuse_updates)
-    cfg = config(tmp_path, "trainer.steps=4", "rollout.async.enabled=true", "rollout.async.max_staleness=1")
+    cfg = config(tmp_path, "trainer.steps=4", "rollout.async.enabled=true", "rollout.async.max_staleness=1",
+                 "rollout.async.trainer_samples=false")  # every sample from the held-back worker
     result = run_rl(cfg)
     steps = train_steps(cfg.run_dir)
     assert [m["step"] for m in steps] == [1, 2, 3, 4]
@@ -73,6 +74,49 @@ def test_a_worker_left_behind_makes_stale_groups_that_are_dropped_and_counted(tm
     assert all(m["train/samples"] == 0 for m in dropped if m["async/dropped_groups"] == cfg.trainer.prompts_per_step)
     assert result["dropped_fraction"] > 0 and max(int(k) for k in result["staleness_histogram"]) >= 2
     assert result["policy_version"] <= 2  # once everything is too stale nothing updates the weights
+
+
+def test_a_waiting_trainer_samples_unclaimed_chunks_itself():
+    """The producer works through a batch in chunks; the trainer, once it waits for that batch,
+    claims the chunks nobody started. Every job is sampled exactly once and the batch comes back
+    in (prompt, sample) order, stamped with who sampled it."""
+    import threading
+
+    from types import SimpleNamespace
+
+    from reasoning.batches import AsyncRollouts
+    from rollouts.workers import make_jobs
+
+    who: dict[tuple[int, int], str] = {}
+    lock = threading.Lock()
+
+    def plan(step):
+        return [0, 1, 2, 3], make_jobs([[step, p] for p in range(4)], 4, seed=step)
+
+    def sampler(name, seconds):
+        def run(jobs):
+            time.sleep(seconds)
+            out = []
+            for job in jobs:
+                with lock:
+                    assert (job.prompt_ids[0], job.prompt_index, job.sample_index) not in who
+                    who[job.prompt_ids[0], job.prompt_index, job.sample_index] = name
+                out.append(SimpleNamespace(prompt_index=job.prompt_index, sample_index=job.sample_index))
+            return out
+        return run
+
+    source = AsyncRollouts(plan, sampler("worker", 0.2), lambda w, v: None, 1, 1, 3, time.perf_counter,
+                           trainer_run=sampler("trainer", 0.2), chunks=8)
+    try:
+        for step in (1, 2, 3):
+            rollouts = source.get(step)
+            assert [(t.prompt_index, t.sample_index) for t in rollouts.trajectories] == [
+                (p, g) for p in range(4) for g in range(4)]
+            by_trainer = sum(who[step, t.prompt_index, t.sample_index] == "trainer" for t in rollouts.trajectories)
+            assert rollouts.trainer_sampled == by_trainer and 0 < by_trainer < 16, by_trainer
+            source.step_done(step)
+    finally:
+        source.close()
 
 
 def test_importance_weights_are_exp_of_proximal_minus_behaviour(tiny_model, tiny_tokenizer):

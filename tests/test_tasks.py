@@ -132,3 +132,33 @@ def test_unknown_task_and_task_arg_named():
         get_task("sudoku")
     with pytest.raises(ConfigError, match="data.task_args.num_number.*num_numbers"):
         build("countdown", task_args={"num_number": 4})
+
+
+def test_addition_trace_is_a_long_canvas_with_a_correct_trace():
+    """The long-canvas task (issue 16): prompts >= 64 tokens, references within a 128-token
+    canvas, every column of the trace checked here by hand arithmetic on the digits."""
+    from reasoning.modeling import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    task = get_task("addition_trace")
+    data = task.build(DataConfig(task="addition_trace", train_size=50, test_size=20))
+    assert not set(data["train"]["prompt"]) & set(data["test"]["prompt"])
+    for example in data["test"]:
+        a, b = example["prompt"].split("\n")[-1].split("+")
+        assert len(a) == len(b) == 8 and int(a) + int(b) == int(example["answer"])
+        reference = task.reference(example)
+        assert len(tokenizer(example["prompt"])["input_ids"]) >= 64
+        assert len(tokenizer(reference)["input_ids"]) <= 128
+        columns = reference.split(" <answer>")[0].split(" ")
+        assert len(columns) == 8
+        carry = 0
+        for k, column in enumerate(columns):  # right to left
+            left, total = column.split("=")
+            da, db, c = (int(x) for x in left.split("+"))
+            assert (da, db, c) == (int(a[-1 - k]), int(b[-1 - k]), carry)
+            assert int(total) == da + db + c and len(total) == 2
+            carry = int(total) // 10
+        assert task.score(reference, example) == 1.0
+        assert task.score(reference.replace(example["answer"], str(int(example["answer"]) + 1)), example) == 0.0
+    with pytest.raises(ValueError, match="digits"):
+        task.generate(__import__("random").Random(0), 1, "test", set(), digits=0)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from reasoning.schema import ConfigError, suggest
 from reasoning.tasks.addition import Addition
+from reasoning.tasks.addition_trace import AdditionTrace
 from reasoning.tasks.base import DataConfig, Task
 from reasoning.tasks.countdown import Countdown
 from reasoning.tasks.files import GSM8K, Math500, TRLDataset
 from reasoning.tasks.sudoku4 import Sudoku4
 
 TASKS: dict[str, type[Task]] = {"sudoku4": Sudoku4, "countdown": Countdown, "addition": Addition,
+                                 "addition_trace": AdditionTrace,
                                  "gsm8k": GSM8K, "math500": Math500, "trl": TRLDataset}
 
 

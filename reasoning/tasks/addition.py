@@ -9,17 +9,21 @@ class Addition(Task):
     name = "addition"
     reward = "addition"
     columns = ("prompt", "answer")
+    default_digits = 4
 
-    def generate(self, rng, n, split, exclude, digits: int = 4):
+    def prompt(self, a: int, b: int, digits: int) -> str:
+        return f"compute {a}+{b}"
+
+    def generate(self, rng, n, split, exclude, digits: int | None = None):
+        digits = self.default_digits if digits is None else digits
         if digits < 1:
             raise ValueError(f"data.task_args.digits: expected >= 1, got {digits}")
 
         def make(rng):
             a, b = rng.randrange(10**digits), rng.randrange(10**digits)
-            return {"prompt": f"compute {a}+{b}", "answer": str(a + b)}
+            return {"prompt": self.prompt(a, b, digits), "answer": str(a + b)}
 
-        return draw_distinct(make, rng, n, self.key, exclude, "addition")
+        return draw_distinct(make, rng, n, self.key, exclude, self.name)
 
     def reference(self, example):
         return ANSWER_FORMAT.format(example["answer"])
-
