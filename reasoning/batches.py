@@ -72,6 +72,7 @@ class Rollouts:
     sampled: tuple[float, float]  # (start, end) of the sampling, seconds on the run's clock
     synced: tuple[float, float] | None = None  # the weight sync the producer did just before (async)
     trainer_sampled: int = 0  # trajectories the waiting trainer sampled itself (async, trainer_samples)
+    trainer_sampling: tuple[float, float] | None = None  # when it did
 
     def share(self, rank: int, world: int) -> "Rollouts":
         """The groups rank `rank` of `world` trains: every world-th prompt."""
@@ -194,7 +195,7 @@ class AsyncRollouts:
 
     def _claim(self, batch: _Batch) -> int | None:
         with self._cond:
-            if batch.claimed == len(batch.chunks):
+            if self._stop or batch.claimed == len(batch.chunks):
                 return None
             batch.claimed += 1
             return batch.claimed - 1
@@ -213,14 +214,17 @@ class AsyncRollouts:
             return self._batch if self._batch is not None and self._batch.step == step else None
 
     def get(self, step: int) -> Rollouts:
+        helped = None
         if self._trainer_run is not None and (batch := self._batch_for(step)) is not None:
+            start = self._clock()
             while (part := self._claim(batch)) is not None:  # help instead of waiting
                 self._deliver(batch, part, self._trainer_run(batch.chunks[part]), by_trainer=True)
+                helped = (start, self._clock())
         with self._cond:
             self._cond.wait_for(lambda: step in self._ready or self._error is not None)
             if step not in self._ready:
                 raise RuntimeError(f"the rollout producer failed before step {step}") from self._error
-            return self._ready.pop(step)
+            return dataclasses.replace(self._ready.pop(step), trainer_sampling=helped)
 
     def publish(self, weights: dict, version: int) -> None:
         """Hand new weights to the producer; it ships them before its next batch, so the trainer

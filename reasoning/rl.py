@@ -334,6 +334,9 @@ def rl_step(run: RLRun, step: int) -> dict:
     timeline.update(rollout_start=rollouts.sampled[0], rollout_end=rollouts.sampled[1])
     if rollouts.synced is not None:
         timeline.update(sync_start=rollouts.synced[0], sync_end=rollouts.synced[1])
+    if rollouts.trainer_sampling is not None:
+        timeline.update(trainer_rollout_start=rollouts.trainer_sampling[0],
+                        trainer_rollout_end=rollouts.trainer_sampling[1])
     rollouts, stale = drop_stale(run, rollouts)
 
     # reward

@@ -164,7 +164,9 @@ def plot_run(run_dir: str) -> str:
     return out
 
 
-TIMELINE_LANES = (("rollout", "tab:blue"), ("update", "tab:orange"), ("sync", "tab:green"))
+# (metric name, label, colour); `trainer_rollout`: chunks the waiting trainer sampled itself (async)
+TIMELINE_LANES = (("rollout", "rollout", "tab:blue"), ("trainer_rollout", "rollout by trainer", "tab:cyan"),
+                  ("update", "update", "tab:orange"), ("sync", "sync", "tab:green"))
 
 
 def plot_timeline(run_dirs: list[str], out: str | None = None, first_step: int = 5, steps: int = 8) -> str:
@@ -176,7 +178,7 @@ def plot_timeline(run_dirs: list[str], out: str | None = None, first_step: int =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(run_dirs), 1, figsize=(10, 1.6 + 1.3 * len(run_dirs)), squeeze=False)
+    fig, axes = plt.subplots(len(run_dirs), 1, figsize=(10, 1.6 + 1.6 * len(run_dirs)), squeeze=False)
     for ax, run_dir in zip(axes[:, 0], run_dirs):
         with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
             every = [json.loads(line) for line in fh if line.strip()]
@@ -187,7 +189,8 @@ def plot_timeline(run_dirs: list[str], out: str | None = None, first_step: int =
             raise ValueError(f"'{run_dir}' has no timeline/* metrics for steps {first_step}..{first_step + steps - 1}")
         origin = min(r["timeline/update_start"] for r in rows)  # the first shown update; earlier bars are cut
         end = max(r["timeline/update_end"] for r in rows) - origin
-        for lane, (name, colour) in enumerate(TIMELINE_LANES):
+        top = len(TIMELINE_LANES) - 1
+        for lane, (name, _, colour) in enumerate(TIMELINE_LANES):
             for r in rows:
                 if f"timeline/{name}_start" not in r:
                     continue
@@ -195,11 +198,11 @@ def plot_timeline(run_dirs: list[str], out: str | None = None, first_step: int =
                 if stop < 0:
                     continue
                 start = max(start, 0.0)
-                ax.broken_barh([(start, max(stop - start, end / 400))], (2 - lane - 0.35, 0.7), color=colour)
+                ax.broken_barh([(start, max(stop - start, end / 400))], (top - lane - 0.35, 0.7), color=colour)
                 if name != "sync" and stop - start > end / 40:
-                    ax.text(start + (stop - start) / 2, 2 - lane, str(r["step"]), ha="center", va="center",
+                    ax.text(start + (stop - start) / 2, top - lane, str(r["step"]), ha="center", va="center",
                             fontsize=7, color="white")
-        ax.set_yticks([2, 1, 0], [n for n, _ in TIMELINE_LANES])
+        ax.set_yticks(range(top, -1, -1), [label for _, label, _ in TIMELINE_LANES])
         ax.set_xlim(0, end * 1.01)
         rate = (len(rows) - 1) / (rows[-1]["timeline/update_end"] - rows[0]["timeline/update_end"]) \
             if len(rows) > 1 else float("nan")

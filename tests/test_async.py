@@ -114,6 +114,7 @@ def test_a_waiting_trainer_samples_unclaimed_chunks_itself():
                 (p, g) for p in range(4) for g in range(4)]
             by_trainer = sum(who[step, t.prompt_index, t.sample_index] == "trainer" for t in rollouts.trajectories)
             assert rollouts.trainer_sampled == by_trainer and 0 < by_trainer < 16, by_trainer
+            assert rollouts.trainer_sampling[0] < rollouts.trainer_sampling[1] <= rollouts.sampled[1] + 0.05
             source.step_done(step)
     finally:
         source.close()

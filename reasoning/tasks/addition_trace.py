@@ -1,9 +1,10 @@
 """Long-canvas addition: the prompt states the method, the answer writes out every column.
 
-Built to measure rollouts on canvases shaped like real jobs' (issue 16): a prompt of ~80 tokens
-with the tiny model's character tokenizer and an answer of ~100 tokens (8 digits: 8 columns
-`a+b+carry=sum` of 9 characters each, then `<answer>sum</answer>`), decoded on a 128-token
-canvas in 32-token blocks. Each column depends on the one before it (the carry), so the trace is
+Built to measure rollouts on canvases shaped like real jobs' (issue 16): a prompt of 89 tokens
+with the tiny model's character tokenizer and an answer of ~70 tokens (6 digits by default: 6
+columns `a+b+carry=sum` of 9 characters each, then `<answer>sum</answer>`), decoded on a
+128-token canvas in 32-token blocks, [EOS]-filled after the answer as in real jobs. (With 8
+digits the tiny model had learned no complete answer after 1,000 SFT steps.) Each column depends on the one before it (the carry), so the trace is
 real reasoning that a block-wise decoder must get right left to right. Scored by the `addition`
 reward on the final answer only, like `addition`.
 """
@@ -28,7 +29,7 @@ def column_trace(a: str, b: str) -> str:
 
 class AdditionTrace(Addition):
     name = "addition_trace"
-    default_digits = 8
+    default_digits = 6
 
     def prompt(self, a: int, b: int, digits: int) -> str:
         return f"{INSTRUCTION}{a:0{digits}d}+{b:0{digits}d}"
