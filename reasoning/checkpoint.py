@@ -19,6 +19,8 @@ import shutil
 
 import torch
 
+from reasoning.schema import ConfigError
+
 STATE_FILE = "trainer_state.json"
 
 
@@ -113,3 +115,27 @@ def load_checkpoint(path: str, dtype: torch.dtype = torch.float32, family: str =
     else:
         model = load_pretrained(path, dtype, family, trust_remote_code)
     return model, tokenizer, state
+
+
+def find_resume(resume: str, run_dir: str) -> str | None:
+    """The checkpoint `trainer.resume` names: none, the newest complete one (auto), or a path."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(run_dir)
+        return found[-1] if found else None
+    if not is_checkpoint(resume):
+        raise ConfigError(f"config key 'trainer.resume': '{resume}' is not a complete checkpoint "
+                          f"(no trainer_state.json)")
+    return resume
+
+
+def truncate_metrics(run_dir: str, step: int) -> None:
+    """Drop metrics logged after `step` (by a run that died before its next checkpoint)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    with open(path) as fh:
+        kept = [line for line in fh if line.strip() and json.loads(line).get("step", 0) <= step]
+    with open(path, "w") as fh:
+        fh.writelines(kept)

@@ -50,8 +50,8 @@ from tqdm.auto import tqdm
 
 from reasoning.advantages import group_advantages
 from reasoning.batches import AsyncRollouts, PromptSchedule, Rollouts, SyncRollouts
-from reasoning.checkpoint import (checkpoint_name, complete_checkpoints, is_checkpoint, prune_checkpoints,
-                                  save_checkpoint)
+from reasoning.checkpoint import (checkpoint_name, find_resume, prune_checkpoints,
+                                  save_checkpoint, truncate_metrics)
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import decode_completion, encode_prompt
 from reasoning.distributed import NoLogger, barrier, combine_metrics, rank_and_world, trainer_weights
@@ -63,7 +63,6 @@ from reasoning.modeling import (apply_lora, count_parameters, enable_gradient_ch
 from reasoning.objectives import ObjectiveSettings, RolloutBatch, build_objective
 from reasoning.preflight import check_prompt_lengths, check_rl_inputs
 from reasoning.rundir import claim_run_dir
-from reasoning.schema import ConfigError
 from reasoning.sft import seed_everything, sft_warm_start
 from reasoning.update import update
 from rewards import RewardRunner
@@ -117,6 +116,19 @@ class RLRun:
         return self.cfg.model.lora.enabled
 
     @property
+    def trainer_samples(self) -> bool:
+        """The waiting trainer samples what is left of the next batch (in-process async rollouts)."""
+        a = self.cfg.rollout.async_
+        return a.enabled and a.trainer_samples and a.max_staleness >= 1 and not self.cfg.ray.enabled and self.world == 1
+
+    @property
+    def loop_kind(self) -> str:
+        a = self.cfg.rollout.async_
+        if not a.enabled:
+            return "synchronous"
+        return f"async, max_staleness {a.max_staleness}" + (", trainer samples" if self.trainer_samples else "")
+
+    @property
     def ray_serves_all_ranks(self) -> bool:
         """Ray workers sample every rank's prompts on rank 0, which hands each rank its share."""
         return self.cfg.ray.enabled and self.world > 1
@@ -144,7 +156,7 @@ def run_rl(cfg: Config) -> dict:
             model, tokenizer = load_model(cfg.model)
         run = setup(cfg, model, tokenizer, task, splits, reward_cfg)
         try:
-            restore(run, find_resume(cfg))
+            restore(run, find_resume(cfg.trainer.resume, cfg.run_dir))
             start_rollouts(run)
             loop(run)
         finally:
@@ -191,25 +203,11 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
             run.decoding, num_workers=cfg.ray.num_workers if cfg.ray.enabled else 1,
             use_ray=cfg.ray.enabled, address=cfg.ray.address, threads=cfg.ray.threads_per_worker,
             placement=cfg.ray.placement, connect_timeout_s=cfg.ray.connect_timeout_s)
-    mode = (f"async (max_staleness {cfg.rollout.async_.max_staleness})" if cfg.rollout.async_.enabled
-            else "synchronous")
     print(f"train {task.name} with {tr.objective}: {count_parameters(engine.module) / 1e6:.2f} M parameters "
           f"({count_parameters(engine.module, trainable_only=True) / 1e6:.3f} M trainable), "
-          f"{'Ray' if cfg.ray.enabled else 'in-process'} rollouts, {mode}, {world} trainer process(es), "
+          f"{'Ray' if cfg.ray.enabled else 'in-process'} rollouts, {run.loop_kind}, {world} trainer process(es), "
           f"run dir {cfg.run_dir}")
     return run
-
-
-def find_resume(cfg: Config) -> str | None:
-    if cfg.trainer.resume == "none":
-        return None
-    if cfg.trainer.resume == "auto":
-        found = complete_checkpoints(cfg.run_dir)
-        return found[-1] if found else None
-    if not is_checkpoint(cfg.trainer.resume):
-        raise ConfigError(f"config key 'trainer.resume': '{cfg.trainer.resume}' is not a complete checkpoint "
-                          f"(no trainer_state.json)")
-    return cfg.trainer.resume
 
 
 # --- restore: the newest checkpoint's weights, optimizer, RNG and counters --------------------------
@@ -236,17 +234,6 @@ def restore(run: RLRun, checkpoint: str | None) -> None:
         cfg = run.cfg
         run.logger = MetricsLogger(cfg.run_dir, cfg.logging.tensorboard, cfg.logging.wandb, cfg.name,
                                    append=checkpoint is not None)
-
-
-def truncate_metrics(run_dir: str, step: int) -> None:
-    """Drop metrics logged after `step` (by a run that died before its next checkpoint)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return
-    with open(path) as fh:
-        kept = [line for line in fh if line.strip() and json.loads(line).get("step", 0) <= step]
-    with open(path, "w") as fh:
-        fh.writelines(kept)
 
 
 def start_rollouts(run: RLRun) -> None:
@@ -276,11 +263,9 @@ def start_rollouts(run: RLRun) -> None:
     def trainer_run(jobs: list[SampleJob]) -> list[Trajectory]:  # the waiting trainer, its own newer weights
         return sample_jobs(run.policy, run.decoding, jobs, run.version)
 
-    helps = (asynchronous.trainer_samples and asynchronous.max_staleness >= 1 and not cfg.ray.enabled
-             and run.world == 1)
     chunks = max(1, min(8, cfg.trainer.prompts_per_step // 2))  # >= 2 prompts' groups per chunk
     run.source = AsyncRollouts(plan, run.group.run, sync, asynchronous.max_staleness, run.step + 1,
-                               cfg.trainer.steps, run.clock, trainer_run if helps else None, chunks)
+                               cfg.trainer.steps, run.clock, trainer_run if run.trainer_samples else None, chunks)
 
 
 # --- the loop: rollout -> reward -> advantage -> update -> sync -> log -> eval -> save -----------------
@@ -479,11 +464,9 @@ def finish(run: RLRun, started: float) -> dict:
     if run.before is not None and after is not None:
         before = run.before
         summary.update(before=before, after=after, gain_pts=round(100 * (after - before), 1))
-        loop_kind = (f"async, max_staleness {cfg.rollout.async_.max_staleness}" if cfg.rollout.async_.enabled
-                     else "synchronous")
         table = (f"| {task.name} held-out accuracy ({min(cfg.eval.n, len(run.test))} problems) | value |\n"
                  f"|---|---|\n| before RL (start checkpoint) | {100 * before:.1f} % |\n"
-                 f"| after RL ({run.step} steps, {cfg.trainer.objective}, {loop_kind}) | {100 * after:.1f} % |\n"
+                 f"| after RL ({run.step} steps, {cfg.trainer.objective}, {run.loop_kind}) | {100 * after:.1f} % |\n"
                  f"| gain | {100 * (after - before):+.1f} pts |\n| wall time | {summary['seconds']:.0f} s |\n")
         print("\n" + table)
         if run.rank == 0:
