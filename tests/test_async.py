@@ -40,6 +40,7 @@ def test_async_overlaps_and_keeps_within_the_staleness_bound(tmp_path):
     assert set(result["staleness_histogram"]) <= {"0", "1"} and result["staleness_histogram"].get("1", 0) > 0
     assert result["dropped_fraction"] == 0
     assert all(m["async/staleness_max"] <= 1 for m in steps)
+    assert all(0 <= m["async/trainer_sampled_fraction"] <= 1 for m in steps)  # the waiting trainer's share
     weighted = [m for m in steps if "async/importance_weight_mean" in m]
     assert weighted and all(0.5 < m["async/importance_weight_mean"] < 2 for m in weighted)
     # the run drew its rollout / update / sync timeline; `dlmrl show --compare` draws two runs in one

@@ -136,7 +136,7 @@ def test_unknown_task_and_task_arg_named():
 
 def test_addition_trace_is_a_long_canvas_with_a_correct_trace():
     """The long-canvas task (issue 16): prompts >= 64 tokens, references within a 128-token
-    canvas, every column of the trace checked here by hand arithmetic on the digits."""
+    canvas, every row of the written-out sum checked here by schoolbook arithmetic."""
     from reasoning.modeling import build_char_tokenizer
 
     tokenizer = build_char_tokenizer()
@@ -144,21 +144,20 @@ def test_addition_trace_is_a_long_canvas_with_a_correct_trace():
     data = task.build(DataConfig(task="addition_trace", train_size=50, test_size=20))
     assert not set(data["train"]["prompt"]) & set(data["test"]["prompt"])
     for example in data["test"]:
-        a, b = example["prompt"].split("\n")[-1].split("+")
-        assert len(a) == len(b) == 6 and int(a) + int(b) == int(example["answer"])
+        a, b = (line[2:] for line in example["prompt"].split("\n")[-2:])
+        assert len(a) == len(b) == 13 and int(a) + int(b) == int(example["answer"])
         reference = task.reference(example)
         assert len(tokenizer(example["prompt"])["input_ids"]) >= 64
         assert len(tokenizer(reference)["input_ids"]) <= 128
-        columns = reference.split(" <answer>")[0].split(" ")
-        assert len(columns) == 6
+        rows = dict(line.split("=") for line in reference.split("\n")[:4])
         carry = 0
-        for k, column in enumerate(columns):  # right to left
-            left, total = column.split("=")
-            da, db, c = (int(x) for x in left.split("+"))
-            assert (da, db, c) == (int(a[-1 - k]), int(b[-1 - k]), carry)
-            assert int(total) == da + db + c and len(total) == 2
-            carry = int(total) // 10
+        for i in range(12, -1, -1):  # right to left, as on paper
+            total = int(a[i]) + int(b[i])
+            assert int(rows["u"][i]) == total % 10 and int(rows["g"][i]) == (total >= 10)
+            assert int(rows["c"][i]) == carry and int(rows["s"][i]) == (total + carry) % 10
+            carry = (total + carry) // 10
+        assert int(rows["s"]) == int(a) + int(b)
         assert task.score(reference, example) == 1.0
-        assert task.score(reference.replace(example["answer"], str(int(example["answer"]) + 1)), example) == 0.0
+        assert task.score(reference.replace(f"<answer>{rows['s']}", f"<answer>{int(rows['s']) + 1}"), example) == 0.0
     with pytest.raises(ValueError, match="digits"):
         task.generate(__import__("random").Random(0), 1, "test", set(), digits=0)
