@@ -26,6 +26,8 @@ import shutil
 import subprocess
 import sys
 
+from common import sft_once
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "runs", "bench", "async_rl")
 CONFIG = os.path.join(ROOT, "configs", "default.yaml")
@@ -38,14 +40,7 @@ MODES = {
 
 def sft_start() -> str:
     """`make run`'s SFT warm start (trained once, reused): its checkpoint directory."""
-    run_dir = os.path.join(OUT, "sft_start")
-    result = os.path.join(run_dir, "sft_result.json")
-    if not os.path.isfile(result):
-        print("training make run's SFT start ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "reasoning.cli", "sft", CONFIG, f"output_dir={OUT}", "name=sft_start",
-                        "overwrite=true", "logging.progress=false"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    with open(result) as fh:
-        return json.load(fh)["checkpoint"]
+    return sft_once(CONFIG, OUT, "sft_start")["checkpoint"]
 
 
 def rl_run(name: str, checkpoint: str, budget: float, seed: int, overrides: list[str]) -> dict:

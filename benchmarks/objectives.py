@@ -25,6 +25,8 @@ import platform
 import shutil
 import subprocess
 import sys
+
+from common import sft_once
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,18 +41,9 @@ def sft_checkpoint(task: str, target: float) -> tuple[str, dict]:
     """An SFT checkpoint stopped at the first check (every 10 steps, 128 held-out problems) whose
     accuracy reaches `target`; trained once and reused."""
     name = f"{task}_sft_target{int(round(100 * target))}"
-    run_dir = os.path.join(ROOT, "runs", "bench", name)
-    result_file = os.path.join(run_dir, "sft_result.json")
-    if not os.path.isfile(result_file):
-        overrides = [f"output_dir={os.path.dirname(run_dir)}", f"name={name}", "logging.progress=false", "threads=2",
-                     "sft.lr_schedule=constant", "sft.eval_every=0", f"sft.target_accuracy={target}",
-                     "sft.steps=3000"]
-        print(f"training {name} ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "reasoning.cli", "sft",
-                        os.path.join(ROOT, "configs", f"{task}_tiny_sft.yaml"), *overrides], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)
-    with open(result_file) as fh:
-        result = json.load(fh)
+    result = sft_once(os.path.join(ROOT, "configs", f"{task}_tiny_sft.yaml"), os.path.join(ROOT, "runs", "bench"),
+                      name, ["threads=2", "sft.lr_schedule=constant", "sft.eval_every=0",
+                             f"sft.target_accuracy={target}", "sft.steps=3000"])
     return result["checkpoint"], {"sft_steps": result["steps"], "accuracy": result.get(f"eval/{task}/acc")}
 
 
