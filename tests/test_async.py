@@ -212,7 +212,7 @@ def test_a_run_survives_losing_the_node_of_a_ray_worker_and_resumes_exactly(tmp_
     doomed = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
-    original, calls = RolloutGroup.sample, []
+    original, calls = RolloutGroup.run, []
 
     def sample_losing_a_node(self, *args, **kwargs):
         calls.append(1)
@@ -224,13 +224,13 @@ def test_a_run_survives_losing_the_node_of_a_ray_worker_and_resumes_exactly(tmp_
                 time.sleep(0.2)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(RolloutGroup, "sample", sample_losing_a_node)
+    monkeypatch.setattr(RolloutGroup, "run", sample_losing_a_node)
     try:
         lost = config(tmp_path, "name=lost", "trainer.steps=3", "trainer.checkpoint_every=1", "ray.enabled=true",
                       "ray.address=auto", "ray.num_workers=2", "ray.placement=spread")
         result = run_rl(lost)
     finally:
-        monkeypatch.setattr(RolloutGroup, "sample", original)
+        monkeypatch.setattr(RolloutGroup, "run", original)
         ray.shutdown()
         cluster.shutdown()
     steps = train_steps(lost.run_dir)
