@@ -261,7 +261,12 @@ def start_rollouts(run: RLRun) -> None:
         return
 
     def trainer_run(jobs: list[SampleJob]) -> list[Trajectory]:  # the waiting trainer, its own newer weights
-        return sample_jobs(run.policy, run.decoding, jobs, run.version)
+        module, training = run.engine.module, run.engine.module.training
+        module.eval()  # dropout off, as in the workers
+        try:
+            return sample_jobs(run.policy, run.decoding, jobs, run.version)
+        finally:
+            module.train(training)
 
     chunks = max(1, min(8, cfg.trainer.prompts_per_step // 2))  # >= 2 prompts' groups per chunk
     run.source = AsyncRollouts(plan, run.group.run, sync, asynchronous.max_staleness, run.step + 1,
