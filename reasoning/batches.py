@@ -129,7 +129,8 @@ class _Batch:
 
 
 def split(jobs: list[SampleJob], chunks: int) -> list[list[SampleJob]]:
-    """`jobs` in `chunks` contiguous, near-equal parts (whole groups stay together when G divides)."""
+    """`jobs` in `chunks` contiguous, near-equal parts (each job has its own seed, so a group may
+    be split between two parts, and two samplers, without changing any draw)."""
     chunks = max(1, min(chunks, len(jobs)))
     bounds = [round(i * len(jobs) / chunks) for i in range(chunks + 1)]
     return [jobs[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
