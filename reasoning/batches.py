@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
@@ -83,11 +83,7 @@ class Rollouts:
 
 
 Plan = Callable[[int], tuple[list[int], list[SampleJob]]]  # step -> (prompt indices, sample jobs)
-Run = Callable[[list[SampleJob]], list[Trajectory]]  # jobs -> their trajectories
-
-
-def in_order(parts: Sequence[list[Trajectory]]) -> list[Trajectory]:
-    return sorted((t for part in parts for t in part), key=lambda t: (t.prompt_index, t.sample_index))
+Run = Callable[[list[SampleJob]], list[Trajectory]]  # jobs -> their trajectories, in the jobs' order
 
 
 class SyncRollouts:
@@ -99,7 +95,7 @@ class SyncRollouts:
     def get(self, step: int) -> Rollouts:
         indices, jobs = self._plan(step)
         start = self._clock()
-        return Rollouts(indices, in_order([self._run(jobs)]), (start, self._clock()))
+        return Rollouts(indices, self._run(jobs), (start, self._clock()))
 
     def publish(self, weights: dict, version: int) -> tuple[float, float]:
         """Ship the weights now; returns the (start, end) of the sync the trainer waited for."""
@@ -186,7 +182,8 @@ class AsyncRollouts:
                     if self._stop:
                         return
                     self._batch = None
-                    self._ready[step] = Rollouts(indices, in_order(batch.results), (start, self._clock()), synced,
+                    trajectories = [t for part in batch.results for t in part]  # chunks are in job order
+                    self._ready[step] = Rollouts(indices, trajectories, (start, self._clock()), synced,
                                                  batch.trainer_sampled)
                     self._cond.notify_all()
         except BaseException as err:  # noqa: BLE001 — handed to the trainer thread by `get`

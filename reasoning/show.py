@@ -181,10 +181,8 @@ def plot_timeline(run_dirs: list[str], out: str | None = None, first_step: int =
     fig, axes = plt.subplots(len(run_dirs), 1, figsize=(10, 1.6 + 1.6 * len(run_dirs)), squeeze=False)
     for ax, run_dir in zip(axes[:, 0], run_dirs):
         with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
-            every = [json.loads(line) for line in fh if line.strip()]
-        rows = [r for r in every if "timeline/update_start" in r and first_step <= r["step"] < first_step + steps]
-        if not rows:  # a short run: its last steps
-            rows = [r for r in every if "timeline/update_start" in r][-steps:]
+            timed = [r for r in map(json.loads, filter(str.strip, fh)) if "timeline/update_start" in r]
+        rows = [r for r in timed if first_step <= r["step"] < first_step + steps] or timed[-steps:]  # short run: its last
         if not rows:
             raise ValueError(f"'{run_dir}' has no timeline/* metrics for steps {first_step}..{first_step + steps - 1}")
         origin = min(r["timeline/update_start"] for r in rows)  # the first shown update; earlier bars are cut

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from rollouts.policy import position_ids
+
 
 class BlockCache:
     """Per-row keys/values of the canvas as encoded at the start of the row's current block."""
@@ -43,7 +45,7 @@ class BlockCache:
         refreshes these rows' cache (its logits are exactly the cache-free ones)."""
         canvas = torch.cat([self.prompt_ids[rows], answer], 1)
         attention = torch.cat([self.prompt_mask[rows], torch.ones_like(answer)], 1)
-        positions = (attention.long().cumsum(-1) - 1).clamp(min=0)
+        positions = position_ids(attention)
         prompt_width, length = self.prompt_ids.shape[1], answer.shape[1]
         start = prompt_width + block * self.width  # the block's first canvas position
         if fresh:

@@ -69,6 +69,11 @@ class TokenIds:
         return cls(mask=int(mask), pad=int(pad), eos=int(eos), stop=stop_token_ids(tokenizer, generation_config))
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over the attended tokens only (left padding shares position 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def _forward_parameters(model: torch.nn.Module) -> set[str]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return set(inspect.signature(base.forward).parameters)
@@ -111,7 +116,7 @@ class DiffusionPolicy:
         """Raw logits (B, keep or N, V) for a canvas given as ids or as input embeddings."""
         kwargs = {"attention_mask": attention_mask}
         if self._takes_positions:
-            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            kwargs["position_ids"] = position_ids(attention_mask)
         extra = 1 if self.shift_logits else 0
         if keep is not None and self._takes_keep:
             kwargs["logits_to_keep"] = keep + extra
@@ -214,7 +219,7 @@ class BlockDiffusionPolicy(DiffusionPolicy):
         prompt_mask = prompt_mask.long()
         out = self.model(
             input_ids=None if prompt_cache is not None else prompt_ids, attention_mask=prompt_mask,
-            position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=prompt_cache,
+            position_ids=position_ids(prompt_mask), past_key_values=prompt_cache,
             decoder_input_ids=canvas,
             decoder_attention_mask=torch.cat([prompt_mask, torch.ones_like(canvas)], 1),
             decoder_position_ids=prompt_mask.sum(-1, keepdim=True) + torch.arange(canvas.shape[1], device=canvas.device),
