@@ -107,6 +107,9 @@ class TrainerConfig:
     optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: plain SGD (step proportional to the gradient)
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    # cosine: decay to 10 % of `lr` at the end of the budget (`steps`, or `max_seconds` of training
+    # when that comes first) — late updates, made from few informative groups, move the weights less
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     prompts_per_step: int = 16  # P; each gets rollout.group_size samples
     # null = the objective's paper default (reasoning/objectives.py PAPER_DEFAULTS)
     inner_steps: int | None = None  # μ: optimizer steps per batch of rollouts (PPO epochs)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import socket
+from typing import Callable
 
 import torch
 
@@ -37,10 +38,11 @@ def build_engine(
     total_steps: int = 0,
     schedule: str = "constant",
     optimizer_name: str = "adamw",
+    progress: Callable[[], float] | None = None,
 ):
     """(engine, optimizer) for `model`'s trainable parameters under a ZeRO preset.
 
-    `optimizer_name`: see `make_optimizer`."""
+    `optimizer_name`: see `make_optimizer`; `progress`: see `lr_lambda`."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     ensure_distributed_env()
@@ -57,7 +59,7 @@ def build_engine(
     ds_config.setdefault("bf16", {})["enabled"] = dtype == torch.bfloat16
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, optimizer_name, lr, weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup_steps, total_steps, schedule))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup_steps, total_steps, schedule, progress))
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
@@ -75,15 +77,16 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0) -> t
     raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {name!r}")
 
 
-def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
-    """Linear warm-up, then constant or cosine decay to 10% of the peak at `total_steps`."""
+def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, progress: Callable[[], float] | None = None):
+    """Linear warm-up, then constant or cosine decay to 10% of the peak at `total_steps` — or, when
+    `progress` is given, at progress() = 1 (RL with a time budget decays over its seconds)."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        if schedule == "cosine" and total_steps > warmup_steps:
-            progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        if schedule == "cosine" and (progress is not None or total_steps > warmup_steps):
+            done = progress() if progress is not None else (step - warmup_steps) / (total_steps - warmup_steps)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, done))))
         return 1.0
 
     return factor

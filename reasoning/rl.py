@@ -182,10 +182,12 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
     model = apply_lora(model, cfg.model.lora, family)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # several processes: each trains 1/world of the prompts
     micro_batches = math.ceil(tr.prompts_per_step // world_size * cfg.rollout.group_size / tr.micro_batch_size)
+    runs: list[RLRun] = []  # the run, once built: the cosine schedule reads how far it has come
     engine, optimizer = build_engine(
         model, deepspeed_config_path(tr.deepspeed, "trainer.deepspeed"), lr=tr.lr, weight_decay=tr.weight_decay,
         warmup_steps=tr.warmup_steps, grad_clip=tr.grad_clip, micro_batch_size=1, grad_accum=micro_batches,
-        total_steps=tr.steps * tr.inner_steps, schedule="constant", optimizer_name=tr.optimizer)
+        total_steps=tr.steps * tr.inner_steps, schedule=tr.lr_schedule, optimizer_name=tr.optimizer,
+        progress=lambda: budget_used(runs[0]) if runs else 0.0)
     rank, world = rank_and_world()
     policy = make_policy(engine.module, tokenizer, cfg.model.shift_logits)
     objective = build_objective(tr.objective, ObjectiveSettings(
@@ -195,6 +197,7 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
                 RewardRunner(reward_cfg), NoLogger(), PromptSchedule(len(splits["train"]), tr.prompts_per_step,
                                                                      cfg.seed),
                 base_dir, micro_batches, rank, world)
+    runs.append(run)
     if rank == 0 or not run.ray_serves_all_ranks:
         run.group = RolloutGroup(
             PolicySpec(path=base_dir, lora=peft_lora_config(cfg.model.lora, family) if run.lora else None,
@@ -208,6 +211,13 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
           f"{'Ray' if cfg.ray.enabled else 'in-process'} rollouts, {run.loop_kind}, {world} trainer process(es), "
           f"run dir {cfg.run_dir}")
     return run
+
+
+def budget_used(run: RLRun) -> float:
+    """How much of the run's budget is spent, as the lr scheduler sees it right after an optimizer
+    step of step run.step + 1: steps, or training seconds when those end the run first."""
+    tr = run.cfg.trainer
+    return max((run.step + 1) / tr.steps, run.trained_s / tr.max_seconds if tr.max_seconds else 0.0)
 
 
 # --- restore: the newest checkpoint's weights, optimizer, RNG and counters --------------------------

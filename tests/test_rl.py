@@ -143,6 +143,14 @@ def test_plain_sgd_optimizer_moves_the_adapter(tmp_path):
     assert max(float(v.abs().max()) for v in lora_b) < 0.4
 
 
+def test_cosine_lr_decays_over_the_run(tmp_path):
+    cfg = config(tmp_path, "trainer.lr_schedule=cosine", "trainer.lr=1e-3", "trainer.steps=4")
+    run_rl(cfg)
+    lrs = [row["lr"] for row in train_steps(cfg.run_dir)]
+    # after step k's update the next step's lr is 1e-3 * (0.1 + 0.45 (1 + cos(pi k / 4)))
+    assert lrs == sorted(lrs, reverse=True) and 1e-4 <= min(lrs) and lrs[0] < 1e-3 and lrs[-1] < 5e-4
+
+
 def test_bad_trainer_settings_are_named(tmp_path):
     with pytest.raises(ConfigError, match="trainer.objective"):
         config(tmp_path, "trainer.objective=grpo")

@@ -94,6 +94,13 @@ def test_lr_schedule_warms_up_then_decays():
     assert cosine(0) == pytest.approx(0.1) and cosine(9) == pytest.approx(1.0)
     assert cosine(60) == pytest.approx(0.55) and cosine(110) == pytest.approx(0.1)
     assert lr_lambda(0, 100, "constant")(50) == 1.0
+    done = [0.0]  # RL with a time budget: the decay follows the budget spent, not the step count
+    by_budget = lr_lambda(0, 100, "cosine", progress=lambda: done[0])
+    assert by_budget(70) == pytest.approx(1.0)
+    done[0] = 0.5
+    assert by_budget(3) == pytest.approx(0.55)
+    done[0] = 1.7
+    assert by_budget(4) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("preset", ["zero2", "zero3"])
