@@ -20,19 +20,24 @@ def barrier() -> None:
 
 def any_rank(flag: bool, world: int) -> bool:
     """True on every rank if it is true on any rank (so all ranks take the same branch)."""
-    if world == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0])
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    return bool(max_over_ranks(1.0 if flag else 0.0, world)) if world > 1 else flag
 
 
 def sum_over_ranks(value: float, world: int) -> float:
     """The sum of `value` over every rank (the same number on all of them)."""
+    return _all_reduce(value, world, dist.ReduceOp.SUM)
+
+
+def max_over_ranks(value: float, world: int) -> float:
+    """The largest `value` of any rank (the same number on all of them)."""
+    return _all_reduce(value, world, dist.ReduceOp.MAX)
+
+
+def _all_reduce(value: float, world: int, op) -> float:
     if world == 1:
         return value
     total = torch.tensor([float(value)], dtype=torch.float64)
-    dist.all_reduce(total)
+    dist.all_reduce(total, op=op)
     return float(total.item())
 
 

@@ -54,7 +54,8 @@ from reasoning.checkpoint import (checkpoint_name, find_resume, prune_checkpoint
                                   save_checkpoint, truncate_metrics)
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import decode_completion, encode_prompt
-from reasoning.distributed import NoLogger, barrier, combine_metrics, rank_and_world, trainer_weights
+from reasoning.distributed import (NoLogger, barrier, combine_metrics, max_over_ranks, rank_and_world,
+                                   trainer_weights)
 from reasoning.engine import build_engine, zero_stage
 from reasoning.evaluate import evaluate
 from reasoning.metrics import MetricsLogger, rollout_metrics
@@ -186,8 +187,7 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
     engine, optimizer = build_engine(
         model, deepspeed_config_path(tr.deepspeed, "trainer.deepspeed"), lr=tr.lr, weight_decay=tr.weight_decay,
         warmup_steps=tr.warmup_steps, grad_clip=tr.grad_clip, micro_batch_size=1, grad_accum=micro_batches,
-        total_steps=tr.steps * tr.inner_steps, schedule=tr.lr_schedule, optimizer_name=tr.optimizer,
-        progress=lambda: budget_used(runs[0]) if runs else 0.0)
+        schedule=tr.lr_schedule, optimizer_name=tr.optimizer, progress=lambda: budget_used(runs[0]) if runs else 0.0)
     rank, world = rank_and_world()
     policy = make_policy(engine.module, tokenizer, cfg.model.shift_logits)
     objective = build_objective(tr.objective, ObjectiveSettings(
@@ -301,7 +301,8 @@ def loop(run: RLRun) -> None:
         if step % tr.log_every == 0 or step == tr.steps:
             run.logger.log(step, metrics)
         bar.set_postfix(reward=f"{metrics.get('reward', float('nan')):.3f}", kept=int(metrics["train/samples"]))
-        run.trained_s += time.perf_counter() - step_start
+        # one clock for all ranks: they stop at the same step and the lr schedule reads the same budget
+        run.trained_s = max_over_ranks(run.trained_s + time.perf_counter() - step_start, run.world)
         if tr.max_seconds and run.trained_s >= tr.max_seconds:
             break
         if (tr.eval_every and step % tr.eval_every == 0 and step != tr.steps) or (

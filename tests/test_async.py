@@ -186,6 +186,9 @@ def test_a_ray_address_with_nothing_behind_it_is_a_clear_error_not_a_hang(tmp_pa
     launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RAY_ADDRESS")
     env = {k: v for k, v in os.environ.items() if k not in launcher}
     env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
+    ray = sys.modules.get("ray")  # "auto" finds any running cluster's processes: stop one an earlier test left
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
     (tmp_path / "rl.yaml").write_text("name: nowhere\n")
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "reasoning.cli", "train", str(tmp_path / "rl.yaml"), *TINY, f"output_dir={tmp_path}",
