@@ -52,7 +52,7 @@ class _AnswerTokenObjective(Objective):
         per_canvas, entropy = self.canvas_log_probs(policy, batch, indices, inner)
         logps, entropies = [], []
         for i in indices:
-            mask = loss_mask(batch.trajectories[i], batch.stop).to(per_canvas[i][0].device)
+            mask = self.answer_mask(batch, i).to(per_canvas[i][0].device)
             logps.append(self.combine(batch, i, inner, per_canvas[i])[mask])
             entropies.append(entropy[i][mask])
         return logps, entropies
@@ -120,10 +120,13 @@ class SPGObjective(_AnswerTokenObjective):
         self.masks = []
         for _ in range(inner_steps):
             per_sample = sample_generators(batch, generator)
-            self.masks.append([[self._block_random(t, batch.stop, g) for t, g in zip(batch.trajectories, per_sample)]
+            self.masks.append([[self._block_random(t, batch.stop, self.answer_mask(batch, i), g)
+                                for i, (t, g) in enumerate(zip(batch.trajectories, per_sample))]
                                for _ in range(self.s.spg_draws)])
 
-    def _block_random(self, traj: Trajectory, stop, generator):
+    def _block_random(self, traj: Trajectory, stop, trained: torch.Tensor, generator):
+        """SPG's block-random mask over the answer up to its stop token; `trained` (the answer mask
+        without untrained pinned tokens) limits which masked positions are scored."""
         valid = loss_mask(traj, stop)
         n_valid = int(valid.sum())
         b = self.s.spg_block
@@ -141,7 +144,7 @@ class SPGObjective(_AnswerTokenObjective):
         extra = torch.rand(traj.gen_length, generator=generator) < self.s.prompt_mask_prob
         masked |= clean & extra  # still-clean completion positions, masked with p as the prompt is
         drop = torch.rand(len(traj.prompt_ids), generator=generator) < self.s.prompt_mask_prob
-        scored = masked & valid
+        scored = masked & trained
         return drop, masked, scored, n_valid
 
     def canvases(self, batch, i, inner):
@@ -173,7 +176,7 @@ class SPGObjective(_AnswerTokenObjective):
             score = self.sequence_score(batch, i, inner, per_canvas[i])
             terms.append(-batch.advantages[i].to(score.device) * score * length)
         loss = torch.stack(terms).sum() / total_units
-        mask_entropy = [entropy[i][loss_mask(batch.trajectories[i], batch.stop)] for i in indices]
+        mask_entropy = [entropy[i][self.answer_mask(batch, i)] for i in indices]
         return loss, {"units": float(sum(self.sample_units(batch, i) for i in indices)),
                       "ratio_sum": 0.0, "ratio_max_abs_dev": 0.0, "clip_low": 0.0, "clip_high": 0.0,
                       "entropy_sum": float(torch.cat(mask_entropy).sum())}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from rollouts import DecodingConfig, DiffusionPolicy, Trajectory
+from rollouts.sampler import left_pad
 from rollouts.seeding import derive_seed
 
 @dataclass
@@ -45,6 +46,11 @@ class ObjectiveSettings:
     spg_omega: float = 0.5
     spg_draws: int = 2  # n_t masks per inner step
     spg_block: int = 32  # b: block length of the block-random masking
+    # hinted answers (rollout.hints): none = pinned tokens carry no gradient; entropy = IGPO's code:
+    # per hinted answer, the `hint_entropy_fraction` of its hint tokens with the highest entropy of
+    # θ_old's fully masked one-step prediction are trained, scored from that canvas
+    train_hints: str = "none"
+    hint_entropy_fraction: float = 0.2
 
 
 def sample_generators(batch: "RolloutBatch", generator: torch.Generator) -> list[torch.Generator]:
@@ -63,6 +69,22 @@ def loss_mask(trajectory: Trajectory, stop: tuple[int, ...]) -> torch.Tensor:
     return after == 0
 
 
+def pinned_mask(trajectory: Trajectory) -> torch.Tensor:
+    """(L,) bool: positions pinned before decoding (hints, or pins the caller gave): not the policy's."""
+    out = torch.zeros(trajectory.gen_length, dtype=torch.bool)
+    out[torch.as_tensor(trajectory.pinned_position, dtype=torch.long)] = True
+    return out
+
+
+def full_mask_log_probs(policy: DiffusionPolicy, trajectories: list[Trajectory]) -> torch.Tensor:
+    """(B, L, V) untempered log-probs with each answer canvas fully masked, the prompt visible (d1's
+    one-step canvas, the one IGPO scores hint tokens from)."""
+    prompt_ids, prompt_mask = left_pad([t.prompt_ids for t in trajectories], policy.ids.pad)
+    answers = torch.stack([torch.full((t.gen_length,), t.mask_id) for t in trajectories])
+    device = policy.device
+    return policy.step_log_probs(prompt_ids.to(device), prompt_mask.to(device), answers.to(device), 1.0)
+
+
 class Objective:
     """Base: subclasses say which units they score (`unit_log_probs`) and what randomness they need
     (`draw`); the PPO-clip loss, the KL term, old log-probs and statistics are shared."""
@@ -77,6 +99,8 @@ class Objective:
         self.importance: dict[int, torch.Tensor] = {}  # stale sample -> per-unit importance weight (decoupled PPO)
         self.recorded: dict[int, torch.Tensor] = {}  # stale sample -> its behaviour log-probs
         self.pending_proximal: set[int] = set()  # stale samples whose π_prox comes from the next forward
+        self.hint_keep: dict[int, torch.Tensor] = {}  # hinted sample -> (L,) bool: hint tokens it trains
+        self.hint_old: dict[int, torch.Tensor] = {}  # ... their log-probs under θ_old (fully masked canvas)
 
     # --- what differs between objectives -------------------------------------------------
 
@@ -106,7 +130,9 @@ class Objective:
     def prepare(self, policy: DiffusionPolicy, batch: RolloutBatch, generator: torch.Generator,
                 reference: contextlib.AbstractContextManager | None = None, inner_steps: int = 1,
                 chunk: int = 64) -> None:
-        """Randomness, old log-probs (θ at the start of the update) and, with a KL term, the reference's."""
+        """Hint tokens to train, randomness, old log-probs (θ at the start of the update) and, with a
+        KL term, the reference's."""
+        self._select_hints(policy, batch, chunk)
         self.draw(batch, generator, inner_steps)
         steps = range(inner_steps) if self.random_per_inner_step() else range(1)
         everything = list(range(len(batch.trajectories)))
@@ -167,7 +193,58 @@ class Objective:
 
     def sample_units(self, batch: RolloutBatch, i: int) -> int:
         """How many loss units sample i contributes."""
-        return int(loss_mask(batch.trajectories[i], batch.stop).sum())
+        return int(self.answer_mask(batch, i).sum())
+
+    # --- hinted answers (rollout.hints) ------------------------------------------------------
+
+    def answer_mask(self, batch: RolloutBatch, i: int) -> torch.Tensor:
+        """(L,) bool: the answer tokens sample i trains — up to its first stop token, without pinned
+        tokens (not the policy's actions) except the hint tokens selected by `train_hints: entropy`."""
+        traj = batch.trajectories[i]
+        mask = loss_mask(traj, batch.stop) & ~pinned_mask(traj)
+        keep = self.hint_keep.get(i)
+        return mask | keep if keep is not None else mask
+
+    def _select_hints(self, policy, batch: RolloutBatch, chunk: int) -> None:
+        """`train_hints: entropy`: per hinted sample, the top `hint_entropy_fraction` (at least one) of
+        its hint tokens by the entropy of θ_old's fully masked one-step prediction (IGPO's filter)."""
+        self.hint_keep, self.hint_old = {}, {}
+        if self.s.train_hints != "entropy":
+            return
+        hinted = [i for i, t in enumerate(batch.trajectories) if t.hinted and len(t.pinned_position)]
+        for lo in range(0, len(hinted), chunk):
+            part = hinted[lo:lo + chunk]
+            with torch.no_grad():
+                logp = full_mask_log_probs(policy, [batch.trajectories[i] for i in part]).float().cpu()
+            for row, i in enumerate(part):
+                traj = batch.trajectories[i]
+                positions = (pinned_mask(traj) & loss_mask(traj, batch.stop)).nonzero().squeeze(1)
+                if not len(positions):
+                    continue
+                at = logp[row, positions]
+                entropy = -(at.exp() * at).sum(-1)
+                k = max(1, int(self.s.hint_entropy_fraction * len(positions)))
+                keep = torch.zeros(traj.gen_length, dtype=torch.bool)
+                keep[positions[entropy.topk(k).indices]] = True
+                chosen = keep.nonzero().squeeze(1)
+                self.hint_keep[i] = keep
+                self.hint_old[i] = logp[row, chosen].gather(-1, torch.as_tensor(traj.final_tokens)[chosen, None])[:, 0]
+
+    def hint_log_probs(self, policy, batch: RolloutBatch, indices: list[int]) -> tuple[list, list]:
+        """Per sample of `indices`: log-probs (with grad) and entropies of its trained hint tokens,
+        scored from the fully masked canvas (empty for samples without any)."""
+        empty = torch.zeros(0, device=policy.device)
+        logps, entropies = {i: empty for i in indices}, {i: empty for i in indices}
+        hinted = [i for i in indices if i in self.hint_keep]
+        if hinted:
+            logp = full_mask_log_probs(policy, [batch.trajectories[i] for i in hinted])
+            for row, i in enumerate(hinted):
+                chosen = self.hint_keep[i].nonzero().squeeze(1).to(logp.device)
+                final = torch.as_tensor(batch.trajectories[i].final_tokens, device=logp.device)
+                at = logp[row, chosen]
+                logps[i] = at.gather(-1, final[chosen, None])[:, 0]
+                entropies[i] = -(at.detach().exp() * at.detach()).sum(-1)
+        return [logps[i] for i in indices], [entropies[i] for i in indices]
 
     def units(self, batch: RolloutBatch) -> int:
         """Loss units of this process's batch (the trainer sums them over ranks)."""

@@ -29,7 +29,10 @@ stated in ../shared/ESTIMATORS.md from the reference code; where ours differs it
               L = −Σ_i softmax(A)_i ℓ_i + Σ_i softmax(−A)_i ℓ_i within each group. μ = 12.
 
 Shared rules (one for all, documented):
-  - Loss mask: the completion up to and including its first stop token (EOS / end of turn).
+  - Loss mask: the completion up to and including its first stop token (EOS / end of turn),
+    without pinned tokens (hints are not the policy's actions; `rollout.hints.train_hints: entropy`
+    adds back each hinted answer's highest-entropy hint tokens, scored from the fully masked canvas
+    as IGPO's code does — objective_base.py `answer_mask`).
   - Normalisation (DAPO-style, global): the loss is a sum over units divided by the number of
     units in the whole update — all micro-batches and all ranks — so splitting a batch over
     micro-batches or processes never changes the gradient. Units are tokens (committed tokens
@@ -91,7 +94,8 @@ class TrajectoryObjective(Objective):
         return cfg.temperature > 0
 
     def sample_units(self, batch, i):
-        return int(batch.trajectories[i].commits.sum())
+        keep = self.hint_keep.get(i)
+        return int(batch.trajectories[i].commits.sum()) + (int(keep.sum()) if keep is not None else 0)
 
     def _combine(self, cfg: DecodingConfig, tokens: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(tokens)
@@ -108,8 +112,11 @@ class TrajectoryObjective(Objective):
         return [i for i, t in enumerate(batch.trajectories) if i in stale or t.cache != "none"]
 
     def recorded_log_probs(self, batch):
-        return [self._combine(batch.decoding, torch.tensor(t.event_logp[t.commits]),
-                              torch.tensor(t.event_selection_logp[t.commits])) for t in batch.trajectories]
+        """Per sample: its commits' behaviour log-probs, then (train_hints: entropy) its trained hint
+        tokens' θ_old log-probs — hints were never sampled, θ_old is their behaviour."""
+        return [torch.cat([self._combine(batch.decoding, torch.tensor(t.event_logp[t.commits]),
+                                         torch.tensor(t.event_selection_logp[t.commits])),
+                           self.hint_old.get(i, torch.zeros(0))]) for i, t in enumerate(batch.trajectories)]
 
     def behaviour_log_probs(self, batch):
         if self.s.merge_steps != 1:
@@ -121,7 +128,11 @@ class TrajectoryObjective(Objective):
         out = replay(policy, trajectories, batch.decoding, merge_steps=self.s.merge_steps,
                      micro_batch=self.s.replay_batch)
         logps = [self._combine(batch.decoding, tok, pick) for tok, pick in zip(out.token_logp, out.pick_logp)]
-        return logps, out.token_entropy
+        if not self.hint_keep:
+            return logps, out.token_entropy
+        hint_logps, hint_entropy = self.hint_log_probs(policy, batch, indices)
+        return ([torch.cat([lp, h.to(lp.device)]) for lp, h in zip(logps, hint_logps)],
+                [torch.cat([e, h.to(e.device)]) for e, h in zip(out.token_entropy, hint_entropy)])
 
 
 OBJECTIVES = {cls.name: cls for cls in (TrajectoryObjective, MeanFieldObjective, CoupledObjective, SPGObjective,

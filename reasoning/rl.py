@@ -53,11 +53,12 @@ from reasoning.batches import AsyncRollouts, PromptSchedule, Rollouts, SyncRollo
 from reasoning.checkpoint import (checkpoint_name, find_resume, prune_checkpoints,
                                   save_checkpoint, truncate_metrics)
 from reasoning.config import Config, deepspeed_config_path, write_resolved
-from reasoning.data import decode_completion, encode_prompt
+from reasoning.data import encode_prompt
 from reasoning.distributed import (NoLogger, barrier, combine_metrics, max_over_ranks, rank_and_world,
                                    trainer_weights)
 from reasoning.engine import build_engine, zero_stage
 from reasoning.evaluate import evaluate
+from reasoning.groups import GroupCollector
 from reasoning.metrics import MetricsLogger, rollout_metrics
 from reasoning.modeling import (apply_lora, count_parameters, enable_gradient_checkpointing, load_model, model_family,
                                 peft_lora_config)
@@ -94,6 +95,7 @@ class RLRun:
     world: int = 1
     group: RolloutGroup | None = None  # rollout workers (on rank 0 only when Ray serves several ranks)
     source: object = None  # SyncRollouts | AsyncRollouts (reasoning/batches.py)
+    collector: GroupCollector | None = None  # scores groups; hints and dynamic sampling (reasoning/groups.py)
     step: int = 0  # the last finished step
     version: int = 0  # policy_version of the trainer's weights
     trained_s: float = 0.0  # training wall time over the whole run (evals excluded)
@@ -192,7 +194,8 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
     policy = make_policy(engine.module, tokenizer, cfg.model.shift_logits)
     objective = build_objective(tr.objective, ObjectiveSettings(
         clip_eps_low=tr.clip_eps_low, clip_eps_high=tr.clip_eps_high, kl_coef=tr.kl_coef,
-        merge_steps=tr.merge_steps, prompt_mask_prob=tr.prompt_mask_prob, importance_cap=tr.importance_cap))
+        merge_steps=tr.merge_steps, prompt_mask_prob=tr.prompt_mask_prob, importance_cap=tr.importance_cap,
+        train_hints=cfg.rollout.hints.train_hints, hint_entropy_fraction=cfg.rollout.hints.entropy_fraction))
     run = RLRun(cfg, task, splits["train"], splits["test"], tokenizer, engine, optimizer, policy, objective,
                 RewardRunner(reward_cfg), NoLogger(), PromptSchedule(len(splits["train"]), tr.prompts_per_step,
                                                                      cfg.seed),
@@ -246,14 +249,34 @@ def restore(run: RLRun, checkpoint: str | None) -> None:
                                    append=checkpoint is not None)
 
 
+def trainer_sample(run: RLRun, jobs: list[SampleJob]) -> list[Trajectory]:
+    """Sample `jobs` with the trainer's own (newest) weights, in eval mode as the workers are."""
+    module, training = run.engine.module, run.engine.module.training
+    module.eval()  # dropout off, as in the workers
+    try:
+        return sample_jobs(run.policy, run.decoding, jobs, run.version)
+    finally:
+        module.train(training)
+
+
 def start_rollouts(run: RLRun) -> None:
-    """Give the workers the trainer's weights, then start the batch source (sync or async)."""
+    """Give the workers the trainer's weights, then start the batch source (sync or async) and the
+    group collector (whose extra answers — hints, further prompts — are drawn by the workers in a
+    synchronous run, and by the trainer itself, with its newest weights, in an asynchronous one)."""
+    cfg = run.cfg
+    asynchronous = cfg.rollout.async_
+
+    def sample_now(jobs: list[SampleJob]) -> list[Trajectory]:
+        if run.group is not None and not asynchronous.enabled:
+            return run.group.run(jobs)
+        return trainer_sample(run, jobs)
+
+    run.collector = GroupCollector(cfg, run.task, run.train, run.tokenizer, run.rewarder, run.policy.ids.stop,
+                                   sample_now, run.rank, run.world)
     weights = trainer_weights(run.engine.module, zero_stage(run.engine))  # a collective under ZeRO-3
     if run.group is None:
         return
     run.group.sync(weights, run.version)
-    cfg = run.cfg
-    asynchronous = cfg.rollout.async_
     tolerate = asynchronous.enabled  # stamped rollouts: a worker left behind makes stale ones, not wrong ones
 
     def plan(step: int) -> tuple[list[int], list[SampleJob]]:
@@ -271,12 +294,7 @@ def start_rollouts(run: RLRun) -> None:
         return
 
     def trainer_run(jobs: list[SampleJob]) -> list[Trajectory]:  # the waiting trainer, its own newer weights
-        module, training = run.engine.module, run.engine.module.training
-        module.eval()  # dropout off, as in the workers
-        try:
-            return sample_jobs(run.policy, run.decoding, jobs, run.version)
-        finally:
-            module.train(training)
+        return trainer_sample(run, jobs)
 
     chunks = max(1, min(8, cfg.trainer.prompts_per_step // 2))  # >= 2 prompts' groups per chunk
     run.source = AsyncRollouts(plan, run.group.run, sync, asynchronous.max_staleness, run.step + 1,
@@ -338,23 +356,22 @@ def rl_step(run: RLRun, step: int) -> dict:
     if rollouts.trainer_sampling is not None:
         timeline.update(trainer_rollout_start=rollouts.trainer_sampling[0],
                         trainer_rollout_end=rollouts.trainer_sampling[1])
+    target = len(rollouts.indices)  # the groups this rank trains on (dynamic sampling refills to it)
     rollouts, stale = drop_stale(run, rollouts)
 
-    # reward
+    # reward; groups with equal rewards teach nothing: hints and further prompts (reasoning/groups.py)
     t0 = time.perf_counter()
-    rows = run.train.select(rollouts.indices)
-    trajectories = rollouts.trajectories
-    completions = [decode_completion(run.tokenizer, t.final_tokens, run.policy.ids.stop) for t in trajectories]
-    columns = {c: [v for v in rows[c] for _ in range(group_size)] for c in rows.column_names if c != "prompt"}
-    scored = run.rewarder([p for p in rows["prompt"] for _ in range(group_size)], completions,
-                          [t.final_tokens.tolist() for t in trajectories], **columns)
-    advantages = group_advantages(scored.total, group_size, tr.normalize_std, tr.leave_one_out)
-    timing["reward"] = time.perf_counter() - t0
+    collected = run.collector.collect(step, rollouts.indices, rollouts.trajectories, target)
+    trained = [t for g in collected.trained for t in g.trajectories]
+    rewards = [r for g in collected.trained for r in g.rewards]
+    advantages = group_advantages(rewards, group_size, tr.normalize_std, tr.leave_one_out)
+    timing["reward"] = time.perf_counter() - t0 - collected.metrics.get("timing_s/hints", 0.0) \
+        - collected.metrics.get("timing_s/dynamic", 0.0)
 
     # update
     timeline["update_start"] = run.clock()
-    kept = [i for i in range(len(trajectories)) if advantages.keep[i]]
-    batch = RolloutBatch([trajectories[i] for i in kept], advantages.values[kept], run.decoding,
+    kept = [i for i in range(len(trained)) if advantages.keep[i]]
+    batch = RolloutBatch([trained[i] for i in kept], advantages.values[kept], run.decoding,
                          run.policy.ids.stop, policy_version=run.version)
     result = update(run.engine, run.optimizer, run.policy, run.objective, batch, run.micro_batches,
                     tr.inner_steps, torch.Generator().manual_seed(derive_seed(cfg.seed, step, UPDATE)), run.lora,
@@ -375,8 +392,10 @@ def rl_step(run: RLRun, step: int) -> dict:
     # log
     epoch, cursor = run.schedule.position(step)
     restarts = run.group.restarts if run.group is not None else 0
-    metrics = {**scored.metrics, **result.metrics, **rollout_metrics(trajectories, run.policy.ids.stop), **stale,
-               "frac_reward_zero_std": advantages.frac_zero_std, "policy_version": run.version,
+    metrics = {**collected.reward_metrics, **collected.metrics, **result.metrics,
+               **rollout_metrics(rollouts.trajectories, run.policy.ids.stop), **stale,
+               "frac_reward_zero_std": 1.0 - collected.metrics["train/informative_fraction"],
+               "policy_version": run.version,
                "rollout/worker_restarts": float(restarts), "data/epoch": epoch, "data/cursor": cursor,
                "lr": run.optimizer.param_groups[0]["lr"], **{f"timing_s/{k}": v for k, v in timing.items()},
                **{f"timeline/{k}": v for k, v in timeline.items()}}
@@ -387,7 +406,8 @@ def rl_step(run: RLRun, step: int) -> dict:
     metrics["perf/tokens_per_s"] = metrics["completions/total_tokens"] / max(time.perf_counter() - started, 1e-9)
     if run.rank == 0 and tr.save_rollouts_every and (step % tr.save_rollouts_every == 0 or step == 1):
         os.makedirs(os.path.join(cfg.run_dir, "rollouts"), exist_ok=True)
-        save_jsonl(trajectories, os.path.join(cfg.run_dir, "rollouts", f"step_{step:06d}.jsonl"))
+        save_jsonl([t for g in collected.sampled for t in g.trajectories],
+                   os.path.join(cfg.run_dir, "rollouts", f"step_{step:06d}.jsonl"))
     return metrics
 
 

@@ -5,7 +5,8 @@
 
 Trajectory picture: row t is the canvas the model saw at step t (· = [MASK]); a cell
 committed at t is coloured by the probability the model gave that token, a re-mask is
-marked red. The title says the decoding (latent-thinking passes per step, forwards).
+marked red, a pinned token (a hint from the reference answer, rollout.hints) orange. The
+title says the decoding (latent-thinking passes per step, forwards) and whether it was hinted.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def trajectory_grid(traj: Trajectory) -> dict:
             remasked[step, position] = True
         else:
             committed[step, position] = float(np.exp(logp))
-    return {"states": states[:-1], "committed": committed, "remasked": remasked}
+    pinned = np.zeros(traj.gen_length, dtype=bool)
+    pinned[traj.pinned_position] = True
+    return {"states": states[:-1], "committed": committed, "remasked": remasked, "pinned": pinned}
 
 
 def plot_trajectory(traj: Trajectory, tokenizer, path_png: str, title: str = "") -> None:
@@ -59,14 +62,17 @@ def plot_trajectory(traj: Trajectory, tokenizer, path_png: str, title: str = "")
             token = grid["states"][t, p]
             if not np.isnan(grid["committed"][t, p]):
                 token = traj.event_token[(traj.event_step == t) & (traj.event_position == p)][-1]
-            color = "red" if grid["remasked"][t, p] else ("white" if not np.isnan(grid["committed"][t, p]) else "gray")
+            color = "red" if grid["remasked"][t, p] else ("white" if not np.isnan(grid["committed"][t, p]) else
+                                                          "darkorange" if grid["pinned"][p] else "gray")
             ax.text(p, t, _token_text(tokenizer, token, traj.mask_id), ha="center", va="center", fontsize=7,
                     color=color, fontweight="bold" if not np.isnan(grid["committed"][t, p]) else "normal")
     ax.set_xticks(range(length))
     ax.set_yticks(range(steps))
     ax.set_xlabel("answer position")
     ax.set_ylabel("denoising step")
-    ax.set_title(title or f"{steps} steps, {traj.forward_passes} forwards, {traj.num_remasks} re-masks")
+    hinted = f", {len(traj.pinned_position)} hint tokens (orange)" if traj.hinted else ""
+    ax.set_title((title + "\n" if title else "") +
+                 f"{steps} steps, {traj.forward_passes} forwards, {traj.num_remasks} re-masks{hinted}")
     fig.colorbar(image, ax=ax, label="p(committed token)")
     fig.tight_layout()
     fig.savefig(path_png, dpi=120)
@@ -88,6 +94,8 @@ def trajectory_html(traj: Trajectory, tokenizer, title: str = "") -> str:
                 shade = int(255 - 155 * prob)
                 style, tip = f"background:rgb({shade},{shade},255);font-weight:bold", f"p={prob:.3f}"
                 token = traj.event_token[(traj.event_step == t) & (traj.event_position == p)][-1]
+            elif grid["pinned"][p]:
+                style, tip, token = "background:#ffe0a0;color:#a50", "hint (pinned)", grid["states"][t, p]
             else:
                 style, tip, token = "color:#999", "", grid["states"][t, p]
             text = html.escape(_token_text(tokenizer, token, traj.mask_id))
@@ -100,9 +108,11 @@ def trajectory_html(traj: Trajectory, tokenizer, title: str = "") -> str:
         "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ddd;"
         "padding:2px 5px;text-align:center;font-family:monospace}</style></head><body>"
         f"<h3>{html.escape(title)}</h3><p>prompt: <code>{prompt}</code> · {traj.num_steps} steps · "
-        f"{traj.forward_passes} forwards · {traj.num_remasks} re-masks · policy version {traj.policy_version}</p>"
+        f"{traj.forward_passes} forwards · {traj.num_remasks} re-masks · policy version {traj.policy_version}"
+        f"{' · hinted: ' + str(len(traj.pinned_position)) + ' hint tokens' if traj.hinted else ''}</p>"
         f"<table><tr><th>step</th>{head}</tr>{''.join(rows)}</table>"
-        "<p>bold = committed at that step (blue: the model's probability), red = re-masked, · = [MASK]</p>"
+        "<p>bold = committed at that step (blue: the model's probability), red = re-masked, "
+        "orange = hint (pinned), · = [MASK]</p>"
         "</body></html>"
     )
 
@@ -123,12 +133,17 @@ def show_trajectories(path: str, tokenizer=None, index: int = 0) -> list[str]:
     return [stem + ".png", stem + ".html"]
 
 
-CURVES = (("reward", "reward (train rollouts)"), ("eval/*/acc", "held-out accuracy"), ("kl", "KL to reference"),
-          ("loss", "loss"))
+# (panel title, metric names drawn in it; eval/*/acc = every task's held-out accuracy)
+CURVES = (("reward (train rollouts)", ("reward",)), ("held-out accuracy", ("eval/*/acc",)),
+          ("learning signal (fraction of groups)", ("train/informative_fraction", "train/all_fail_fraction",
+                                                    "train/all_pass_fraction")),
+          ("hints", ("hints/success_rate", "hints/ratio_mean")), ("dynamic sampling", ("dynamic/draw_factor",)),
+          ("KL to reference", ("kl",)), ("loss", ("loss",)))
 
 
 def plot_run(run_dir: str) -> str:
-    """curves.png from metrics.jsonl: reward, eval accuracy, KL and loss against the step."""
+    """curves.png from metrics.jsonl: reward, eval accuracy, the learning signal (informative / all-fail
+    / all-pass groups), hints, dynamic sampling, KL and loss against the step (panels with data only)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,20 +154,24 @@ def plot_run(run_dir: str) -> str:
         raise ValueError(f"'{run_dir}' has no metrics.jsonl (not a dlmrl run directory)")
     with open(path) as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
-    series = {}
-    for key, label in CURVES:
-        points = []
-        for row in rows:
-            for name, value in row.items():
-                matches = name == key or (key.startswith("eval/") and name.startswith("eval/") and name.endswith("/acc"))
-                if matches and isinstance(value, (int, float)):
-                    points.append((row["step"], value))
-        if points:
-            series[label] = points
-    fig, axes = plt.subplots(1, max(len(series), 1), figsize=(4.2 * max(len(series), 1), 3.2), squeeze=False)
-    for ax, (label, points) in zip(axes[0], series.items()):
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3)
+    panels = {}
+    for label, keys in CURVES:
+        lines = {}
+        for key in keys:
+            for row in rows:
+                for name, value in row.items():
+                    matches = name == key or (key == "eval/*/acc" and name.startswith("eval/") and name.endswith("/acc"))
+                    if matches and isinstance(value, (int, float)):
+                        lines.setdefault(name, []).append((row["step"], value))
+        if lines:
+            panels[label] = lines
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 3.2), squeeze=False)
+    for ax, (label, lines) in zip(axes[0], panels.items()):
+        for name, points in lines.items():
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=name)
+        if len(lines) > 1:
+            ax.legend(fontsize=6)
         ax.set_title(label)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

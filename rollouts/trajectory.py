@@ -40,6 +40,7 @@ class Trajectory:
     sample_index: int = 0  # which of the G samples of that prompt
     cache: str = "none"  # the sampler's KV cache: none = event_logp is the exact policy; else approximate
     forward_tokens: int = 0  # canvas tokens the sampler's forwards computed (the cost a cache cuts)
+    hinted: bool = False  # its pinned tokens are hints from a reference answer (rollout.hints, IGPO)
 
     def __post_init__(self) -> None:
         if self.event_selection_logp is None:  # written before per-commit factors were recorded

@@ -68,3 +68,10 @@ def returns_text(prompts, completions, **kwargs):
 
 def returns_too_few(prompts, completions, **kwargs):
     return []
+
+
+def odd_blanks_digit_fraction(prompts, completions, **kwargs):
+    """digit_fraction for sudoku puzzles with an odd number of blanks, 0 for the others: about half
+    the groups have no reward variance (for the dynamic-sampling tests)."""
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) if p.split()[-1].count("0") % 2 else 0.0
+            for p, c in zip(prompts, completions)]

@@ -1,0 +1,252 @@
+"""Which groups an RL step learns from: scoring, inpainting hints (IGPO) and dynamic sampling (DAPO).
+
+A group is one prompt's G answers. Group-relative advantages are all zero when the G rewards are
+equal, so such a group teaches nothing; on make run's sudoku4 82-89 % of groups are like that,
+about 40 % of prompts failing in all G samples. Two remedies, each off by default:
+
+  hints (`rollout.hints`, IGPO, arXiv 2509.10396): for a group whose every reward is at most
+      `fail_reward`, sample `samples` extra answers with chunks of the task's reference answer
+      pinned into the canvas — the reference cut left to right into chunks of UniformInt[lo, hi]
+      tokens, ⌊n·(1−η)⌋ of them hidden (never the last, as IGPO's code), η ~ U[ratio] per answer,
+      the rest written at their own positions. Of the hinted answers that score higher than the
+      group's best, up to ⌊replace_fraction·G⌋ (a seeded random subset when more) take the places
+      of answers 0, 1, … of the group, which is then scored as it stands.
+  dynamic sampling (`rollout.dynamic_sampling`, DAPO, arXiv 2503.14476): while fewer than the
+      step's prompts_per_step groups have reward variance, draw another round of prompts (at most
+      max_draw_factor × prompts_per_step in all), sample and score them (with hints, if on);
+      the step trains the first prompts_per_step informative groups in draw order.
+
+What is exact and what is not about training on a hinted answer: every token the policy wrote is
+scored at the state it was written from, and that state holds the hints, so the log-probs (and
+the first PPO ratio, 1) are exactly those of the policy *given the hints*. The answer was not
+drawn from the unhinted policy the task is solved with, and no importance weight corrects for
+that (IGPO has none either): a hinted answer is an off-distribution demonstration the policy
+completed itself. Pinned tokens are not actions: by default (`train_hints: none`) no objective
+puts any gradient on them (reasoning/objective_base.py `answer_mask`); `train_hints: entropy`
+trains the highest-entropy fraction of them, scored from the fully masked canvas as IGPO does.
+
+Every draw derives from (seed, step, …) (rollouts/seeding.py), so a resumed run repeats it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from reasoning.data import decode_completion, encode_prompt
+from rollouts import Trajectory
+from rollouts.sampler import sample_seed
+from rollouts.seeding import EXTRA_PROMPTS, HINTS, derive_seed
+from rollouts.workers import SampleJob, make_jobs
+
+Sampler = Callable[[list[SampleJob]], list[Trajectory]]  # jobs -> trajectories, in the jobs' order
+
+
+@dataclass
+class Group:
+    """One prompt's answers and their total rewards."""
+
+    index: int  # the prompt's row in the train split
+    trajectories: list[Trajectory]
+    rewards: list[float]
+    hinted: int = 0  # how many answers are hinted ones
+
+    @property
+    def varied(self) -> bool:
+        return max(self.rewards) - min(self.rewards) > 1e-8
+
+
+@dataclass
+class StepGroups:
+    """What a step trains on (`trained`), everything it sampled (`sampled`), and their metrics."""
+
+    trained: list[Group]
+    sampled: list[Group]
+    reward_metrics: dict[str, float]  # the reward functions' metrics on the step's first-round answers
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def hint_pins(reference: list[int], ratio: tuple[float, float], chunk: tuple[int, int],
+              rng: np.random.Generator) -> dict[int, int]:
+    """IGPO's chunked hint: {position: token} of the revealed chunks of `reference`."""
+    bounds, start = [], 0
+    while start < len(reference):
+        size = int(rng.integers(chunk[0], chunk[1] + 1))
+        bounds.append((start, min(start + size, len(reference))))
+        start += size
+    eta = float(rng.uniform(ratio[0], ratio[1]))
+    hide = min(math.floor(len(bounds) * (1 - eta)), len(bounds) - 1)  # the last chunk is always revealed
+    hidden = set(rng.choice(len(bounds) - 1, size=hide, replace=False).tolist()) if hide > 0 else set()
+    return {p: reference[p] for c, (lo, hi) in enumerate(bounds) if c not in hidden for p in range(lo, hi)}
+
+
+class GroupCollector:
+    """Scores a step's groups and, when configured, adds hints and further prompts.
+
+    `sample` draws answers for extra jobs (the rollout workers, or the trainer's own policy in
+    asynchronous runs); it stamps each with the policy version that drew it."""
+
+    def __init__(self, cfg, task, train, tokenizer, rewarder, stop: tuple[int, ...], sample: Sampler,
+                 rank: int = 0, world: int = 1):
+        self.cfg, self.task, self.train, self.tokenizer, self.rewarder = cfg, task, train, tokenizer, rewarder
+        self.stop, self.sample, self.rank, self.world = stop, sample, rank, world
+        self.hints = cfg.rollout.hints
+        self.dynamic = cfg.rollout.dynamic_sampling
+        self.group_size = cfg.rollout.group_size
+        self._references: dict[int, list[int] | None] = {}
+        if self.hints.enabled and len(train) and not self._has_references():
+            self.hints = None
+
+    def _has_references(self) -> bool:
+        try:
+            self.task.reference(self.train[0])
+            return True
+        except Exception as exc:  # noqa: BLE001 — any task without references: warn once, go on
+            warnings.warn(f"rollout.hints: task '{self.task.name}' has no reference answers ({exc}); "
+                          f"sampling without hints", stacklevel=3)
+            return False
+
+    # --- scoring ---------------------------------------------------------------------------
+
+    def score(self, rows: list[int], trajectories: list[Trajectory]):
+        """The configured rewards of each trajectory; `rows[i]` is trajectory i's train row."""
+        data = self.train.select(rows)
+        completions = [decode_completion(self.tokenizer, t.final_tokens, self.stop) for t in trajectories]
+        columns = {c: data[c] for c in data.column_names if c != "prompt"}
+        return self.rewarder(data["prompt"], completions, [t.final_tokens.tolist() for t in trajectories],
+                             **columns)
+
+    def groups(self, indices: list[int], trajectories: list[Trajectory]) -> tuple[list[Group], dict]:
+        g = self.group_size
+        scored = self.score([i for i in indices for _ in range(g)], trajectories)
+        return [Group(index, trajectories[k * g:(k + 1) * g], list(scored.total[k * g:(k + 1) * g]))
+                for k, index in enumerate(indices)], scored.metrics
+
+    def failed(self, group: Group) -> bool:
+        fail = self.hints.fail_reward if self.hints else 0.0
+        return max(group.rewards) <= fail
+
+    # --- the step ----------------------------------------------------------------------------
+
+    def collect(self, step: int, indices: list[int], trajectories: list[Trajectory], target: int) -> StepGroups:
+        """The step's groups: its first-round `indices` / `trajectories`, then hints and further rounds."""
+        stats: Counter = Counter()
+        groups, reward_metrics = self.groups(indices, trajectories)
+        t0 = time.perf_counter()
+        self._count(groups, stats)
+        if self.hints:
+            self.add_hints(step, 0, groups, stats)
+        stats["timing_hints"] += time.perf_counter() - t0
+        if self.dynamic.enabled:
+            t0 = time.perf_counter()
+            self.draw_more(step, groups, target, stats)
+            stats["timing_dynamic"] = time.perf_counter() - t0
+        trained = [g for g in groups if g.varied]
+        if self.dynamic.enabled:
+            trained = trained[:target]
+        n = max(len(groups), 1)
+        metrics = {"train/informative_fraction": sum(g.varied for g in groups) / n,
+                   "train/all_fail_fraction": stats["all_fail"] / n, "train/all_pass_fraction": stats["all_pass"] / n,
+                   "train/hinted_samples": float(sum(g.hinted for g in trained))}
+        if self.hints:
+            drawn = max(stats["hint_samples"], 1)
+            metrics.update({"hints/groups": float(stats["hint_groups"]), "hints/samples": float(stats["hint_samples"]),
+                            "hints/ratio_mean": stats["hint_ratio"] / drawn,
+                            "hints/success_rate": stats["hint_better"] / drawn,
+                            "hints/replaced": float(stats["hint_replaced"]),
+                            "timing_s/hints": stats["timing_hints"]})
+        if self.dynamic.enabled:
+            metrics.update({"dynamic/draw_factor": len(groups) / max(target, 1), "dynamic/rounds": float(stats["rounds"]),
+                            "timing_s/dynamic": stats["timing_dynamic"]})
+        return StepGroups(trained, groups, reward_metrics, metrics)
+
+    def _count(self, groups: list[Group], stats: Counter) -> None:
+        for g in groups:
+            if not g.varied:
+                stats["all_fail" if self.failed(g) else "all_pass"] += 1
+
+    def draw_more(self, step: int, groups: list[Group], target: int, stats: Counter) -> None:
+        """Dynamic sampling: further rounds of prompts until `target` groups have reward variance."""
+        budget = math.floor(self.dynamic.max_draw_factor * target)
+        taken = {g.index for g in groups}
+        order = iter(torch.randperm(len(self.train), generator=torch.Generator().manual_seed(
+            derive_seed(self.cfg.seed, step, EXTRA_PROMPTS, self.rank))).tolist())
+        total = self.cfg.trainer.prompts_per_step
+        while sum(g.varied for g in groups) < target and len(groups) < budget:
+            stats["rounds"] += 1
+            rnd = stats["rounds"]
+            indices = []
+            for index in order:
+                if index not in taken:
+                    indices.append(index)
+                    taken.add(index)
+                if len(indices) == min(target, budget - len(groups)):
+                    break
+            if not indices:  # the train split is used up
+                return
+            prompts = [encode_prompt(self.tokenizer, p, self.cfg.data.chat_template)
+                       for p in self.train.select(indices)["prompt"]]
+            jobs = make_jobs(prompts, self.group_size, derive_seed(self.cfg.seed, step, EXTRA_PROMPTS, self.rank, rnd))
+            for job in jobs:  # unique (prompt, sample) ids over rounds and ranks
+                job.prompt_index = rnd * total + job.prompt_index * self.world + self.rank
+            new, _ = self.groups(indices, self.sample(jobs))
+            self._count(new, stats)
+            if self.hints:
+                self.add_hints(step, rnd, new, stats)
+            groups.extend(new)
+
+    # --- hints -------------------------------------------------------------------------------
+
+    def reference(self, index: int) -> list[int] | None:
+        """The reference answer's tokens, then [EOS], cut to the canvas (None: this row has none)."""
+        if index not in self._references:
+            try:
+                text = self.task.reference(self.train[index])
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+                self._references[index] = ids[:self.cfg.rollout.gen_length] or None
+            except Exception:  # noqa: BLE001 — a row without a usable reference gets no hints
+                self._references[index] = None
+        return self._references[index]
+
+    def add_hints(self, step: int, rnd: int, groups: list[Group], stats: Counter) -> None:
+        """IGPO: hinted answers for every failed group; better-scoring ones replace failed answers."""
+        h, g = self.hints, self.group_size
+        failed = [(k, grp) for k, grp in enumerate(groups) if self.failed(grp) and self.reference(grp.index)]
+        if not failed:
+            return
+        n = h.samples or g
+        base = derive_seed(self.cfg.seed, step, HINTS, self.rank, rnd)
+        jobs, ratios = [], []
+        for k, grp in failed:
+            reference = self.reference(grp.index)
+            prompt = encode_prompt(self.tokenizer, self.train[grp.index]["prompt"], self.cfg.data.chat_template)
+            for s in range(n):
+                seed = sample_seed(base, k, s)
+                pins = hint_pins(reference, tuple(h.ratio), tuple(h.chunk), np.random.default_rng([seed, 1]))
+                jobs.append(SampleJob(k, s, prompt, seed, pins))
+                ratios.append(len(pins) / len(reference))
+        hinted = self.sample(jobs)
+        scored = self.score([groups[k].index for k, _ in failed for _ in range(n)], hinted)
+        limit = math.floor(h.replace_fraction * g)
+        stats.update(hint_groups=len(failed), hint_samples=len(jobs))
+        stats["hint_ratio"] += sum(ratios)
+        for f, (k, grp) in enumerate(failed):
+            rewards = scored.total[f * n:(f + 1) * n]
+            better = [s for s in range(n) if rewards[s] > max(grp.rewards) + 1e-8]
+            stats["hint_better"] += len(better)
+            if len(better) > limit:
+                rng = np.random.default_rng([base, k, 2])
+                better = sorted(rng.choice(better, size=limit, replace=False).tolist())
+            for slot, s in enumerate(better):
+                traj, old = hinted[f * n + s], grp.trajectories[slot]
+                traj.prompt_index, traj.sample_index, traj.hinted = old.prompt_index, old.sample_index, True
+                grp.trajectories[slot], grp.rewards[slot] = traj, rewards[s]
+            grp.hinted = len(better)
+            stats["hint_replaced"] += len(better)
