@@ -6,7 +6,6 @@ in `rewards.verifiers` — the same checkers evaluation uses, so reward and accu
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 from rewards.registry import register
@@ -70,9 +69,17 @@ def answer_format(prompts, completions, **kwargs) -> list[float]:
     return [format_score(_text(c)) for c in completions]
 
 
+CODE_POOL = 64  # answers judged at once: their sandboxes mostly wait, and each has its own CPU limit
+
+
 @register("code")
-def code(prompts, completions, tests, **kwargs) -> list[float]:
-    """Pass rate of the row's tests against the completion's Python, run in the sandbox
-    (one sandboxed process per completion, as many at once as there are cores)."""
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return list(pool.map(lambda pair: code_pass_rate(_text(pair[0]), pair[1]), zip(completions, tests)))
+def code(prompts, completions, tests, entry_point=None, **kwargs) -> list[float]:
+    """Pass rate of the row's tests against the completion's Python, run in the sandbox. Every
+    answer has its own time limit (SandboxLimits.wall_s): up to CODE_POOL answers are judged at
+    once, so a slow answer never costs another one its score, and a batch takes at most
+    wall_s × ⌈n / CODE_POOL⌉. `entry_point` (HumanEval's column): the function the task names."""
+    names = entry_point or [None] * len(completions)
+    jobs = list(zip(completions, tests, names))
+    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), CODE_POOL))) as pool:
+        return list(pool.map(lambda job: code_pass_rate(_text(job[0]), job[1], entry_points=[job[2]] if job[2] else None),
+                             jobs))

@@ -192,7 +192,7 @@ def extract_code(completion: str) -> str:
     return blocks[-1] if blocks else extract_answer(completion)
 
 
-def code_pass_rate(completion: str, tests: Sequence[str], limits=None) -> float:
+def code_pass_rate(completion: str, tests: Sequence[str], limits=None, entry_points: Sequence[str] | None = None) -> float:
     """Fraction of `tests` (Python snippets, e.g. asserts) that pass against the completion's code,
     judged outside the solution's reach (`rewards.judge`), in [0, 1]. 0.0 if nothing can run."""
     from rewards.judge import judge
@@ -200,5 +200,5 @@ def code_pass_rate(completion: str, tests: Sequence[str], limits=None) -> float:
     tests = list(tests)
     if not tests:
         return 0.0
-    passed = sum(judge(extract_code(completion), tests, limits))
+    passed = sum(judge(extract_code(completion), tests, limits, entry_points))
     return min(max(passed / len(tests), 0.0), 1.0)

@@ -122,3 +122,78 @@ def test_timeouts_leave_no_process_behind():
         assert rewards.code_pass_rate(sleeper, TESTS, limits=quick) == 0.0
     time.sleep(1.0)
     assert sandbox_processes() <= before
+
+
+# --- the judge gives plain Python's verdict, never the solution's -------------------------------
+
+AREA = ["assert math.isclose(area(1), 3.14159, rel_tol=1e-3)", "assert math.isclose(area(2), 12.566, rel_tol=1e-3)"]
+SHADOWING = {
+    "a class named math": "class math:\n    @staticmethod\n    def isclose(*a, **k):\n        return True\n"
+                          "def area(r):\n    return 0\n",
+    "an object named math": "class FakeMath:\n    def isclose(self, *a, **k):\n        return True\n"
+                            "math = FakeMath()\ndef area(r):\n    return 0\n",
+    "a module object made by hand": "import types\nmath = types.ModuleType('math')\n"
+                                    "math.isclose = lambda *a, **k: True\ndef area(r):\n    return 0\n",
+}
+
+
+@pytest.mark.parametrize("name", list(SHADOWING))
+def test_a_solution_cannot_stand_in_for_the_modules_the_tests_use(name):
+    assert reward(SHADOWING[name], AREA) == 0.0
+
+
+def test_the_tests_see_the_real_modules_the_solution_imported():
+    assert reward("import math\ndef area(r):\n    return math.pi * r * r\n", AREA) == 1.0
+    assert reward("from math import pi\nimport math as m\ndef area(r):\n    return pi * r ** 2\n",
+                  ["assert m.isclose(area(1), 3.14159, rel_tol=1e-3)", "assert pi > 3"]) == 1.0
+
+
+def test_an_object_whose_repr_lies_is_not_the_value_it_shows():
+    assert reward("class Liar:\n    def __repr__(self):\n        return '3'\n    def __eq__(self, other):\n"
+                  "        return False\n    __hash__ = None\ndef add(a, b):\n    return Liar()\n") == 0.0
+    assert reward("class Three(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n"
+                  "def add(a, b):\n    return Three(0)\n") == 0.0  # an int subclass counts as its int value
+
+
+HONEST = {
+    "Counter": ("from collections import Counter\ndef count(s):\n    return Counter(s)\n",
+                ["assert count('aab') == {'a': 2, 'b': 1}", "assert count('aab').most_common(1) == [('a', 2)]",
+                 "assert count('') == Counter()"]),
+    "defaultdict": ("from collections import defaultdict\ndef group(xs):\n    d = defaultdict(list)\n"
+                    "    for x in xs:\n        d[x % 2].append(x)\n    return d\n",
+                    ["assert group([1, 2, 3]) == {1: [1, 3], 0: [2]}", "assert group([])  == {}"]),
+    "generator": ("def evens(n):\n    for i in range(0, n, 2):\n        yield i\n",
+                  ["assert list(evens(5)) == [0, 2, 4]", "assert sum(evens(5)) == 6", "assert next(evens(3)) == 0"]),
+    "frozenset": ("def uniq(xs):\n    return frozenset(xs)\n",
+                  ["assert uniq([1, 1, 2]) == frozenset({1, 2})", "assert uniq([1]) == {1}"]),
+    "nan and inf": ("import math\ndef div(a, b):\n    if b == 0:\n        return math.inf if a else math.nan\n"
+                    "    return a / b\n",
+                    ["assert div(1, 0) == float('inf')", "assert math.isnan(div(0, 0))", "assert div(1, 2) == 0.5"]),
+    "5,000-digit integer": ("def big(n):\n    return 7 ** n\n",
+                            ["assert big(6000) == 7 ** 6000", "assert big(6000) % 1000 == pow(7, 6000, 1000)"]),
+    "objects of its own class": ("class P:\n    def __init__(self, x):\n        self.x = x\n"
+                                 "    def __eq__(self, other):\n        return isinstance(other, P) and self.x == other.x\n"
+                                 "    def __len__(self):\n        return self.x\n",
+                                 ["assert P(1) == P(1)", "assert P(1) != P(2)", "assert len(P(3)) == 3",
+                                  "assert P(2).x == 2"]),
+}
+
+
+@pytest.mark.parametrize("name", list(HONEST))
+def test_honest_answers_of_every_standard_type_pass(name):
+    solution, tests = HONEST[name]
+    assert reward(solution, tests) == 1.0
+
+
+def test_slow_answers_cost_only_their_own_score():
+    """10 answers that sleep 4 s per call next to 2 honest ones: each answer has its own limit
+    (wall_s), all are judged at once, so the honest ones keep 1.0 and the batch ends within it."""
+    slow = "```python\nimport time\ndef add(a, b):\n    time.sleep(4)\n    return a + b\n```"
+    honest = "```python\ndef add(a, b):\n    return a + b\n```"
+    completions = [slow] * 5 + [honest] + [slow] * 5 + [honest]
+    start = time.monotonic()
+    scores = rewards.get("code")(["p"] * 12, completions, tests=[TESTS] * 12)
+    elapsed = time.monotonic() - start
+    assert scores[5] == 1.0 and scores[11] == 1.0
+    assert all(s < 1.0 for i, s in enumerate(scores) if i not in (5, 11))
+    assert elapsed < rewards.SandboxLimits().wall_s + 5, elapsed
