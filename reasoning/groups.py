@@ -97,11 +97,11 @@ class GroupCollector:
                  rank: int = 0, world: int = 1):
         self.cfg, self.task, self.train, self.tokenizer, self.rewarder = cfg, task, train, tokenizer, rewarder
         self.stop, self.sample, self.rank, self.world = stop, sample, rank, world
-        self.hints = cfg.rollout.hints
+        self.hints = cfg.rollout.hints if cfg.rollout.hints.enabled else None
         self.dynamic = cfg.rollout.dynamic_sampling
         self.group_size = cfg.rollout.group_size
         self._references: dict[int, list[int] | None] = {}
-        if self.hints.enabled and len(train) and not self._has_references():
+        if self.hints and len(train) and not self._has_references():
             self.hints = None
 
     def _has_references(self) -> bool:

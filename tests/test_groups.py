@@ -170,6 +170,17 @@ def test_a_task_without_references_samples_without_hints_after_one_warning(tmp_p
 SOME_INFORMATIVE = "rewards=[{fn: 'reward_fns:odd_blanks_digit_fraction'}]"
 
 
+def test_without_hints_or_dynamic_sampling_a_step_trains_what_it_sampled(tmp_path):
+    cfg = load_config(None, [f"output_dir={tmp_path}", "name=plain", *TINY, SOME_INFORMATIVE, "trainer.steps=2",
+                             "trainer.prompts_per_step=4"])
+    run_rl(cfg)
+    for m in train_steps(cfg.run_dir):
+        assert not any(k.startswith(("hints/", "dynamic/")) for k in m) and m["train/hinted_samples"] == 0
+        informative = m["train/informative_fraction"]
+        assert m["train/samples"] == round(informative * 4) * 4  # every group with variance, nothing added
+        assert m["frac_reward_zero_std"] == pytest.approx(1 - informative)
+
+
 def test_dynamic_sampling_fills_every_step_with_informative_groups(tmp_path):
     cfg = load_config(None, [f"output_dir={tmp_path}", "name=dyn", *TINY, SOME_INFORMATIVE, "trainer.steps=3",
                              "trainer.prompts_per_step=4", "rollout.dynamic_sampling.enabled=true",
