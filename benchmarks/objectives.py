@@ -11,6 +11,12 @@
    Held-out greedy accuracy (512 problems) is measured at budget/3, 2·budget/3 and budget.
 3. Update cost. Short runs (`--cost-steps`) report seconds per RL step for every objective and for
    trajectory with merge_steps 1/2/4 (`--cost-only` runs just this).
+4. `--tune`: first, on the tuning seed (`--tune-seed`, not one of `--seeds`), every objective runs for
+   `--tune-budget` seconds at each lr in {1e-5, 3e-5, 1e-4} and each μ (trainer.inner_steps) in {1, 4, 12};
+   each objective's best setting by held-out gain is then the one compared on `--seeds`. Trajectory
+   runs there with `--signal` (a variant of benchmarks/signal.py: plain | hints | dynamic | hints+dynamic).
+   JSON adds tuned.<task>.<objective> = {lr, mu, gain_pts (on the tuning seed)}, tuning (every setting's
+   gain) and gain_pts_vs_best_baseline (trajectory minus the best of the other four on sudoku4).
 Last output line, JSON: objectives; by_task.<task>.<objective> = {gain_pts, curve} (mean of the seeds;
 curve = [{trained_s, accuracy}]); best.<task> = {objective, gain_pts}; gain_pts_vs_mean_field
 (trajectory minus mean_field on sudoku4); update_cost_per_step; starts (SFT step and accuracy).
@@ -34,6 +40,10 @@ OUT = os.path.join(ROOT, "runs", "bench", "objectives")
 
 
 OBJECTIVES = ("trajectory", "mean_field", "coupled", "spg", "wd1")
+LRS = (1e-5, 3e-5, 1e-4)
+MUS = (1, 4, 12)
+SIGNAL = {"plain": [], "hints": ["rollout.hints.enabled=true"], "dynamic": ["rollout.dynamic_sampling.enabled=true"],
+          "hints+dynamic": ["rollout.hints.enabled=true", "rollout.dynamic_sampling.enabled=true"]}
 TARGETS = {"sudoku4": 0.40, "countdown": 0.20}
 
 
@@ -73,6 +83,33 @@ def curve(name: str, task: str) -> list[dict]:
     return rows
 
 
+def gain(name: str, task: str) -> float:
+    points = curve(name, task)
+    return round(100 * (points[-1]["accuracy"] - points[0]["accuracy"]), 1)
+
+
+def tune(task: str, checkpoint: str, objectives: list[str], budget: float, seed: int) -> tuple[dict, dict]:
+    """Every objective at every (lr, μ) for `budget` seconds on the tuning seed; returns
+    ({objective: {lr, mu, gain_pts}} of the best settings, {objective: {"lr=..,mu=..": gain}})."""
+    settings = [(lr, mu) for lr in LRS for mu in MUS]
+    jobs = []
+    for obj in objectives:
+        for lr, mu in settings:
+            name = f"tune_{task}_{obj}_lr{lr:g}_mu{mu}"
+            shutil.rmtree(os.path.join(OUT, name), ignore_errors=True)
+            jobs.append((task, name, checkpoint, [f"trainer.objective={obj}", f"trainer.lr={lr}",
+                                                  f"trainer.inner_steps={mu}", f"seed={seed}",
+                                                  f"trainer.max_seconds={budget}", "trainer.eval_every_s=0",
+                                                  "trainer.steps=100000"]))
+    run_pair(jobs)
+    grid, chosen = {}, {}
+    for obj in objectives:
+        grid[obj] = {f"lr={lr:g},mu={mu}": gain(f"tune_{task}_{obj}_lr{lr:g}_mu{mu}", task) for lr, mu in settings}
+        lr, mu = max(settings, key=lambda s: grid[obj][f"lr={s[0]:g},mu={s[1]}"])
+        chosen[obj] = {"lr": lr, "mu": mu, "gain_pts": grid[obj][f"lr={lr:g},mu={mu}"]}
+    return chosen, grid
+
+
 def run_pair(jobs: list[tuple[str, str, str, list[str]]]) -> None:
     """Run up to two training processes at a time (one core each)."""
     pending = list(jobs)
@@ -96,15 +133,29 @@ def main() -> None:
     parser.add_argument("--target", nargs="+", type=float, help="SFT accuracy target per task (default per task)")
     parser.add_argument("--cost-steps", type=int, default=6)
     parser.add_argument("--cost-only", action="store_true", help="skip the learning curves")
+    parser.add_argument("--tune", action="store_true", help="pick each objective's lr and μ on a tuning seed first")
+    parser.add_argument("--tune-seed", type=int, default=100)
+    parser.add_argument("--tune-budget", type=float, help="training seconds per tuning run (default --budget)")
+    parser.add_argument("--signal", default="plain", choices=list(SIGNAL),
+                        help="trajectory's signal variant in the comparison (benchmarks/signal.py)")
     args = parser.parse_args()
     if args.cost_only:
         args.tasks = []
     targets = dict(zip(args.tasks, args.target)) if args.target else TARGETS
     os.makedirs(OUT, exist_ok=True)
 
-    by_task, best, starts = {}, {}, {}
+    by_task, best, starts, tuned, tuning = {}, {}, {}, {}, {}
     for task in args.tasks:
         checkpoint, starts[task] = sft_checkpoint(task, targets[task])
+        chosen = {}
+        if args.tune:
+            chosen, tuning[task] = tune(task, checkpoint, args.objectives, args.tune_budget or args.budget,
+                                        args.tune_seed)
+            tuned[task] = chosen
+            print(task, "tuned", json.dumps(chosen), file=sys.stderr)
+        setting = {obj: ([f"trainer.lr={chosen[obj]['lr']}", f"trainer.inner_steps={chosen[obj]['mu']}"]
+                         if obj in chosen else []) + (SIGNAL[args.signal] if obj == "trajectory" else [])
+                   for obj in args.objectives}
         timed = [f"trainer.max_seconds={args.budget}", f"trainer.eval_every_s={args.budget / 3}",
                  "trainer.steps=100000"]
         jobs = []
@@ -112,7 +163,7 @@ def main() -> None:
             for seed in args.seeds:
                 shutil.rmtree(os.path.join(OUT, f"{task}_{obj}_s{seed}"), ignore_errors=True)
                 jobs.append((task, f"{task}_{obj}_s{seed}", checkpoint,
-                             [f"trainer.objective={obj}", f"seed={seed}", *timed]))
+                             [f"trainer.objective={obj}", f"seed={seed}", *timed, *setting[obj]]))
         run_pair(jobs)
         by_task[task] = {}
         for obj in args.objectives:
@@ -153,6 +204,10 @@ def main() -> None:
         "gain_pts_vs_mean_field": (round(sudoku["trajectory"]["gain_pts"] - sudoku["mean_field"]["gain_pts"], 1)
                                    if "trajectory" in sudoku and "mean_field" in sudoku else None),
         "starts": starts,
+        "tuned": tuned, "tuning": tuning, "signal": args.signal,
+        "gain_pts_vs_best_baseline": (round(sudoku["trajectory"]["gain_pts"] - max(
+            sudoku[o]["gain_pts"] for o in sudoku if o != "trajectory"), 1)
+            if "trajectory" in sudoku and len(sudoku) > 1 else None),
         "budget_s": args.budget,
         "seeds": args.seeds,
         "update_cost_per_step": costs,

@@ -18,7 +18,8 @@ from typing import Literal
 import yaml
 
 from reasoning.modeling import ModelConfig
-from reasoning.schema import ConfigError, apply_override, drop_unknown_keys, from_dict, parse_override, suggest, to_dict
+from reasoning.schema import (ConfigError, apply_override, drop_unknown_keys, from_dict, load_yaml, parse_override,
+                              suggest, to_dict)
 from reasoning.tasks.base import DataConfig
 import rewards
 from rewards.registry import RewardsConfig
@@ -145,8 +146,8 @@ class SFTConfig:
     target_n: int = 128
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"config key 'sft.lr': expected > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"config key 'sft.lr': expected a finite number > 0, got {self.lr}")
         if not 0 <= self.target_accuracy <= 1:
             raise ConfigError(f"config key 'sft.target_accuracy': expected in [0, 1], got {self.target_accuracy}")
         for key in ("steps", "batch_size", "target_every", "target_n"):
@@ -199,8 +200,12 @@ class TrainerConfig:
         for key in ("steps", "prompts_per_step", "inner_steps", "micro_batch_size", "merge_steps", "keep_checkpoints"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"config key 'trainer.{key}': expected >= 1, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ConfigError(f"config key 'trainer.lr': expected > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"config key 'trainer.lr': expected a finite number > 0, got {self.lr}")
+        for key in ("max_seconds", "eval_every_s"):  # 0 = off
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
+                raise ConfigError(f"config key 'trainer.{key}': expected a finite number of seconds >= 0 "
+                                  f"(0 = off), got {getattr(self, key)}")
         for key in ("clip_eps_low", "clip_eps_high", "kl_coef"):
             if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise ConfigError(f"config key 'trainer.{key}': expected >= 0, got {getattr(self, key)}")
@@ -320,10 +325,7 @@ def load_config(path: str | None, overrides: list[str] = (), saved_by_run: bool 
         if not os.path.isfile(path):
             raise ConfigError(f"config file '{path}' not found")
         with open(path) as fh:
-            try:
-                tree = yaml.safe_load(fh) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from exc
+            tree = load_yaml(fh.read(), f"config file '{path}'") or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"config file '{path}': expected a mapping of blocks at the top level")
     if isinstance(tree.get("rewards"), list):  # `rewards: [...]` is short for `rewards: {functions: [...]}`

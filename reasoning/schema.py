@@ -21,6 +21,72 @@ class ConfigError(ValueError):
     """A config problem a user can fix; the message names the key or file."""
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """A value as an error message quotes it: its repr, cut to `limit` characters (a huge value
+    must not become a huge message)."""
+    text = repr(value) if not isinstance(value, (list, dict)) or len(value) < 1000 else f"<{type(value).__name__} " \
+        f"of {len(value)} items>"
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+MAX_YAML_NODES = 100_000  # a config is a few hundred nodes; aliases may not expand one past this
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys (the later one would silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable: the base class says so
+            if duplicate:
+                raise ConfigError(f"duplicate key {shown(key)} on line {key_node.start_mark.line + 1}: "
+                                  f"each key may appear once in a block")
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """YAML text -> Python, with duplicate keys refused and aliases bounded *before* they are
+    expanded (a 300-byte alias bomb stands for 10⁹ nodes). `where` names the file or override."""
+    try:
+        root = yaml.compose(text, Loader=StrictLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {exc}") from None
+    sizes: dict[int, int] = {}
+
+    def size(node, path: frozenset = frozenset()) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in path:
+            raise ConfigError(f"{where}: a YAML alias refers to itself (line {node.start_mark.line + 1})")
+        inside = path | {id(node)}
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else
+                    node.value if isinstance(node, yaml.SequenceNode) else [])
+        total = 1
+        for child in children:
+            total += size(child, inside)
+            if total > MAX_YAML_NODES:
+                raise ConfigError(f"{where}: its YAML aliases expand to more than {MAX_YAML_NODES:,} values "
+                                  f"(line {node.start_mark.line + 1}); a config needs far fewer")
+        sizes[id(node)] = total
+        return total
+
+    if root is None:
+        return None
+    size(root)
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 — a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {exc}") from None
+
+
 def suggest(name: str, valid: typing.Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest valid name, or a list of the valid ones."""
     valid = sorted(valid)
@@ -62,26 +128,26 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {shown(value)}")
     if tp is type(None):
         if value is None:
             return None
-        raise ConfigError(f"config key '{key}': expected null, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected null, got {shown(value)}")
     if origin is Literal:
         if value in get_args(tp):
             return value
         hint = suggest(str(value), [str(a) for a in get_args(tp)])
-        raise ConfigError(f"config key '{key}': expected one of {_type_name(tp)}, got {value!r}{hint}")
+        raise ConfigError(f"config key '{key}': expected one of {_type_name(tp)}, got {shown(value)}{hint}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected a list, got {shown(value)}")
         (item_tp,) = get_args(tp) or (Any,)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected a mapping, got {shown(value)}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -98,7 +164,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     else:
         raise TypeError(f"schema for '{key}' uses unsupported type {tp!r}")
     raise ConfigError(
-        f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+        f"config key '{key}': expected {_type_name(tp)}, got {shown(value)} ({type(value).__name__})"
     )
 
 
@@ -108,7 +174,7 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config block {where}: expected a mapping, got {data!r}")
+        raise ConfigError(f"config block {where}: expected a mapping, got {shown(data)}")
     hints = get_type_hints(cls)
     fields = {yaml_key(f.name): f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
@@ -164,8 +230,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}': expected key.sub=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"override '{key.strip()}'") if raw.strip() else ""
+    except ConfigError as exc:
+        if "not valid YAML" not in str(exc):
+            raise
         value = raw
     # YAML reads 1e-4 as a string (no dot); a number is what a user means.
     if isinstance(value, str):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -154,6 +155,8 @@ class RewardSpec:
     def __post_init__(self) -> None:
         if (self.name is None) == (self.fn is None):
             raise ValueError("each reward needs exactly one of 'name' or 'fn'")
+        if not math.isfinite(self.weight):
+            raise ValueError(f"reward '{self.name or self.fn}': 'weight' must be a finite number, got {self.weight}")
 
     @property
     def reference(self) -> str:
@@ -174,3 +177,9 @@ class RewardsConfig:
     timeout_s: float = 30.0  # per call of one function on one batch
     on_error: Literal["zero", "skip", "raise"] = "zero"  # a raising / hanging / malformed reward
     workers: int = 2  # processes that run user reward functions (killed and restarted on a hang)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise ValueError(f"config key 'rewards.timeout_s': expected a number of seconds > 0, got {self.timeout_s}")
+        if self.workers < 1:
+            raise ValueError(f"config key 'rewards.workers': expected >= 1, got {self.workers}")

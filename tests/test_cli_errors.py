@@ -32,6 +32,12 @@ def gsm8k_file(tmp, lines):
 GOOD_ROW = json.dumps({"question": "1+1?", "answer": "#### 2"})
 NO_FIELD_ROW = json.dumps({"q": 1})
 
+# 10 levels of 10 aliases each: a 400-byte file that stands for 10^10 values
+ALIAS_BOMB = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
+ALIAS_BOMB_FLOW = "{a: &a [x, x, x, x, x, x, x, x, x, x], " + ", ".join(
+    f"b{i}: &b{i} [{', '.join([('*b' + str(i - 1)) if i else '*a'] * 10)}]" for i in range(9)) + "}"
+
 # (case id, argv builder(tmp) -> list, expected text in the one error line)
 CASES = [
     ("group_size 0", lambda t: ["train", *FAST, "rollout.group_size=0"], "rollout.group_size"),
@@ -45,6 +51,26 @@ CASES = [
     ("stale rollouts, objective without behaviour log-probs",
      lambda t: ["train", *FAST, "rollout.async.enabled=true", "trainer.objective=coupled"], "rollout.async"),
     ("importance cap below 1", lambda t: ["train", *FAST, "trainer.importance_cap=0.5"], "trainer.importance_cap"),
+    ("infinite lr", lambda t: ["train", *FAST, "trainer.lr=.inf"], "trainer.lr"),
+    ("nan lr", lambda t: ["train", *FAST, "trainer.lr=.nan"], "trainer.lr"),
+    ("infinite sft lr", lambda t: ["sft", *FAST, "sft.lr=.inf"], "sft.lr"),
+    ("nan reward weight", lambda t: ["train", *FAST, "rewards=[{name: sudoku4, weight: .nan}]"], "weight"),
+    ("reward timeout 0", lambda t: ["train", *FAST, "rewards.timeout_s=0"], "rewards.timeout_s"),
+    ("negative max_seconds", lambda t: ["train", *FAST, "trainer.max_seconds=-1"], "trainer.max_seconds"),
+    ("nan max_seconds", lambda t: ["train", *FAST, "trainer.max_seconds=.nan"], "trainer.max_seconds"),
+    ("duplicated block", lambda t: ["train", write(t / "dup.yaml", "name: run\ntrainer: {lr: 1.0e-4}\n"
+                                                                  "trainer: {steps: 2}\n"), *FAST], "duplicate key"),
+    ("alias bomb", lambda t: ["train", write(t / "bomb.yaml", ALIAS_BOMB), *FAST], "aliases expand"),
+    ("alias bomb in an override", lambda t: ["train", *FAST, "data.task_args=" + ALIAS_BOMB_FLOW], "aliases expand"),
+    ("NaN prompt in a data file", lambda t: ["eval", write(t / "c.yaml", "name: e\n"), *FAST, "--data",
+                                                    gsm8k_file(t, [GOOD_ROW, '{"question": NaN, "answer": "#### 1"}'])],
+     "line 2"),
+    ("null prompt in a data file", lambda t: ["train", *FAST, "data.task=gsm8k", "data.test_size=1",
+                                              "data.task_args={path: " + gsm8k_file(t, [GOOD_ROW, GOOD_ROW, '{"question": null, "answer": "#### 1"}']) + "}"],
+     "line 3"),
+    ("list prompt in a data file", lambda t: ["train", *FAST, "data.task=gsm8k", "data.test_size=1",
+                                              "data.task_args={path: " + gsm8k_file(t, [GOOD_ROW, '{"question": ["a", "b"], "answer": "#### 1"}']) + "}"],
+     "field 'question'"),
     ("hint ratio 0", lambda t: ["train", *FAST, "rollout.hints.enabled=true", "rollout.hints.ratio=[0.0, 0.5]"],
      "rollout.hints.ratio"),
     ("hint ratio above 1", lambda t: ["train", *FAST, "rollout.hints.ratio=[0.5, 1.5]"], "rollout.hints.ratio"),
@@ -187,3 +213,16 @@ def test_a_fresh_run_into_an_old_runs_directory_is_refused(tmp_path, capsys):
     assert main(run(tmp_path, "overwrite=true")) == 0  # explicit start over
     steps = [json.loads(line)["step"] for line in open(tmp_path / "owned" / "metrics.jsonl") if '"reward"' in line]
     assert steps == [1]
+
+
+def test_an_alias_bomb_is_refused_quickly_and_small():
+    """Refused before expansion: within 10 s and under a 2 GB address-space limit."""
+    import subprocess
+    import sys
+
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+            "from reasoning.schema import load_yaml, ConfigError\n"
+            f"try:\n    load_yaml({ALIAS_BOMB!r}, 'bomb')\nexcept ConfigError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=10,
+                          cwd=os.path.dirname(HERE))
+    assert done.returncode == 0 and "aliases expand" in done.stdout, done.stderr[-2000:]

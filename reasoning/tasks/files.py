@@ -15,7 +15,7 @@ import os
 from datasets import Dataset, DatasetDict, load_dataset
 
 import rewards
-from reasoning.schema import ConfigError
+from reasoning.schema import ConfigError, shown
 from reasoning.tasks.base import ANSWER_FORMAT, DataConfig, Task
 
 INSTRUCTION = "\nGive the final answer inside <answer></answer>."
@@ -62,6 +62,25 @@ def check_jsonl(path: str) -> None:
                                   f"{type(value).__name__}")
 
 
+def check_prompts(rows: Dataset, path: str, field: str, what: str = "a non-empty string",
+                  conversation: bool = False) -> None:
+    """Every row's `field` is a non-empty string (or, with `conversation`, a list of messages;
+    `what` mentioning a number admits numbers): a NaN, null, list or dict would silently become a
+    prompt such as "None". The error names the file and the line (JSONL) or row."""
+    lines = None
+    if path.lower().endswith(".jsonl") and os.path.isfile(path):
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = [number for number, line in enumerate(fh, 1) if line.strip()]
+    for index, value in enumerate(rows[field]):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+            and abs(value) != float("inf")
+        ok = (isinstance(value, str) and value.strip()) or ("number" in what and number) or (
+            conversation and isinstance(value, list) and value and all(isinstance(m, dict) for m in value))
+        if not ok:
+            where = f"line {lines[index]}" if lines and index < len(lines) else f"row {index + 1}"
+            raise ConfigError(f"data file '{path}' {where}: field '{field}' must be {what}, got {shown(value)}")
+
+
 def load_rows(path: str, prompt_field: str, answer_field: str, key: str = "data.task_args.path") -> Dataset:
     """A problems file -> Dataset(prompt, answer, ...): the prompt gets the answer-format instruction."""
     rows = read_file(path, key)
@@ -69,6 +88,8 @@ def load_rows(path: str, prompt_field: str, answer_field: str, key: str = "data.
         if field not in rows.column_names:
             raise ConfigError(f"data file '{path}' has no field '{field}' (data.task_args.{name}); "
                               f"its fields are {rows.column_names}")
+    check_prompts(rows, path, prompt_field)
+    check_prompts(rows, path, answer_field, what="a non-empty string or a number")
     rows = rows.map(lambda r: {"prompt": str(r[prompt_field]) + INSTRUCTION, "answer": str(r[answer_field])},
                     remove_columns=[c for c in rows.column_names if c in ("prompt", "answer")])
     return rows
@@ -143,6 +164,8 @@ class TRLDataset(Task):
         if "prompt" not in rows.column_names:
             raise ConfigError(f"data file '{args['path']}' has no 'prompt' column (a TRL dataset's prompt: text or "
                               f"a list of {{role, content}} messages); its columns are {rows.column_names}")
+        check_prompts(rows, args["path"], "prompt", "a non-empty string or a list of {role, content} messages",
+                      conversation=True)
         if "test_path" in args:
             return DatasetDict(train=rows, test=read_file(args["test_path"], "data.task_args.test_path"))
         n_test = min(cfg.test_size, len(rows))
