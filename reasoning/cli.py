@@ -10,6 +10,7 @@ import os
 import re
 import sys
 
+from reasoning import interrupts
 from reasoning.schema import ConfigError
 
 
@@ -339,8 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "overrides", None):
         parser.error(f"'{args.overrides[0]}' is not an override (expected key.sub=value)")
     args.overrides = overrides
+    interrupts.install()
     try:
         return args.func(args)
+    except (interrupts.Interrupted, KeyboardInterrupt) as exc:  # one line, no traceback
+        stop = interrupts.as_interrupted(exc)
+        print(f"dlmrl {args.verb}: {stop.message}", file=sys.stderr)
+        return stop.code
     except Exception as exc:  # noqa: BLE001 — expected failures become one line; bugs keep their traceback
         message = expected_failure(exc)
         if message is None or show_trace:

@@ -50,7 +50,8 @@ from tqdm.auto import tqdm
 
 from reasoning.advantages import group_advantages
 from reasoning.batches import AsyncRollouts, PromptSchedule, Rollouts, SyncRollouts
-from reasoning.checkpoint import (checkpoint_name, find_resume, prune_checkpoints,
+from reasoning import interrupts
+from reasoning.checkpoint import (checkpoint_name, complete_checkpoints, find_resume, prune_checkpoints,
                                   save_checkpoint, truncate_metrics)
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import encode_prompt
@@ -162,6 +163,11 @@ def run_rl(cfg: Config) -> dict:
             restore(run, find_resume(cfg.trainer.resume, cfg.run_dir))
             start_rollouts(run)
             loop(run)
+        except (KeyboardInterrupt, interrupts.Interrupted) as exc:  # SIGTERM / Ctrl-C: say where to resume
+            newest = complete_checkpoints(cfg.run_dir)
+            raise interrupts.Interrupted(interrupts.as_interrupted(exc).code, (
+                f"interrupted at step {run.step}; the newest checkpoint is "
+                f"{newest[-1] if newest else 'none yet'}; resume with trainer.resume=auto")) from None
         finally:
             close(run)
         return finish(run, started)
@@ -209,6 +215,7 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
             run.decoding, num_workers=cfg.ray.num_workers if cfg.ray.enabled else 1,
             use_ray=cfg.ray.enabled, address=cfg.ray.address, threads=cfg.ray.threads_per_worker,
             placement=cfg.ray.placement, connect_timeout_s=cfg.ray.connect_timeout_s)
+        interrupts.install()  # ray.init may have put its own SIGTERM handler in place
     print(f"train {task.name} with {tr.objective}: {count_parameters(engine.module) / 1e6:.2f} M parameters "
           f"({count_parameters(engine.module, trainable_only=True) / 1e6:.3f} M trainable), "
           f"{'Ray' if cfg.ray.enabled else 'in-process'} rollouts, {run.loop_kind}, {world} trainer process(es), "
@@ -486,7 +493,7 @@ def close(run: RLRun) -> None:
         run.source.close()
     run.rewarder.close()
     if run.group is not None:
-        run.group.shutdown()
+        run.group.shutdown()  # the local Ray instance itself stops with this process (Ray's atexit)
     run.logger.close()
 
 

@@ -226,3 +226,56 @@ def test_an_alias_bomb_is_refused_quickly_and_small():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=10,
                           cwd=os.path.dirname(HERE))
     assert done.returncode == 0 and "aliases expand" in done.stdout, done.stderr[-2000:]
+
+
+# --- SIGTERM and Ctrl-C: one line, exit 143 / 130, the lock released, nothing left running -------
+
+def interrupt_case(tmp_path, sig, ray):
+    import fcntl
+    import signal as signals
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(HERE)
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="ry", dir="/tmp")  # Ray's socket paths have a length limit
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                            "MASTER_PORT", "RAY_ADDRESS")}
+    env.update(PYTHONPATH=os.pathsep.join([root, HERE]), RAY_TMPDIR=ray_tmp)
+    (tmp_path / "rl.yaml").write_text("name: run\n")
+    argv = [sys.executable, "-m", "reasoning.cli", "train", str(tmp_path / "rl.yaml"), *FAST, f"output_dir={tmp_path}",
+            "trainer.steps=1000", "trainer.checkpoint_every=2", "rewards=[{fn: 'reward_fns:digit_fraction'}]",
+            *(["ray.enabled=true", "ray.num_workers=1"] if ray else [])]
+    proc = subprocess.Popen(argv, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_000002" / "trainer_state.json"
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    code = proc.wait(timeout=120)
+    err = proc.stderr.read()
+    assert code == (143 if sig == signals.SIGTERM else 130), err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("dlmrl train:")]
+    assert len(lines) == 1 and "interrupted at step" in lines[0] and "trainer.resume=auto" in lines[0], err[-3000:]
+    assert "Traceback" not in err
+    with open(tmp_path / "run" / ".lock") as fh:  # released: this process can take it
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    time.sleep(5)
+    left = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    assert not [line for line in left.splitlines() if ray_tmp in line or str(tmp_path / "rl.yaml") in line]
+    newest = max(int(p.name.split("_")[1]) for p in (tmp_path / "run" / "checkpoints").glob("step_*")
+                 if (p / "trainer_state.json").exists())
+    resumed = subprocess.run([*argv, f"trainer.steps={newest + 2}", "trainer.resume=auto"],
+                             env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigint", "sigterm-ray"])
+def test_an_interrupted_run_says_where_to_resume_and_leaves_nothing(tmp_path, how):
+    import signal as signals
+
+    interrupt_case(tmp_path, signals.SIGTERM if how.startswith("sigterm") else signals.SIGINT, how.endswith("ray"))
