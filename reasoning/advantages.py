@@ -26,6 +26,8 @@ def group_advantages(rewards: list[float], group_size: int, normalize_std: bool 
     """rewards are ordered prompt-major: [p0 s0, p0 s1, ..., p1 s0, ...]."""
     if group_size < 1 or len(rewards) % group_size:
         raise ValueError(f"{len(rewards)} rewards do not split into groups of {group_size}")
+    if not rewards:  # no group this step (every one was dropped)
+        return Advantages(torch.zeros(0), torch.zeros(0, dtype=torch.bool), 0.0)
     r = torch.tensor(rewards, dtype=torch.float64).view(-1, group_size)
     if leave_one_out and group_size > 1:
         baseline = (r.sum(1, keepdim=True) - r) / (group_size - 1)

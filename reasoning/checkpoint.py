@@ -103,8 +103,7 @@ def load_checkpoint(path: str, dtype: torch.dtype = torch.float32, family: str =
         raise FileNotFoundError(f"checkpoint directory '{path}' does not exist")
     if not is_checkpoint(path):
         raise ValueError(f"'{path}' is not a complete dlmrl checkpoint (no {STATE_FILE})")
-    with open(os.path.join(path, STATE_FILE)) as fh:
-        state = json.load(fh)
+    state = read_state(path)
     tokenizer = load_tokenizer(path, trust_remote_code)
     adapter = os.path.join(path, "adapter")
     if os.path.isdir(adapter):
@@ -117,16 +116,36 @@ def load_checkpoint(path: str, dtype: torch.dtype = torch.float32, family: str =
     return model, tokenizer, state
 
 
+def read_state(checkpoint: str) -> dict:
+    """A checkpoint's trainer_state.json; a ConfigError naming the file if it is not a JSON object."""
+    path = os.path.join(checkpoint, STATE_FILE)
+    try:
+        with open(path) as fh:
+            state = json.load(fh)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"checkpoint file '{path}' is not valid JSON ({exc}); the checkpoint is damaged") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ConfigError(f"checkpoint file '{path}': expected a JSON object with an integer 'step'")
+    return state
+
+
 def find_resume(resume: str, run_dir: str) -> str | None:
-    """The checkpoint `trainer.resume` names: none, the newest complete one (auto), or a path."""
+    """The RL checkpoint `trainer.resume` names: none, the newest complete one (auto), or a path —
+    checked (complete, readable, an RL checkpoint with optimizer state) before the run claims its directory."""
     if resume == "none":
         return None
     if resume == "auto":
         found = complete_checkpoints(run_dir)
-        return found[-1] if found else None
-    if not is_checkpoint(resume):
+        if not found:
+            return None
+        resume = found[-1]
+    elif not is_checkpoint(resume):
         raise ConfigError(f"config key 'trainer.resume': '{resume}' is not a complete checkpoint "
                           f"(no trainer_state.json)")
+    state = read_state(resume)
+    if "policy_version" not in state or not os.path.isdir(os.path.join(resume, "ds")):
+        raise ConfigError(f"config key 'trainer.resume': '{resume}' is not an RL checkpoint (an SFT checkpoint or "
+                          f"a model has no RL optimizer state); start RL from it with model.path={resume}")
     return resume
 
 

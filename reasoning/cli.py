@@ -144,6 +144,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if not os.path.isdir(args.checkpoint):
         raise ConfigError(f"'{args.checkpoint}' is not a directory (expected a dlmrl checkpoint or a model directory)")
+    if not 0 <= args.seed < 2 ** 63:
+        raise ConfigError(f"--seed: expected an integer in [0, 2**63), got {args.seed}")
     cfg, model, tokenizer, base = _load_target(args.checkpoint, args.overrides)
     torch.set_num_threads(cfg.threads)
     policy = make_policy(model.eval(), tokenizer, cfg.model.shift_logits)
@@ -178,8 +180,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise ConfigError(f"'{source}' has no complete checkpoint (checkpoints/step_*/trainer_state.json)")
         source = found[-1]
     cfg, model, _, _ = _load_run_checkpoint(source, args.overrides)
-    with open(os.path.join(source, "trainer_state.json")) as fh:
-        base = json.load(fh).get("base_model") or cfg.model.path
+    from reasoning.checkpoint import read_state
+
+    base = read_state(source).get("base_model") or cfg.model.path
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     try:

@@ -274,6 +274,8 @@ class Config:
         """Trainer keys left null take the chosen objective's paper defaults."""
         if self.threads < 1:
             raise ConfigError(f"config key 'threads': expected >= 1, got {self.threads}")
+        if not 0 <= self.seed < 2 ** 63:
+            raise ConfigError(f"config key 'seed': expected an integer in [0, 2**63), got {self.seed}")
         if not self.name or os.sep in self.name or self.name in (".", ".."):
             raise ConfigError(f"config key 'name': expected a plain directory name, got {self.name!r}")
         from reasoning.objectives import PAPER_DEFAULTS
@@ -323,7 +325,10 @@ def load_config(path: str | None, overrides: list[str] = (), saved_by_run: bool 
     tree: dict = {}
     if path is not None:
         if not os.path.isfile(path):
-            raise ConfigError(f"config file '{path}' not found")
+            what = ("is a directory, not a YAML file" if os.path.isdir(path) else
+                    "is not a regular file (a FIFO, a device, or a link to one)" if os.path.exists(path)
+                    else "not found")
+            raise ConfigError(f"config file '{path}' {what}")
         with open(path) as fh:
             tree = load_yaml(fh.read(), f"config file '{path}'") or {}
         if not isinstance(tree, dict):

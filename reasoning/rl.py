@@ -52,7 +52,7 @@ from reasoning.advantages import group_advantages
 from reasoning.batches import AsyncRollouts, PromptSchedule, Rollouts, SyncRollouts
 from reasoning import interrupts
 from reasoning.checkpoint import (checkpoint_name, complete_checkpoints, find_resume, prune_checkpoints,
-                                  save_checkpoint, truncate_metrics)
+                                  read_state, save_checkpoint, truncate_metrics)
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import encode_prompt
 from reasoning.distributed import (NoLogger, barrier, combine_metrics, max_over_ranks, rank_and_world,
@@ -151,6 +151,7 @@ def run_rl(cfg: Config) -> dict:
     model, tokenizer = load_model(cfg.model)
     if not warm:
         check_prompt_lengths(cfg, tokenizer, model, splits)
+    resume_from = find_resume(cfg.trainer.resume, cfg.run_dir)  # checked before the directory is claimed
     first_rank = int(os.environ.get("RANK", "0")) == 0  # rank 0 holds the claim for all ranks
     claim = (claim_run_dir(cfg.run_dir, resume=cfg.trainer.resume != "none", overwrite=cfg.overwrite,
                            what="RL run") if first_rank else contextlib.nullcontext())
@@ -160,7 +161,7 @@ def run_rl(cfg: Config) -> dict:
             model, tokenizer = load_model(cfg.model)
         run = setup(cfg, model, tokenizer, task, splits, reward_cfg)
         try:
-            restore(run, find_resume(cfg.trainer.resume, cfg.run_dir))
+            restore(run, resume_from)
             start_rollouts(run)
             loop(run)
         except (KeyboardInterrupt, interrupts.Interrupted) as exc:  # SIGTERM / Ctrl-C: say where to resume
@@ -234,8 +235,7 @@ def budget_used(run: RLRun) -> float:
 
 def restore(run: RLRun, checkpoint: str | None) -> None:
     if checkpoint is not None:
-        with open(os.path.join(checkpoint, "trainer_state.json")) as fh:
-            state = json.load(fh)
+        state = read_state(checkpoint)
         run.engine.load_checkpoint(os.path.join(checkpoint, "ds"), tag="state", load_module_strict=False,
                                    load_optimizer_states=True, load_lr_scheduler_states=True)
         rng = torch.load(os.path.join(checkpoint, "ds", f"rng_rank{run.rank}.pt"), weights_only=False)

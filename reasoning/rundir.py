@@ -40,7 +40,7 @@ class RunDirectory:
         self.release()
 
 
-def claim_run_dir(path: str, resume: bool, overwrite: bool, what: str = "run") -> RunDirectory:
+def claim_run_dir(path: str, resume: bool, overwrite: bool, what: str = "run", can_resume: bool = True) -> RunDirectory:
     """Lock `path` for this process, or raise ConfigError (held by another process; an earlier run's
     checkpoints without resume/overwrite; not a writable directory)."""
     if os.path.exists(path) and not os.path.isdir(path):
@@ -56,16 +56,17 @@ def claim_run_dir(path: str, resume: bool, overwrite: bool, what: str = "run") -
     except BlockingIOError:
         holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise ConfigError(f"run directory '{path}' is in use by another dlmrl {what} (pid {holder}); "
+        raise ConfigError(f"run directory '{path}' is in use by another dlmrl command (pid {holder}); "
                           f"choose another name or wait for it to finish") from None
     claim = RunDirectory(path, fd)
     earlier = complete_checkpoints(path)
     if earlier and not resume:
         if not overwrite:
             claim.release()
-            raise ConfigError(f"run directory '{path}' holds checkpoints of an earlier {what} (up to "
-                              f"{os.path.basename(earlier[-1])}); set trainer.resume=auto to continue it or "
-                              f"overwrite=true to start over")
+            how = ("set trainer.resume=auto to continue it or overwrite=true to start over" if can_resume else
+                   f"set overwrite=true to start over, or choose another name ({what}s do not resume)")
+            raise ConfigError(f"run directory '{path}' holds checkpoints of an earlier run (up to "
+                              f"{os.path.basename(earlier[-1])}); {how}")
         clear(path)
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)

@@ -29,6 +29,18 @@ def shown(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
+def odd_characters(key: str) -> str:
+    """' (it contains U+0430 CYRILLIC SMALL LETTER A at position 3)' for a key with a character that
+    is not plain ASCII — a look-alike letter or an invisible one looks identical to the valid key."""
+    import unicodedata
+
+    for position, char in enumerate(key):
+        if not (char.isascii() and char.isprintable()):
+            name = unicodedata.name(char, "an unnamed character")
+            return f" (it contains U+{ord(char):04X} {name} at position {position}, which is not plain ASCII)"
+    return ""
+
+
 MAX_YAML_NODES = 100_000  # a config is a few hundred nodes; aliases may not expand one past this
 
 
@@ -181,7 +193,8 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
-            raise ConfigError(f"unknown config key '{dotted}'{suggest(str(key), fields)}")
+            raise ConfigError(f"unknown config key {shown(dotted)}{odd_characters(str(key))}"
+                              f"{suggest(str(key), fields)}")
         kwargs[field_name(key)] = _coerce(value, hints[field_name(key)], dotted)
     try:
         obj = cls(**kwargs)

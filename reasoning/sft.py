@@ -91,7 +91,7 @@ def run_sft(cfg: Config) -> dict:
                              cfg.data.chat_template).with_format(columns=["prompt_ids", "answer_ids"])
     except ValueError as exc:
         raise ConfigError(f"data ({task.name}): {exc}") from None
-    with claim_run_dir(cfg.run_dir, resume=False, overwrite=cfg.overwrite, what="SFT run"):
+    with claim_run_dir(cfg.run_dir, resume=False, overwrite=cfg.overwrite, what="SFT run", can_resume=False):
         return _sft(cfg, model, tokenizer, task, splits, train, micro)
 
 

@@ -118,7 +118,9 @@ def _load_file(path: str):
     """Import a .py file by path (once; the module is cached under a name derived from its path)."""
     full = os.path.abspath(path)
     if not os.path.isfile(full):
-        raise KeyError(f"reward file '{path}' not found")
+        what = ("is a directory, not a Python file" if os.path.isdir(full) else
+                "is not a regular file" if os.path.exists(full) else "not found")
+        raise KeyError(f"reward file '{path}' {what}")
     name = "dlmrl_reward_" + "".join(c if c.isalnum() else "_" for c in full)
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, full)

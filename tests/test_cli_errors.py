@@ -32,6 +32,28 @@ def gsm8k_file(tmp, lines):
 GOOD_ROW = json.dumps({"question": "1+1?", "answer": "#### 2"})
 NO_FIELD_ROW = json.dumps({"q": 1})
 
+def checkpoint_dir(tmp, state_text):
+    path = tmp / "ckpt"
+    path.mkdir()
+    (path / "trainer_state.json").write_text(state_text)
+    return str(path)
+
+
+def make_dir(path):
+    path.mkdir()
+    return str(path)
+
+
+def make_fifo(path):
+    os.mkfifo(path)
+    return str(path)
+
+
+def make_link(path, target):
+    os.symlink(target, path)
+    return str(path)
+
+
 # 10 levels of 10 aliases each: a 400-byte file that stands for 10^10 values
 ALIAS_BOMB = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
@@ -74,6 +96,22 @@ CASES = [
     ("reward wrong length (default on_error)", lambda t: ["train", *FAST, reward("returns_too_few")],
      "returned 0 values"),
     ("reward needs a missing column", lambda t: ["train", *FAST, reward("length_penalty")], "needs column"),
+    ("garbage trainer_state.json", lambda t: ["train", *FAST, f"trainer.resume={checkpoint_dir(t, 'garbage{')}"],
+     "trainer_state.json"),
+    ("resume from an SFT checkpoint", lambda t: ["train", *FAST,
+                                                 "trainer.resume=" + checkpoint_dir(t, '{"step": 5}')],
+     "not an RL checkpoint"),
+    ("look-alike letter in a key", lambda t: ["train", *FAST, "tr\u0430iner.lr=1e-4"], "U+0430"),
+    ("zero-width space in a key", lambda t: ["train", write(t / "zw.yaml", "name: run\ntrainer\u200b: {lr: 1.0e-4}\n"),
+                                             *FAST], "U+200B"),
+    ("config is a directory", lambda t: ["train", make_dir(t / "d.yaml"), *FAST], "is a directory"),
+    ("config is a FIFO", lambda t: ["train", make_fifo(t / "f.yaml"), *FAST], "not a regular file"),
+    ("config links to /dev/zero", lambda t: ["train", make_link(t / "z.yaml", "/dev/zero"), *FAST],
+     "not a regular file"),
+    ("reward file is a directory", lambda t: ["train", *FAST, f"rewards=[{{fn: '{make_dir(t / 'r.py')}:f'}}]"],
+     "is a directory"),
+    ("seed -1", lambda t: ["train", *FAST, "seed=-1"], "'seed'"),
+    ("seed 2**70", lambda t: ["train", *FAST, f"seed={2 ** 70}"], "'seed'"),
     ("hint ratio 0", lambda t: ["train", *FAST, "rollout.hints.enabled=true", "rollout.hints.ratio=[0.0, 0.5]"],
      "rollout.hints.ratio"),
     ("hint ratio above 1", lambda t: ["train", *FAST, "rollout.hints.ratio=[0.5, 1.5]"], "rollout.hints.ratio"),
@@ -199,7 +237,7 @@ def test_a_second_run_into_a_held_directory_is_refused(tmp_path, capsys):
     with claim_run_dir(str(run_dir), resume=False, overwrite=False):  # another run holds it (same lock)
         assert main(run(tmp_path)) == 2
     err = capsys.readouterr().err
-    assert f"in use by another dlmrl RL run (pid {os.getpid()})" in err
+    assert f"in use by another dlmrl command (pid {os.getpid()})" in err
     assert os.listdir(run_dir) == [".lock"]  # the refused run wrote nothing
 
 
@@ -209,7 +247,7 @@ def test_a_fresh_run_into_an_old_runs_directory_is_refused(tmp_path, capsys):
     metrics = (tmp_path / "owned" / "metrics.jsonl").read_text()
     capsys.readouterr()
     assert main(run(tmp_path)) == 2
-    assert "holds checkpoints of an earlier RL run" in capsys.readouterr().err
+    assert "holds checkpoints of an earlier run" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path / "owned" / "checkpoints")) == old  # untouched
     assert (tmp_path / "owned" / "metrics.jsonl").read_text() == metrics
     assert main(run(tmp_path, "trainer.resume=auto", "trainer.steps=2")) == 0
