@@ -110,6 +110,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(cfg.threads)
     task = get_task(data.task)
     test = task.build(dataclasses.replace(data, train_size=0))["test"]
+    from reasoning.evaluate import MAX_ANSWERS
+
+    answers = min(args.n or cfg.eval.n, len(test)) * args.samples
+    if answers > MAX_ANSWERS:
+        raise ConfigError(f"--samples {args.samples}: {answers:,} answers exceed the {MAX_ANSWERS:,} an evaluation "
+                          f"keeps a record of; lower --samples or --n")
     decoding = cfg.eval_decoding()
     if args.samples > 1 and decoding.temperature == 0:
         print("note: --samples > 1 with temperature 0 decodes identical answers; "

@@ -32,6 +32,9 @@ class EvalResult:
         return out
 
 
+MAX_ANSWERS = 1_000_000  # answers one evaluation decodes and keeps a record of
+
+
 def answer_length(answer: torch.Tensor, stop: tuple[int, ...]) -> int:
     """Tokens up to and including the first stop token (the whole canvas if there is none)."""
     return min(stop_index(answer, stop) + 1, len(answer))
@@ -53,12 +56,15 @@ def evaluate(policy: DiffusionPolicy, tokenizer, task, dataset: Dataset, decodin
     was_training = policy.model.training
     policy.model.eval()
     examples = dataset.select(range(min(n, len(dataset))))
-    jobs = [(i, k) for i in range(len(examples)) for k in range(samples)]
+    total = len(examples) * samples
+    if total > MAX_ANSWERS:
+        raise ValueError(f"an evaluation of {len(examples)} problems x {samples} samples = {total:,} answers exceeds "
+                         f"the {MAX_ANSWERS:,} it keeps (one record each); lower --samples or eval.n")
     records, extras = [], {}
     passes, tokens, start = 0, 0, time.perf_counter()
-    bar = tqdm(total=len(jobs), desc=f"eval {task.name}", disable=not progress, leave=False)
-    for lo in range(0, len(jobs), batch_size):
-        chunk = jobs[lo:lo + batch_size]
+    bar = tqdm(total=total, desc=f"eval {task.name}", disable=not progress, leave=False)
+    for lo in range(0, total, batch_size):
+        chunk = [divmod(j, samples) for j in range(lo, min(lo + batch_size, total))]  # (example, sample), lazily
         rows = [examples[i] for i, _ in chunk]
         prompts = [encode_prompt(tokenizer, row["prompt"], chat_template) for row in rows]
         seeds = [sample_seed(seed, i, k) for i, k in chunk]

@@ -320,3 +320,25 @@ def test_an_interrupted_run_says_where_to_resume_and_leaves_nothing(tmp_path, ho
     import signal as signals
 
     interrupt_case(tmp_path, signals.SIGTERM if how.startswith("sigterm") else signals.SIGINT, how.endswith("ray"))
+
+
+def test_a_billion_samples_is_refused_quickly_and_small(tmp_path):
+    """`dlmrl eval CONFIG --samples 10**9`: one line, exit 2, within 10 s, peak memory under 2 GB
+    (jobs are made lazily and the count is checked before any decoding)."""
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    config = write(tmp_path / "c.yaml", "name: e\nmodel: {tiny: {hidden_size: 32, num_layers: 1, num_heads: 2, "
+                                        "intermediate_size: 64, max_positions: 64}}\ndata: {test_size: 4}\n")
+    start = time.monotonic()
+    argv = ["eval", config, "--samples", str(10 ** 9), f"output_dir={tmp_path / 'runs'}"]
+    code = ("import resource, sys\nfrom reasoning.cli import main\nstatus = main(%r)\n"
+            "print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(status)\n" % argv)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=os.path.dirname(HERE))
+    elapsed = time.monotonic() - start
+    peak_kb = int(done.stdout.split("peak_kb")[-1])
+    assert done.returncode == 2 and "--samples" in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert elapsed < 10 and peak_kb < 2 * 1024 * 1024, (elapsed, peak_kb)
