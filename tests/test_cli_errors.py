@@ -39,6 +39,33 @@ def checkpoint_dir(tmp, state_text):
     return str(path)
 
 
+def damaged_model(tmp, how):
+    """A tiny bidirectional model directory whose model.safetensors is cut short, garbage, or holds
+    a tensor of the wrong shape."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from reasoning.modeling import TinyModelConfig, build_char_tokenizer, build_tiny_model
+
+    path = tmp / "model"
+    tokenizer = build_char_tokenizer()
+    build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_positions=64),
+                     tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    weights = path / "model.safetensors"
+    if how == "truncate":
+        data = weights.read_bytes()
+        weights.write_bytes(data[:len(data) // 2])
+    elif how == "garbage":
+        weights.write_bytes(b"\x00garbage" * 100)
+    else:
+        tensors = load_file(weights)
+        name = next(k for k in tensors if k.endswith("mlp.up_proj.weight"))
+        tensors[name] = torch.zeros(3, 5)
+        save_file(tensors, weights, metadata={"format": "pt"})
+    return str(path)
+
+
 def make_dir(path):
     path.mkdir()
     return str(path)
@@ -112,6 +139,10 @@ CASES = [
      "is a directory"),
     ("seed -1", lambda t: ["train", *FAST, "seed=-1"], "'seed'"),
     ("seed 2**70", lambda t: ["train", *FAST, f"seed={2 ** 70}"], "'seed'"),
+    ("truncated model.safetensors (bidirectional)", lambda t: ["eval", damaged_model(t, "truncate")],
+     "model.safetensors"),
+    ("garbage model.safetensors (bidirectional)", lambda t: ["eval", damaged_model(t, "garbage")], "model.safetensors"),
+    ("wrong-shaped tensor (bidirectional)", lambda t: ["eval", damaged_model(t, "shape")], "has shape [3, 5]"),
     ("hint ratio 0", lambda t: ["train", *FAST, "rollout.hints.enabled=true", "rollout.hints.ratio=[0.0, 0.5]"],
      "rollout.hints.ratio"),
     ("hint ratio above 1", lambda t: ["train", *FAST, "rollout.hints.ratio=[0.5, 1.5]"], "rollout.hints.ratio"),

@@ -19,7 +19,8 @@ from types import ModuleType
 import torch
 
 from rollouts.families import bidirectional, diffusion_gemma, dream, llada, masked_lm, remote
-from rollouts.families.native import ModelLoadError, export as export_weights, load_native, read_config
+from rollouts.families.native import (INDEX_FILE, SINGLE_FILE, ModelLoadError, checkpoint_tensors, export as export_weights,
+                                     load_native, read_config)
 
 # auto-detection tries them in this order
 FAMILIES: dict[str, ModuleType] = {module.NAME: module for module in
@@ -63,12 +64,46 @@ def load_pretrained(path: str, dtype: torch.dtype = torch.float32, family: str =
         native_config = module.native_config(config, os.path.join(path, "config.json"))
         model = load_native(path, family, module.MODEL_CLASS, native_config, module.to_native, dtype)
     else:
-        model = module.load(path, config, dtype, trust_remote_code)
+        stored = (checkpoint_tensors(path)  # every safetensors header readable, no file cut short
+                  if any(os.path.isfile(os.path.join(path, f)) for f in (SINGLE_FILE, INDEX_FILE)) else {})
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a failed load is explained below, not by transformers' report
+        try:
+            model = module.load(path, config, dtype, trust_remote_code)
+        except (RuntimeError, ValueError, OSError) as exc:  # wrong shapes, truncated data, ...
+            if isinstance(exc, ModelLoadError):
+                raise
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(misfit(path, family, stored) or
+                                 f"'{path}': its weights do not load as a {family} model ({first})") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
     if getattr(model.config, "dlm_family", None) is None:
         model.config.dlm_family = family
     if getattr(model.config, "mask_token_id", None) is None and config.get("mask_token_id") is not None:
         model.config.mask_token_id = config["mask_token_id"]
     return model
+
+
+def misfit(path: str, family: str, stored: dict) -> str | None:
+    """The first stored tensor whose shape differs from what config.json implies (the skeleton
+    built on the meta device, no memory), as a message; None when that cannot be told."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+        auto = AutoModelForMaskedLM if family == "masked_lm" else AutoModelForCausalLM
+        with torch.device("meta"):
+            shapes = {n: tuple(t.shape) for n, t in auto.from_config(config).state_dict().items()}
+    except Exception:  # noqa: BLE001 — no skeleton: the caller's message stands
+        return None
+    for name, (file, shape, _) in sorted(stored.items()):
+        if name in shapes and shapes[name] != shape:
+            return (f"{file}: tensor '{name}' has shape {list(shape)} but config.json implies {list(shapes[name])}; "
+                    f"its weights do not load as a {family} model")
+    return None
 
 
 def shifts_logits(model: torch.nn.Module) -> bool:
