@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from rollouts import Trajectory, load_jsonl
+from rollouts import Trajectory
 
 
 def _token_text(tokenizer, token: int, mask_id: int) -> str:
@@ -117,9 +117,27 @@ def trajectory_html(traj: Trajectory, tokenizer, title: str = "") -> str:
     )
 
 
+def read_trajectories(path: str) -> list[Trajectory]:
+    """A rollouts JSONL file -> trajectories; a ValueError naming the file and line for a line that
+    is not a saved trajectory."""
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise TypeError(f"expected a JSON object, got {type(row).__name__}")
+                out.append(Trajectory.from_json(row))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ValueError(f"'{path}' line {number} is not a saved trajectory ({str(exc)[:120]})") from None
+    return out
+
+
 def show_trajectories(path: str, tokenizer=None, index: int = 0) -> list[str]:
     """PNG + HTML next to a rollouts JSONL file; returns the written paths."""
-    trajectories = load_jsonl(path)
+    trajectories = read_trajectories(path)
     if not trajectories:
         raise ValueError(f"'{path}' holds no trajectories")
     if not 0 <= index < len(trajectories):
@@ -152,8 +170,17 @@ def plot_run(run_dir: str) -> str:
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         raise ValueError(f"'{run_dir}' has no metrics.jsonl (not a dlmrl run directory)")
-    with open(path) as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    raise ValueError(f"'{path}' line {number} is not valid JSON") from None
+                if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                    raise ValueError(f"'{path}' line {number}: expected a JSON object with an integer 'step'")
+                rows.append(row)
     panels = {}
     for label, keys in CURVES:
         lines = {}

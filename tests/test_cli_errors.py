@@ -66,6 +66,13 @@ def damaged_model(tmp, how):
     return str(path)
 
 
+def run_dir_with(tmp, metrics_text):
+    path = tmp / "somerun"
+    path.mkdir()
+    (path / "metrics.jsonl").write_text(metrics_text)
+    return str(path)
+
+
 def make_dir(path):
     path.mkdir()
     return str(path)
@@ -143,6 +150,8 @@ CASES = [
      "model.safetensors"),
     ("garbage model.safetensors (bidirectional)", lambda t: ["eval", damaged_model(t, "garbage")], "model.safetensors"),
     ("wrong-shaped tensor (bidirectional)", lambda t: ["eval", damaged_model(t, "shape")], "has shape [3, 5]"),
+    ("show a malformed rollouts file", lambda t: ["show", write(t / "r.jsonl", '{"prompt_ids": [1]}\n')], "line 1"),
+    ("show a run with malformed metrics", lambda t: ["show", run_dir_with(t, '{"step": 1}\n[1, 2]\n')], "line 2"),
     ("hint ratio 0", lambda t: ["train", *FAST, "rollout.hints.enabled=true", "rollout.hints.ratio=[0.0, 0.5]"],
      "rollout.hints.ratio"),
     ("hint ratio above 1", lambda t: ["train", *FAST, "rollout.hints.ratio=[0.5, 1.5]"], "rollout.hints.ratio"),
