@@ -28,6 +28,29 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
+@contextlib.contextmanager
+def writing(directory: str):
+    """Turn a full disk met while writing under `directory` — an OSError(ENOSPC), or the
+    "unexpected pos" / "file write failed" RuntimeError torch.save raises for it — into one
+    OSError that says so and names the directory and its free space."""
+    import errno
+
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        text = str(exc)
+        full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (
+            isinstance(exc, RuntimeError) and ("unexpected pos" in text or "file write failed" in text))
+        if not full:
+            raise
+        try:
+            free = f"{shutil.disk_usage(directory).free / 2 ** 20:.1f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        raise OSError(errno.ENOSPC, f"no space left on the device while writing to '{directory}' ({free}); "
+                                    f"free some space, then resume with trainer.resume=auto") from None
+
+
 def save_checkpoint(run_dir: str, step: int, model: torch.nn.Module, tokenizer, state: dict,
                     zero3: bool = False, extra=None) -> str:
     """Write checkpoints/step_NNNNNN atomically; returns its path.

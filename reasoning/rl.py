@@ -52,7 +52,7 @@ from reasoning.advantages import group_advantages
 from reasoning.batches import AsyncRollouts, PromptSchedule, Rollouts, SyncRollouts
 from reasoning import interrupts
 from reasoning.checkpoint import (checkpoint_name, complete_checkpoints, find_resume, prune_checkpoints,
-                                  read_state, save_checkpoint, truncate_metrics)
+                                  read_state, save_checkpoint, truncate_metrics, writing)
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import encode_prompt
 from reasoning.distributed import (NoLogger, barrier, combine_metrics, max_over_ranks, rank_and_world,
@@ -466,6 +466,11 @@ def run_eval(run: RLRun) -> dict:
 def checkpoint(run: RLRun) -> str:
     """Every rank writes its optimizer shard and RNG to a staging dir; rank 0 then builds the
     checkpoint around it in a temp dir and renames it into place (trainer_state.json last)."""
+    with writing(os.path.join(run.cfg.run_dir, "checkpoints")):
+        return _checkpoint(run)
+
+
+def _checkpoint(run: RLRun) -> str:
     cfg, step = run.cfg, run.step
     staging = os.path.join(cfg.run_dir, "checkpoints", f".ds-{checkpoint_name(step)}")
     run.engine.save_checkpoint(staging, tag="state", save_latest=False, exclude_frozen_parameters=run.lora)

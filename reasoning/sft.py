@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from reasoning.checkpoint import complete_checkpoints, save_checkpoint
+from reasoning.checkpoint import complete_checkpoints, save_checkpoint, writing
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import SFTBatch, collate_sft, tokenize_sft
 from reasoning.engine import build_engine, engine_step, zero_stage
@@ -132,8 +132,9 @@ def _sft(cfg: Config, model, tokenizer, task, splits, train, micro: int) -> dict
         return metrics
 
     def checkpoint(step: int, metrics: dict) -> str:
-        return save_checkpoint(run_dir, step, raw_model, tokenizer,
-                               {"base_model": base_model_dir, "metrics": metrics, "task": task.name}, zero3=zero3)
+        with writing(os.path.join(run_dir, "checkpoints")):
+            return save_checkpoint(run_dir, step, raw_model, tokenizer,
+                                   {"base_model": base_model_dir, "metrics": metrics, "task": task.name}, zero3=zero3)
 
     # --- training loop ------------------------------------------------------------------
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -382,3 +382,20 @@ def test_a_billion_samples_is_refused_quickly_and_small(tmp_path):
     peak_kb = int(done.stdout.split("peak_kb")[-1])
     assert done.returncode == 2 and "--samples" in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert elapsed < 10 and peak_kb < 2 * 1024 * 1024, (elapsed, peak_kb)
+
+
+def test_a_full_disk_is_one_line_naming_the_directory_and_its_free_space(tmp_path, capsys, monkeypatch):
+    """torch.save's own words for a full disk ("unexpected pos") become one line that says so."""
+    import torch
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1088 vs 1030")
+
+    monkeypatch.setattr(torch, "save", full)
+    argv = ["train", write(tmp_path / "run.yaml", "name: run\n"), *FAST, "trainer.checkpoint_every=1",
+            f"output_dir={tmp_path / 'runs'}", "rewards=[{fn: '" + FNS + ":digit_fraction'}]"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("dlmrl ")]
+    assert len(lines) == 1 and "no space left" in lines[0] and "MiB free" in lines[0], err[-2000:]
+    assert str(tmp_path / "runs" / "run" / "checkpoints") in lines[0] and "Traceback" not in err
