@@ -33,7 +33,7 @@ from reasoning.engine import build_engine, engine_step, zero_stage
 from reasoning.evaluate import evaluate
 from reasoning.metrics import MetricsLogger
 from reasoning.modeling import apply_lora, count_parameters, enable_gradient_checkpointing, load_model, model_family
-from reasoning.preflight import require_training_rows
+from reasoning.preflight import check_prompt_lengths, require_training_rows
 from reasoning.rundir import claim_run_dir
 from reasoning.schema import ConfigError
 from reasoning.tasks import get_task
@@ -86,6 +86,7 @@ def run_sft(cfg: Config) -> dict:
     model, tokenizer = load_model(cfg.model)
     task = get_task(cfg.data.task)
     splits = task.build(cfg.data)
+    check_prompt_lengths(cfg, tokenizer, model, splits)  # as `dlmrl train` does: prompt + gen_length fit the context
     try:
         train = tokenize_sft(splits["train"], task, tokenizer, cfg.rollout.gen_length,
                              cfg.data.chat_template).with_format(columns=["prompt_ids", "answer_ids"])

@@ -152,6 +152,7 @@ CASES = [
     ("wrong-shaped tensor (bidirectional)", lambda t: ["eval", damaged_model(t, "shape")], "has shape [3, 5]"),
     ("show a malformed rollouts file", lambda t: ["show", write(t / "r.jsonl", '{"prompt_ids": [1]}\n')], "line 1"),
     ("show a run with malformed metrics", lambda t: ["show", run_dir_with(t, '{"step": 1}\n[1, 2]\n')], "line 2"),
+    ("sft: gen_length past the context", lambda t: ["sft", *FAST, "model.tiny.max_positions=24"], "context"),
     ("hint ratio 0", lambda t: ["train", *FAST, "rollout.hints.enabled=true", "rollout.hints.ratio=[0.0, 0.5]"],
      "rollout.hints.ratio"),
     ("hint ratio above 1", lambda t: ["train", *FAST, "rollout.hints.ratio=[0.5, 1.5]"], "rollout.hints.ratio"),
