@@ -24,7 +24,7 @@ def reward_change(tmp_path, name, objective):
     return sum(rewards[-3:]) / 3 - sum(rewards[:3]) / 3
 
 
-@pytest.mark.parametrize("objective", ["trajectory", "mean_field"])
+@pytest.mark.parametrize("objective", ["trajectory", "mean_field", "coupled", "spg", "wd1"])
 def test_the_loop_raises_a_learnable_reward_and_the_flipped_sign_lowers_it(tmp_path, monkeypatch, objective):
     assert reward_change(tmp_path, "forward", objective) > 0.05
 
