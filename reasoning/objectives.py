@@ -2,7 +2,7 @@
 
 Five estimators share one interface (and the trainer, rollouts, advantages, PPO clip and KL
 code), so `trainer.objective` swaps them on one harness. Each is its paper's estimator, as
-stated in ../shared/ESTIMATORS.md from the reference code; where ours differs it says so.
+stated below from its paper's reference code; where ours differs it says so.
 
   trajectory  (ours) the exact visited path: each committed token's log-prob at the state it
               was committed from, at the rollout temperature (the behaviour log-probs, so the

@@ -1,5 +1,5 @@
 """Approximate block KV caches for the sampler (`decoding.cache`), as Fast-dLLM defines them
-(arXiv 2505.22618; ../shared/ESTIMATORS.md §7):
+(arXiv 2505.22618, checked against its reference code):
 
   none    every denoising step re-encodes the whole canvas (prompt + answer): exact.
   prefix  each block starts with a full forward (its logits do the block's first step, exactly
