@@ -2,7 +2,7 @@
 from make run's own start, at equal RL time.
 
     python benchmarks/signal.py [--budget 300] [--seeds 0 1 2] [--variants plain hints dynamic hints+dynamic]
-                                [--config configs/default.yaml] [--hard]
+                                [--config configs/default.yaml] [--hard] [--set KEY=VALUE ...] [--tag NAME]
 
 The start is make run's SFT warm start (the config's `sft` block, stopped at its accuracy target —
 not a step count), trained once and reused. From it, per variant and seed, one RL run of `--budget`
@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "default.yaml"))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     parser.add_argument("--hard", action="store_true", help="also evaluate on sudoku4 with 11-14 blanks")
+    parser.add_argument("--tag", default="", help="added to the run names (keeps runs with --set apart)")
     args = parser.parse_args()
     config = os.path.abspath(args.config)
     os.makedirs(OUT, exist_ok=True)
@@ -102,7 +103,7 @@ def main() -> None:
     for variant in args.variants:
         runs = []
         for seed in args.seeds:
-            name = f"{stem}_{variant.replace('+', '_')}_s{seed}"
+            name = f"{stem}{'_' + args.tag if args.tag else ''}_{variant.replace('+', '_')}_s{seed}"
             runs.append(rl_run(config, name, checkpoint, args.budget, seed, [*VARIANTS[variant], *args.set]))
             if args.hard:
                 final = os.path.join(OUT, name, "checkpoints", f"step_{runs[-1]['steps']:06d}")
@@ -123,7 +124,7 @@ def main() -> None:
                        "min_seed_gain_pts": min(by_variant[best]["gain_pts_by_seed"])},
               "start_accuracy": runs[0]["before"], "sft_steps": start.get("steps"),
               "budget_s": args.budget, "seeds": args.seeds, "config": os.path.relpath(config, ROOT),
-              "overrides": args.set, "machine": f"{platform.machine()}, {os.cpu_count()} cores, one run at a time"}
+              "overrides": args.set, "tag": args.tag, "machine": f"{platform.machine()}, {os.cpu_count()} cores, one run at a time"}
     if args.hard:
         result["start_hard_accuracy"] = hard_accuracy(checkpoint, "start")
     print(json.dumps(result))
