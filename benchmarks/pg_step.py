@@ -37,7 +37,7 @@ from reasoning.data import decode_completion, encode_prompt  # noqa: E402
 from reasoning.engine import make_optimizer  # noqa: E402
 from reasoning.evaluate import evaluate  # noqa: E402
 from reasoning.modeling import LoraConfig, apply_lora  # noqa: E402
-from reasoning.objectives import ObjectiveSettings, RolloutBatch, build_objective  # noqa: E402
+from reasoning.objectives import RolloutBatch, build_objective  # noqa: E402
 from reasoning.tasks import DataConfig, get_task  # noqa: E402
 from rollouts import DecodingConfig, make_policy, sample  # noqa: E402
 
@@ -90,7 +90,7 @@ def main() -> None:
     optimizer = make_optimizer(params, "sgd" if args.optimizer == "sgd" else "adamw", args.lr)
     rollout = DecodingConfig(gen_length=args.gen_length, steps=args.decode_steps, temperature=args.temperature)
     greedy = dataclasses.replace(rollout, steps=args.gen_length, temperature=0.0)
-    objective = build_objective("trajectory", ObjectiveSettings(merge_steps=args.merge_steps))
+    objective = build_objective("trajectory", merge_steps=args.merge_steps)
 
     def measure() -> dict:
         return {"train_reward": mean_reward(model, tokenizer, task, train, rollout, args.group, seed=101)[0],
@@ -108,8 +108,8 @@ def main() -> None:
             continue
         batch = RolloutBatch([trajectories[i] for i in kept], advantages.values[kept], rollout)
         policy = make_policy(model.eval(), tokenizer)
-        objective.prepare(policy, batch, torch.Generator().manual_seed(update))
-        loss, _ = objective.loss(policy, batch, list(range(len(kept))), objective.units(batch))
+        prep = objective.prepare(policy, batch, torch.Generator().manual_seed(update))
+        loss, _ = objective.loss(policy, batch, prep, list(range(len(kept))), objective.units(batch, prep))
         optimizer.zero_grad()
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))

@@ -1,4 +1,4 @@
-"""The run config: one nested dataclass per YAML block (DESIGN.md, "Config blocks").
+"""The run config: one nested dataclass per YAML block (README, "Config").
 
     cfg = load_config("configs/sudoku4_tiny_sft.yaml", ["sft.steps=50"])
 
@@ -159,7 +159,7 @@ class SFTConfig:
 class TrainerConfig:
     """RL trainer settings (`dlmrl train`); see reasoning/rl.py for the algorithm."""
 
-    objective: Literal["trajectory", "mean_field", "coupled", "spg", "wd1"] = "trajectory"
+    objective: str = "trajectory"  # a registered objective (reasoning/objectives: trajectory, mean_field, ...)
     steps: int = 100
     lr: float = 1e-4
     optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: plain SGD (step proportional to the gradient)
@@ -169,7 +169,7 @@ class TrainerConfig:
     # when that comes first) — late updates, made from few informative groups, move the weights less
     lr_schedule: Literal["constant", "cosine"] = "constant"
     prompts_per_step: int = 16  # P; each gets rollout.group_size samples
-    # null = the objective's paper default (reasoning/objectives.py PAPER_DEFAULTS)
+    # null = the objective's paper default (its class's `paper_defaults`, reasoning/objectives/)
     inner_steps: int | None = None  # μ: optimizer steps per batch of rollouts (PPO epochs)
     micro_batch_size: int = 32  # samples per forward/backward (bounds memory; gradients accumulate)
     clip_eps_low: float | None = None
@@ -278,23 +278,26 @@ class Config:
             raise ConfigError(f"config key 'seed': expected an integer in [0, 2**63), got {self.seed}")
         if not self.name or os.sep in self.name or self.name in (".", ".."):
             raise ConfigError(f"config key 'name': expected a plain directory name, got {self.name!r}")
-        from reasoning.objectives import PAPER_DEFAULTS
+        from reasoning.objectives import objective_class
 
         tr = self.trainer
-        defaults = PAPER_DEFAULTS[tr.objective]
-        for key, value in defaults.items():
+        try:
+            objective = objective_class(tr.objective)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        for key, value in objective.paper_defaults.items():
             if getattr(tr, key) is None:
                 if key == "kl_coef" and not self.model.lora.enabled:
                     value = 0.0  # a full fine-tune has no adapter to disable: no reference
                 setattr(tr, key, value)
-        if tr.kl_coef > 0 and tr.objective in ("spg", "wd1"):
+        if tr.kl_coef > 0 and not objective.has_kl:
             raise ConfigError(f"config key 'trainer.kl_coef': objective '{tr.objective}' has no KL term (its paper "
-                              f"uses none; SPG's code raises on β ≠ 0); set it to 0")
+                              f"uses none); set it to 0")
         if tr.kl_coef > 0 and not self.model.lora.enabled:
             raise ConfigError("config key 'trainer.kl_coef' > 0 needs model.lora.enabled: the reference policy is "
                               "the model with its adapter disabled (a full fine-tune keeps no frozen copy)")
         stale = self.rollout.async_
-        if stale.enabled and stale.max_staleness > 0 and tr.objective != "trajectory":
+        if stale.enabled and stale.max_staleness > 0 and not objective.trains_stale:
             raise ConfigError(f"config key 'rollout.async.max_staleness': objective '{tr.objective}' cannot correct "
                               f"stale rollouts (its surrogate's behaviour log-probs need the old weights; only "
                               f"'trajectory' records them); use objective trajectory or max_staleness 0")

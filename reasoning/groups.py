@@ -22,7 +22,7 @@ the first PPO ratio, 1) are exactly those of the policy *given the hints*. The a
 drawn from the unhinted policy the task is solved with, and no importance weight corrects for
 that (IGPO has none either): a hinted answer is an off-distribution demonstration the policy
 completed itself. Pinned tokens are not actions: by default (`train_hints: none`) no objective
-puts any gradient on them (reasoning/objective_base.py `answer_mask`); `train_hints: entropy`
+puts any gradient on them (reasoning/objectives/base.py `answer_mask`); `train_hints: entropy`
 trains the highest-entropy fraction of them, scored from the fully masked canvas as IGPO does.
 
 Every draw derives from (seed, step, …) (rollouts/seeding.py), so a resumed run repeats it.

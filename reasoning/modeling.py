@@ -15,7 +15,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from reasoning.schema import ConfigError
-from rollouts.families import ModelLoadError, load_pretrained, load_tokenizer
+from rollouts.families import FAMILIES, ModelLoadError, load_pretrained, load_tokenizer, lora_exclude
 
 SPECIAL_TOKENS = ["[PAD]", "[MASK]", "[EOS]", "[UNK]"]
 ANSWER_TOKENS = ["<answer>", "</answer>", "<think>", "</think>"]  # one token each, not characters
@@ -67,7 +67,7 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     # auto: read from the checkpoint's config.json (rollouts/families); remote only when asked for
-    family: Literal["auto", "llada", "dream", "bidirectional", "remote", "masked_lm", "diffusion_gemma"] = "auto"
+    family: str = "auto"  # or a registered family: llada, dream, diffusion_gemma, masked_lm, bidirectional, remote
     path: str | None = None  # a model snapshot or save_pretrained directory; None = build the tiny default
     trust_remote_code: bool = False  # family remote: run the modeling code shipped with the checkpoint
     gradient_checkpointing: bool = False  # recompute activations in backward (long canvases on a GPU)
@@ -75,6 +75,11 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     shift_logits: bool | None = None  # the logit at i predicts token i+1; None = the family's own (Dream: yes)
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        if self.family != "auto" and self.family not in FAMILIES:
+            raise ConfigError(f"config key 'model.family': unknown family {self.family!r} "
+                              f"(expected auto, {', '.join(FAMILIES)})")
 
 
 def build_char_tokenizer() -> PreTrainedTokenizerFast:
@@ -136,17 +141,12 @@ def model_family(model: torch.nn.Module) -> str:
     return getattr(model.config, "dlm_family", None) or "bidirectional"
 
 
-# Modules LoRA must never wrap, per family: DiffusionGemma's vision tower names its
-# (clippable, non-Linear) projections q_proj/k_proj/... too, and text RL never uses it.
-LORA_EXCLUDE = {"diffusion_gemma": r".*\.(vision_tower|embed_vision)\..*"}
-
-
 def peft_lora_config(cfg: LoraConfig, family: str = "bidirectional"):
     """Our `model.lora` block as a peft LoraConfig (shared by trainer and rollout workers)."""
     from peft import LoraConfig as PeftLoraConfig
 
     return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                          target_modules=list(cfg.target_modules), exclude_modules=LORA_EXCLUDE.get(family),
+                          target_modules=list(cfg.target_modules), exclude_modules=lora_exclude(family),
                           bias="none")
 
 

@@ -1,4 +1,4 @@
-"""Everything a training run checks before it writes a single file (DESIGN.md invariant 6).
+"""Everything a training run checks before it writes a single file (docs/architecture.md, invariant 6).
 
 `dlmrl train` and `dlmrl sft` call these first: the decoding settings that RL can train on, the
 data (built, with prompt lengths against the model's context) and the rewards (resolved, and
@@ -25,11 +25,11 @@ def require_training_rows(cfg: Config) -> None:
 def check_rollout_temperature(objective: str, decoding) -> None:
     """At T = 0 every token is the argmax: none was sampled, so no token log-prob may be trained.
     Only a learned (Plackett–Luce) position choice is left to train, by the trajectory objective."""
-    from reasoning.objectives import TrajectoryObjective
+    from reasoning.objectives import objective_class
 
     if decoding.temperature > 0:
         return
-    if objective == "trajectory" and TrajectoryObjective.learned_selection(decoding):
+    if objective_class(objective).trains_without_sampled_tokens(decoding):
         print("note: rollout.temperature 0 — tokens are the argmax; only the position choice is trained")
         return
     raise ConfigError("config key 'rollout.temperature': RL rollouts at temperature 0 sample no token, so there "

@@ -17,7 +17,7 @@ The algorithm's choices, per RL step k:
   4. advantage group-relative (mean baseline or leave-one-out, optional std
               normalisation); groups with zero reward variance are dropped.
   5. update   `trainer.inner_steps` optimizer steps over the kept samples, in micro-batches
-              with gradient accumulation, through the chosen objective (reasoning/objectives.py),
+              with gradient accumulation, through the chosen objective (reasoning/objectives/),
               token-level PPO clip against the sampling-time log-probs — for a stale sample
               against the proximal policy, importance-weighted by π_prox/π_behav (decoupled
               PPO) — optional k3 KL to the adapter-disabled model. A non-finite loss skips it.
@@ -56,7 +56,7 @@ from reasoning.groups import GroupCollector
 from reasoning.metrics import rollout_metrics
 from reasoning.modeling import (apply_lora, count_parameters, enable_gradient_checkpointing, load_model, model_family,
                                 peft_lora_config)
-from reasoning.objectives import ObjectiveSettings, RolloutBatch, build_objective
+from reasoning.objectives import RolloutBatch, build_objective
 from reasoning.preflight import check_prompt_lengths, check_rl_inputs
 from reasoning.rundir import claim_run_dir
 from reasoning.sft import seed_everything, sft_warm_start
@@ -130,10 +130,10 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
         schedule=tr.lr_schedule, optimizer_name=tr.optimizer, progress=lambda: budget_used(runs[0]) if runs else 0.0)
     rank, world = rank_and_world()
     policy = make_policy(engine.module, tokenizer, cfg.model.shift_logits)
-    objective = build_objective(tr.objective, ObjectiveSettings(
-        clip_eps_low=tr.clip_eps_low, clip_eps_high=tr.clip_eps_high, kl_coef=tr.kl_coef,
+    objective = build_objective(  # each objective takes the keys its Settings declare
+        tr.objective, clip_eps_low=tr.clip_eps_low, clip_eps_high=tr.clip_eps_high, kl_coef=tr.kl_coef,
         merge_steps=tr.merge_steps, prompt_mask_prob=tr.prompt_mask_prob, importance_cap=tr.importance_cap,
-        train_hints=cfg.rollout.hints.train_hints, hint_entropy_fraction=cfg.rollout.hints.entropy_fraction))
+        train_hints=cfg.rollout.hints.train_hints, hint_entropy_fraction=cfg.rollout.hints.entropy_fraction)
     run = RLRun(cfg, task, splits["train"], splits["test"], tokenizer, engine, optimizer, policy, objective,
                 RewardRunner(reward_cfg), NoLogger(), PromptSchedule(len(splits["train"]), tr.prompts_per_step,
                                                                      cfg.seed),

@@ -1,4 +1,4 @@
-"""A run owns its directory for its lifetime (DESIGN.md invariant 10).
+"""A run owns its directory for its lifetime (docs/architecture.md, invariant 10).
 
 `claim_run_dir` takes an exclusive `fcntl` lock on RUN_DIR/.lock (the holder's pid written
 inside) that the kernel releases when the process ends, however it ends — no stale locks

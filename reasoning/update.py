@@ -42,12 +42,11 @@ def update(engine, optimizer, policy, objective: Objective, batch: RolloutBatch,
         engine.train()
     else:
         engine.eval()
-    if batch.trajectories:
-        objective.prepare(policy, batch, generator, reference, inner_steps)
+    prep = objective.prepare(policy, batch, generator, reference, inner_steps) if batch.trajectories else None
     timing["logp"] = time.perf_counter() - t0
     # one normalisation for every objective: the units of the whole update, over all ranks; DeepSpeed
     # averages gradients over ranks, so each rank's loss is scaled by the world size to make it a sum
-    units = max(sum_over_ranks(objective.units(batch) if batch.trajectories else 0, world), 1)
+    units = max(sum_over_ranks(objective.units(batch, prep) if batch.trajectories else 0, world), 1)
     chunks = [c.tolist() for c in np.array_split(np.arange(len(batch.trajectories)), micro_batches)]
     t0 = time.perf_counter()
     skipped, grad_norm, first_dev = 0, float("nan"), 0.0
@@ -55,13 +54,13 @@ def update(engine, optimizer, policy, objective: Objective, batch: RolloutBatch,
         bad = False
         for k, chunk in enumerate(chunks):
             if chunk:
-                loss, stats = objective.loss(policy, batch, chunk, units / world, inner)
+                loss, stats = objective.loss(policy, batch, prep, chunk, units / world, inner)
                 if not torch.isfinite(loss):
                     bad, loss = True, zero_loss(model)
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value
-                if inner == 0:
-                    first_dev = max(first_dev, stats["ratio_max_abs_dev"])
+                if inner == 0 and stats.ratio_max_abs_dev is not None:
+                    first_dev = max(first_dev, stats.ratio_max_abs_dev)
                 totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
             else:
                 loss = zero_loss(model)
@@ -82,13 +81,14 @@ def update(engine, optimizer, policy, objective: Objective, batch: RolloutBatch,
     n_units = max(totals.get("units", 0.0), 1.0)
     metrics = {
         "loss": totals.get("loss", 0.0) / inner_steps, "grad_norm": grad_norm, "skipped_steps": float(skipped),
-        "entropy": totals.get("entropy_sum", 0.0) / n_units, "ratio_mean": totals.get("ratio_sum", 0.0) / n_units,
-        "ratio/first_inner_max_dev": first_dev,
-        "clip_ratio/low_mean": totals.get("clip_low", 0.0) / n_units,
-        "clip_ratio/high_mean": totals.get("clip_high", 0.0) / n_units,
-        "clip_ratio/region_mean": (totals.get("clip_low", 0.0) + totals.get("clip_high", 0.0)) / n_units,
+        "entropy": totals.get("entropy_sum", 0.0) / n_units,
         "train/samples": float(len(batch.trajectories)), "train/units": float(units),
     }
+    if "ratio_sum" in totals:  # objectives with a PPO ratio (SPG and wd1 have none)
+        metrics.update({
+            "ratio_mean": totals["ratio_sum"] / n_units, "ratio/first_inner_max_dev": first_dev,
+            "clip_ratio/low_mean": totals["clip_low"] / n_units, "clip_ratio/high_mean": totals["clip_high"] / n_units,
+            "clip_ratio/region_mean": (totals["clip_low"] + totals["clip_high"]) / n_units})
     if "kl_sum" in totals:
         metrics["kl"] = totals["kl_sum"] / n_units
     if "stale_units" in totals:  # decoupled PPO on stale samples (rollout.async)

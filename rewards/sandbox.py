@@ -1,6 +1,6 @@
 """Run untrusted Python (model-written code) in a contained subprocess.
 
-The only place in dlmrl that executes model output (DESIGN.md invariant 4). Layers:
+The only place in dlmrl that executes model output (docs/architecture.md, invariant 4). Layers:
   - namespaces (util-linux `unshare`): a new network namespace (no network at all), a
     mount namespace whose root is a fresh tmpfs holding only the system runtime (/usr,
     bind-mounted read-only), /dev/null|zero|urandom, its own /proc and a private /tmp (the

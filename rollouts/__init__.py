@@ -4,7 +4,8 @@ Nothing here imports `reasoning` or `rewards`; the trainer imports from here.
 """
 
 from rollouts.families import load_pretrained, load_tokenizer
-from rollouts.policy import BlockDiffusionPolicy, DiffusionPolicy, TokenIds, make_policy, stop_token_ids
+from rollouts.families.diffusion_gemma import BlockDiffusionPolicy
+from rollouts.policy import DiffusionPolicy, TokenIds, make_policy, stop_token_ids
 from rollouts.replay import Replayed, replay
 from rollouts.sampler import DecodingConfig, sample, sample_seed
 from rollouts.trajectory import Trajectory, load_jsonl, save_jsonl

@@ -12,7 +12,7 @@ A bidirectional model's prefix attends to the answer, so cached keys/values go s
 block fills in: the logits are an approximation after a block's first step. The trajectory
 records the log-probs the sampler actually used (its behaviour policy) and that it used a
 cache; the trainer replays with full attention and corrects the difference like a stale
-rollout (importance weight, reasoning/objective_base.py).
+rollout (importance weight, reasoning/objectives/base.py).
 
 Cached positions and fed positions are disjoint and together cover the canvas; attention is
 bidirectional, so the order of keys does not matter — the cache is simply the kept positions'

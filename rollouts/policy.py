@@ -13,7 +13,6 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-from rollouts.families import shifts_logits
 
 # Disallowed tokens get this logit instead of -inf: their probability is exactly 0 after
 # softmax, yet every log-prob, entropy and gradient stays finite.
@@ -185,61 +184,14 @@ class DiffusionPolicy:
         return logp
 
 
-class BlockDiffusionPolicy(DiffusionPolicy):
-    """The `diffusion_gemma` family: transformers' DiffusionGemmaForBlockDiffusion.
-
-    That model splits the canvas in two: the prompt goes through its (causal) encoder
-    into a KV cache, and the answer canvas through its bidirectional decoder, which
-    attends to the cache and to the whole canvas. Positions continue after each row's
-    real prompt tokens, so left padding changes nothing. Unknown answer positions hold
-    the tokenizer's [MASK] like every other family (DiffusionGemma itself starts from
-    random tokens; a [MASK] canvas is what our sampler and replay define).
-
-    Latent thinking maps to the model's own self-conditioning: pass k feeds the previous
-    pass's answer logits as `self_conditioning_logits` (`latent_mix` is not used — the
-    model learned its own mixing). Still a deterministic function of θ and the canvas.
-    """
-
-    @property
-    def supports_kv_cache(self) -> bool:
-        return False  # it caches its prompt itself (encoder); the sampler's block caches do not apply
-
-    def logits(self, *, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
-               inputs_embeds: torch.Tensor | None = None, keep: int | None = None) -> torch.Tensor:
-        """Logits (B, keep, V) of the last `keep` positions of `input_ids` (the canvas)."""
-        if input_ids is None or keep is None:
-            raise ValueError("diffusion_gemma: logits need input_ids and keep (the canvas length); "
-                             "embedding inputs are not supported")
-        return self._decode(input_ids[:, :-keep], attention_mask[:, :-keep], input_ids[:, -keep:])[0]
-
-    def _decode(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, canvas: torch.Tensor,
-                prompt_cache=None, self_conditioning: torch.Tensor | None = None):
-        """(logits, prompt KV cache); the encoder runs only when no cache is given (the decoder
-        reads the cache and never writes it, so latent passes share one encoding)."""
-        prompt_mask = prompt_mask.long()
-        out = self.model(
-            input_ids=None if prompt_cache is not None else prompt_ids, attention_mask=prompt_mask,
-            position_ids=position_ids(prompt_mask), past_key_values=prompt_cache,
-            decoder_input_ids=canvas,
-            decoder_attention_mask=torch.cat([prompt_mask, torch.ones_like(canvas)], 1),
-            decoder_position_ids=prompt_mask.sum(-1, keepdim=True) + torch.arange(canvas.shape[1], device=canvas.device),
-            self_conditioning_logits=self_conditioning, use_cache=True)
-        return out.logits, out.past_key_values
-
-    def step_log_probs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, answer: torch.Tensor,
-                       temperature: float, latent_steps: int = 0, latent_mix: float = 0.5) -> torch.Tensor:
-        logits, cache = self._decode(prompt_ids, prompt_mask, answer)
-        for _ in range(latent_steps):
-            logits, _ = self._decode(prompt_ids, prompt_mask, answer, cache, self_conditioning=logits)
-        return self.answer_log_probs(logits, temperature)
-
-
 def make_policy(model: torch.nn.Module, tokenizer, shift_logits: bool | None = None) -> DiffusionPolicy:
     """The policy adapter for a loaded model (peft-wrapped or not), special ids from the tokenizer
     and the model's generation config. `shift_logits` None = the model family's own (Dream: yes)."""
+    from rollouts.families import family_of, shifts_logits  # families build on this module
+
     inner = getattr(model, "module", model)  # a DeepSpeed engine's model (its own .config is DeepSpeed's)
     config = inner.config
-    cls = BlockDiffusionPolicy if getattr(config, "model_type", None) == "diffusion_gemma" else DiffusionPolicy
+    cls = getattr(family_of(inner), "POLICY", DiffusionPolicy)  # a family with its own way to get logits
     if shift_logits is None:
         shift_logits = shifts_logits(inner)
     ids = TokenIds.from_tokenizer(tokenizer, config, getattr(inner, "generation_config", None))

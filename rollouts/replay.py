@@ -11,7 +11,7 @@ steps are scored from one canvas — the state at the window's first step with e
 position committed inside the window masked (so no scored position is ever visible in
 the canvas it is scored from, also when it was committed, re-masked and committed again
 within the window). s times fewer forwards, but no longer the exact path probability.
-Only s = 1 reproduces the behaviour log-probs exactly (DESIGN.md invariant 1).
+Only s = 1 reproduces the behaviour log-probs exactly (docs/architecture.md, invariant 1).
 """
 
 from __future__ import annotations

@@ -30,10 +30,11 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
+from rollouts.families import family_of
 from rollouts.kv_cache import BlockCache
 from rollouts.policy import DiffusionPolicy
 from rollouts.seeding import derive_seed
-from rollouts.selection import (CONFIDENCES, FAMILY_CONFIDENCE, confidence, gumbel_like, plackett_luce_terms,
+from rollouts.selection import (CONFIDENCES, confidence, gumbel_like, plackett_luce_terms,
                                 truncate)
 from rollouts.trajectory import Trajectory
 
@@ -45,7 +46,7 @@ CacheMode = Literal["none", "prefix", "dual"]
 
 @dataclass
 class DecodingConfig:
-    """The decoding policy knobs (DESIGN.md, "Decoding policies"); errors name the setting."""
+    """The decoding policy knobs (docs/decoding.md); errors name the setting."""
 
     gen_length: int = 32
     block_length: int | None = None  # semi-AR block size; None = gen_length (fully parallel)
@@ -180,8 +181,7 @@ def resolve_confidence(policy: DiffusionPolicy, cfg: DecodingConfig) -> str:
     """The confidence measure in force: `auto` -> the model family's reference rule."""
     measure = cfg.confidence
     if measure == "auto":
-        family = getattr(getattr(policy.model, "config", None), "dlm_family", None)
-        measure = FAMILY_CONFIDENCE.get(family, "max_prob")
+        measure = getattr(family_of(policy.model), "CONFIDENCE", "max_prob")  # the family's reference rule
     if measure == "chosen_prob" and cfg.selection_temperature > 0:
         raise ValueError("decoding setting 'confidence': chosen_prob depends on the sampled tokens, so a "
                          "Plackett-Luce selection over it has no replayable probability; use max_prob, margin "

@@ -19,8 +19,6 @@ EXCLUDED = -1e9  # score of a position that cannot be picked (finite, so gradien
 
 
 CONFIDENCES = ("chosen_prob", "max_prob", "margin", "entropy")
-# which confidence each model family's reference sampler uses (`confidence: auto`)
-FAMILY_CONFIDENCE = {"llada": "chosen_prob", "dream": "entropy"}
 
 
 def confidence(logp: torch.Tensor, measure: str, tokens: torch.Tensor | None = None,

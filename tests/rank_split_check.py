@@ -11,7 +11,7 @@ import torch
 
 from reasoning.config import deepspeed_config_path
 from reasoning.engine import build_engine
-from reasoning.objectives import ObjectiveSettings, RolloutBatch, build_objective
+from reasoning.objectives import RolloutBatch, build_objective
 from reasoning.update import update as _update
 from reasoning.advantages import group_advantages
 from rollouts import DecodingConfig, DiffusionPolicy, TokenIds, sample
@@ -44,7 +44,7 @@ batch = RolloutBatch([trajectories[i] for i in mine], adv[mine], cfg, (2,))
 deltas = {}
 for name in names:
     engine.module.load_state_dict(start)
-    objective = build_objective(name, ObjectiveSettings(spg_block=2))
+    objective = build_objective(name, spg_block=2)
     _update(engine, optimizer, policy, objective, batch, micro_batches, 1, torch.Generator().manual_seed(5), False,
             {}, world)
     deltas[name] = {k: v - start[k] for k, v in engine.module.state_dict().items()}

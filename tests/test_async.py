@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_rl import ROOT, TINY, adapter, config, torchrun_train, train_steps
 
-from reasoning.objectives import ObjectiveSettings, RolloutBatch, build_objective
+from reasoning.objectives import RolloutBatch, build_objective
 from reasoning.rl import run_rl
 from reasoning.schema import ConfigError
 from rollouts import DecodingConfig, make_policy, sample
@@ -140,23 +140,22 @@ def test_importance_weights_are_exp_of_proximal_minus_behaviour(tiny_model, tiny
         deltas.append(delta[torch.as_tensor(t.commits)])
     advantages = torch.tensor([1.0, -1.0])
     batch = RolloutBatch(stale, advantages, decoding, (tiny_tokenizer.eos_token_id,), policy_version=1)
-    objective = build_objective("trajectory", ObjectiveSettings(importance_cap=5.0))
-    objective.prepare(policy, batch, torch.Generator().manual_seed(0))
-    units = objective.units(batch)
-    loss, stats = objective.loss(policy, batch, [0, 1], units)  # π_prox is taken from this forward (θ = θ_prox)
+    objective = build_objective("trajectory", importance_cap=5.0)
+    prep = objective.prepare(policy, batch, torch.Generator().manual_seed(0))
+    units = objective.units(batch, prep)
+    loss, stats = objective.loss(policy, batch, prep, [0, 1], units)  # π_prox from this forward (θ = θ_prox)
     for i, delta in enumerate(deltas):
         expected = torch.exp(-delta)  # w = π_prox / π_behav = exp(ℓ − (ℓ + δ))
         expected[expected > 5.0] = 0.0
-        assert torch.allclose(objective.importance[i], expected, atol=1e-3), (objective.importance[i], expected)
-        assert (objective.importance[i] == 0).sum() == 1
+        assert torch.allclose(prep.importance[i], expected, atol=1e-3), (prep.importance[i], expected)
+        assert (prep.importance[i] == 0).sum() == 1
     # the loss is the importance-weighted PPO surrogate; at θ = θ_prox the ratio is 1: −Σ w·A / units
-    by_hand = -sum(float(objective.importance[i].sum()) * float(advantages[i]) for i in range(2)) / units
+    by_hand = -sum(float(prep.importance[i].sum()) * float(advantages[i]) for i in range(2)) / units
     assert float(loss) == pytest.approx(by_hand, abs=1e-4)
-    assert stats["importance_masked"] == 2
+    assert stats.importance_masked == 2
     # fresh samples (same version) are not reweighted
     fresh = RolloutBatch(trajectories, advantages, decoding, (tiny_tokenizer.eos_token_id,), policy_version=0)
-    objective.prepare(policy, fresh, torch.Generator().manual_seed(0))
-    assert objective.importance == {}
+    assert objective.prepare(policy, fresh, torch.Generator().manual_seed(0)).importance == {}
 
 
 def test_async_staleness_needs_an_objective_that_records_behaviour(tmp_path):

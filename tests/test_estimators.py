@@ -10,8 +10,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from reasoning.advantages import group_advantages
 from reasoning.config import load_config
-from reasoning.objectives import (OBJECTIVES, PAPER_DEFAULTS, Objective, ObjectiveSettings, RolloutBatch,
-                                  build_objective, k3)
+from reasoning.objectives import (OBJECTIVES, HintTokens, Objective, ObjectiveSettings, Prepared, RolloutBatch,
+                                  build_objective, k3, paper_defaults)
 from reasoning.schema import ConfigError
 from rollouts import DecodingConfig, DiffusionPolicy, TokenIds, replay, sample
 
@@ -51,7 +51,7 @@ class FixedUnits(Objective):
         super().__init__(settings)
         self.logps = logps
 
-    def unit_log_probs(self, policy, batch, indices, inner):
+    def unit_log_probs(self, policy, batch, prep, indices, inner):
         return [self.logps[i] for i in indices], [torch.zeros_like(self.logps[i]) for i in indices]
 
 
@@ -60,16 +60,16 @@ def test_ppo_clip_passes_no_gradient_past_the_clip():
     logp = torch.log(torch.tensor([1.5, 1.1, 0.5, 0.9, 1.5])).requires_grad_()  # ratios vs old = 0
     adv = torch.tensor([1.0, 1.0, -1.0, -1.0, -1.0])
     objective = FixedUnits(ObjectiveSettings(clip_eps_low=eps, clip_eps_high=eps), [logp[i:i + 1] for i in range(5)])
-    objective.old = {0: [torch.zeros(1)] * 5}
+    prep = Prepared(hints=HintTokens(), draws=None, old={0: [torch.zeros(1)] * 5})
     batch = RolloutBatch([None] * 5, adv, DecodingConfig())
-    loss, stats = objective.loss(None, batch, list(range(5)), total_units=5)
+    loss, stats = objective.loss(None, batch, prep, list(range(5)), total_units=5)
     loss.backward()
     ratio = logp.detach().exp()
     # d/dlogp of −min(ρA, clip(ρ)A)/N: 0 where the clipped side is taken, else −ρA/N
     expected = torch.tensor([0.0, -ratio[1] * 1 / 5, 0.0, ratio[3] / 5, ratio[4] / 5])
     assert logp.grad.tolist() == pytest.approx(expected.tolist())
     assert float(loss) == pytest.approx(-(1.2 + 1.1 - 0.8 - 0.9 - 1.5) / 5)
-    assert stats["clip_high"] == 1 and stats["clip_low"] == 1
+    assert stats.clip_high == 1 and stats.clip_low == 1
 
 
 def test_k3_value_and_gradient():
@@ -95,13 +95,13 @@ def expected_reward(policy) -> float:
 
 def one_update(name, sign, cfg, trajectories, rewards):
     policy = tiny_policy()
-    defaults = PAPER_DEFAULTS[name]
+    defaults = paper_defaults(name)
     adv = group_advantages(rewards, len(rewards), defaults["normalize_std"], defaults["leave_one_out"]).values
     batch = RolloutBatch(trajectories, sign * adv, cfg, (EOS,))
-    objective = build_objective(name, ObjectiveSettings(clip_eps_low=defaults["clip_eps_low"],
-                                                        clip_eps_high=defaults["clip_eps_high"], spg_block=1))
-    objective.prepare(policy, batch, torch.Generator().manual_seed(0), inner_steps=1)
-    loss, _ = objective.loss(policy, batch, list(range(len(trajectories))), objective.units(batch), 0)
+    objective = build_objective(name, clip_eps_low=defaults["clip_eps_low"], clip_eps_high=defaults["clip_eps_high"],
+                                spg_block=1)
+    prep = objective.prepare(policy, batch, torch.Generator().manual_seed(0), inner_steps=1)
+    loss, _ = objective.loss(policy, batch, prep, list(range(len(trajectories))), objective.units(batch, prep), 0)
     loss.backward()
     with torch.no_grad():
         for p in policy.model.parameters():
@@ -143,11 +143,11 @@ def test_micro_batch_split_gives_the_same_gradient(name):
     for parts in (1, 2, 4):
         policy = tiny_policy()
         batch = batch_for(policy, cfg)
-        objective = build_objective(name, ObjectiveSettings(spg_block=2))
-        objective.prepare(policy, batch, torch.Generator().manual_seed(7), inner_steps=2)
-        units = objective.units(batch)
+        objective = build_objective(name, spg_block=2)
+        prep = objective.prepare(policy, batch, torch.Generator().manual_seed(7), inner_steps=2)
+        units = objective.units(batch, prep)
         for chunk in np.array_split(np.arange(len(batch.trajectories)), parts):
-            loss, _ = objective.loss(policy, batch, chunk.tolist(), units, inner=1)
+            loss, _ = objective.loss(policy, batch, prep, chunk.tolist(), units, inner=1)
             loss.backward()
         gradients.append(torch.cat([p.grad.flatten() for p in policy.model.parameters()]))
     assert gradients[0].abs().max() > 0
@@ -165,25 +165,25 @@ def raw_token_log_probs(policy, prompt, canvas, final):
 
 
 def prepared(name, n, seed, advantages=None, **settings):
-    """(policy, batch, objective) with the objective's randomness drawn for one inner step."""
+    """(policy, batch, objective, prepared) with the objective's randomness drawn for one inner step."""
     policy = tiny_policy()
     batch = batch_for(policy, DecodingConfig(gen_length=4, temperature=1.0, confidence="max_prob"), n=n)
     if advantages is not None:
         batch.advantages = torch.tensor(advantages)
-    objective = build_objective(name, ObjectiveSettings(**settings))
-    objective.prepare(policy, batch, torch.Generator().manual_seed(seed), inner_steps=1)
-    return policy, batch, objective
+    objective = build_objective(name, **settings)
+    prep = objective.prepare(policy, batch, torch.Generator().manual_seed(seed), inner_steps=1)
+    return policy, batch, objective, prep
 
 
 def test_coupled_is_diffucoder_full_mask_plus_complementary_pair():
-    policy, batch, objective = prepared("coupled", n=4, seed=1)
-    t = objective.t[0]
+    policy, batch, objective, prep = prepared("coupled", n=4, seed=1)
+    t = prep.draws.t[0]
     assert 0.2 <= t <= 0.8
     with torch.no_grad():
-        got = objective.unit_log_probs(policy, batch, [0], 0)[0][0]
+        got = objective.unit_log_probs(policy, batch, prep, [0], 0)[0][0]
     traj = batch.trajectories[0]
     final = traj.final_tokens
-    in_a = objective.u[0][0] < t
+    in_a = prep.draws.u[0][0] < t
     full = raw_token_log_probs(policy, traj.prompt_ids, [MASK] * 4, final)
     on_a = raw_token_log_probs(policy, traj.prompt_ids, np.where(in_a, MASK, final), final)
     on_b = raw_token_log_probs(policy, traj.prompt_ids, np.where(~in_a.numpy(), MASK, final), final)
@@ -193,28 +193,29 @@ def test_coupled_is_diffucoder_full_mask_plus_complementary_pair():
 
 
 def test_wd1_weights_are_group_softmaxes_and_the_score_a_sum():
-    policy, batch, objective = prepared("wd1", n=8, seed=2)
+    policy, batch, objective, prep = prepared("wd1", n=8, seed=2)
     first = batch.advantages[:4]
-    assert objective.weights[:4].tolist() == pytest.approx((first.softmax(0) - (-first).softmax(0)).tolist())
-    assert objective.units(batch) == 2  # a unit is a group
-    loss, _ = objective.loss(policy, batch, list(range(8)), 2, 0)
-    logps, _ = objective.unit_log_probs(policy, batch, list(range(8)), 0)
-    expected = -sum(float(objective.weights[i]) * float(logps[i].sum()) for i in range(8)) / 2
+    weights = prep.draws.weights
+    assert weights[:4].tolist() == pytest.approx((first.softmax(0) - (-first).softmax(0)).tolist())
+    assert objective.units(batch, prep) == 2  # a unit is a group
+    loss, _ = objective.loss(policy, batch, prep, list(range(8)), 2, 0)
+    logps, _ = objective.unit_log_probs(policy, batch, prep, list(range(8)), 0)
+    expected = -sum(float(weights[i]) * float(logps[i].sum()) for i in range(8)) / 2
     assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
 def test_spg_upper_bound_for_negative_advantages():
     """S⁻ = (1/β)·mean_{k: P_k>0} log P_k, P_k = mean_j 1(k∈M_j)·p_k^β / t̂_j — recomputed here."""
-    policy, batch, objective = prepared("spg", n=4, seed=3, advantages=[-1.0, 1.0, -0.5, 0.5], spg_mode="eubo",
-                                        spg_beta=1.5, spg_block=2)
+    policy, batch, objective, prep = prepared("spg", n=4, seed=3, advantages=[-1.0, 1.0, -0.5, 0.5],
+                                              spg_mode="eubo", spg_beta=1.5, spg_block=2)
     with torch.no_grad():
-        canvases, _ = objective.canvas_log_probs(policy, batch, [0], 0)
-        got = objective.sequence_score(batch, 0, 0, canvases[0])
-    draws = [d[0] for d in objective.masks[0]]
+        canvases, _ = objective.canvas_log_probs(policy, batch, prep.draws, [0], 0)
+        got = objective.sequence_score(batch, prep.draws, 0, 0, canvases[0])
+    draws = [d[0] for d in prep.draws[0]]
     traj = batch.trajectories[0]
-    beta, n_valid = 1.5, draws[0][3]
+    beta, n_valid = 1.5, draws[0].n_valid
     p_k = torch.zeros(4, dtype=torch.float64)
-    for drop, masked, scored, _ in draws:
+    for drop, masked, scored in ((d.drop, d.masked, d.scored) for d in draws):
         prompt = np.where(drop.numpy(), MASK, traj.prompt_ids)
         lp = raw_token_log_probs(policy, prompt, np.where(masked.numpy(), MASK, traj.final_tokens), traj.final_tokens)
         t_hat = scored.sum().item() / n_valid
@@ -261,8 +262,8 @@ def test_rl_rollouts_at_temperature_zero_are_refused_unless_selection_is_learned
     cfg = DecodingConfig(gen_length=4, temperature=0.0, confidence="max_prob", selection_temperature=0.5)
     policy = tiny_policy()
     batch = batch_for(policy, cfg, n=4)
-    objective = build_objective("trajectory", ObjectiveSettings())
-    logps, _ = objective.unit_log_probs(policy, batch, [0], 0)
+    objective = build_objective("trajectory")
+    logps, _ = objective.unit_log_probs(policy, batch, Prepared(HintTokens(), None, {}), [0], 0)
     traj = batch.trajectories[0]
     assert logps[0].detach().tolist() == pytest.approx(traj.event_selection_logp[traj.commits].tolist(), abs=1e-5)
     assert logps[0].requires_grad and (logps[0].detach() < 0).any()
@@ -283,6 +284,8 @@ def test_objectives_take_their_papers_defaults():
     assert ours.inner_steps == 1  # what the user sets wins
     with pytest.raises(ValueError, match="kl_coef"):
         build_objective("spg", ObjectiveSettings(kl_coef=0.1))
+    with pytest.raises(ConfigError, match="trainer.objective"):
+        load_config(None, ["trainer.objective=nope"])
 
 
 def test_confidence_auto_is_each_familys_reference_rule():

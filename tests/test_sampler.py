@@ -1,4 +1,4 @@
-"""The denoising sampler, its trajectories and replay (DESIGN.md invariants 1 and 2)."""
+"""The denoising sampler, its trajectories and replay (docs/architecture.md, invariants 1 and 2)."""
 
 import numpy as np
 import pytest

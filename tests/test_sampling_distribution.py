@@ -1,4 +1,4 @@
-"""The sampler draws from the distribution the docs state (DESIGN.md invariant 7), checked
+"""The sampler draws from the distribution the docs state (docs/architecture.md, invariant 7), checked
 independently of the sampler's and replay's code.
 
 For every decoding path, a tiny bidirectional model with a 6-token vocabulary (pad == eos, as in

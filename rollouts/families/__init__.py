@@ -6,8 +6,17 @@
 `family: auto` (the default) reads config.json: `model_type` llada / Dream /
 diffusion_gemma, a `*ForMaskedLM` architecture, or a decoder saved with `is_causal: false`
 (dlmrl's own). `remote` (the checkpoint's own modeling code) is only ever an explicit
-opt-in. Every loaded model carries `config.dlm_family`, which the policy adapter reads
-(Dream shifts its logits).
+opt-in. Every loaded model carries `config.dlm_family`, which the policy adapter reads.
+
+A family is one module; everything family-specific lives there (docs/architecture.md):
+    NAME            the `model.family` value
+    matches(config) whether a config.json dict is this family (auto-detection)
+    load(path, config, dtype, trust_remote_code) -> the model (on the tokenizer's ids)
+    SHIFT_LOGITS    optional, default False: the logit at i predicts token i+1 (Dream)
+    CONFIDENCE      optional, default "max_prob": the reference sampler's rule (`confidence: auto`)
+    LORA_EXCLUDE    optional regex of modules LoRA must never wrap
+    POLICY          optional DiffusionPolicy subclass: how to get logits from a canvas (DiffusionGemma)
+`register(module)` adds one (a new file here, or a module of your own).
 """
 
 from __future__ import annotations
@@ -26,6 +35,34 @@ from rollouts.families.native import (INDEX_FILE, SINGLE_FILE, ModelLoadError, c
 FAMILIES: dict[str, ModuleType] = {module.NAME: module for module in
                                    (llada, dream, diffusion_gemma, masked_lm, bidirectional, remote)}
 NATIVE = ("llada", "dream")
+
+
+def register(module: ModuleType, first: bool = True) -> ModuleType:
+    """Make a family module selectable (`model.family: <NAME>`) and auto-detectable — tried before
+    the built-in families when `first` (a specific `matches` must win over the catch-alls)."""
+    for attr in ("NAME", "matches", "load"):
+        if not hasattr(module, attr):
+            raise ValueError(f"model family {getattr(module, '__name__', module)}: missing {attr}")
+    rest = {k: v for k, v in FAMILIES.items() if k != module.NAME}
+    FAMILIES.clear()
+    FAMILIES.update({module.NAME: module, **rest} if first else {**rest, module.NAME: module})
+    return module
+
+
+def family_of(model: torch.nn.Module) -> ModuleType | None:
+    """The family module a model was loaded as (its config's `dlm_family`), else the first whose
+    `matches` accepts its config; None when none does."""
+    config = getattr(model, "config", None)
+    name = getattr(config, "dlm_family", None)
+    if name in FAMILIES:
+        return FAMILIES[name]
+    as_dict = config.to_dict() if hasattr(config, "to_dict") else {}
+    return next((m for m in FAMILIES.values() if m.matches(as_dict)), None)
+
+
+def lora_exclude(family: str) -> str | None:
+    """Regex of modules LoRA must never wrap in this family (None: LoRA's target list decides)."""
+    return getattr(FAMILIES.get(family), "LORA_EXCLUDE", None)
 
 
 def native_family_for(config: dict) -> str | None:
@@ -160,5 +197,5 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-__all__ = ["FAMILIES", "ModelLoadError", "detect", "export", "load_pretrained", "load_tokenizer",
-           "native_family_for", "shifts_logits"]
+__all__ = ["FAMILIES", "ModelLoadError", "detect", "export", "family_of", "load_pretrained", "load_tokenizer",
+           "lora_exclude", "native_family_for", "register", "shifts_logits"]

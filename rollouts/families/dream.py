@@ -15,6 +15,7 @@ from rollouts.families.native import ModelLoadError
 
 NAME = "dream"
 SHIFT_LOGITS = True
+CONFIDENCE = "entropy"  # its reference sampler's rule (`confidence: auto`)
 MODEL_CLASS = Qwen2ForCausalLM
 NOT_QWEN2 = ("auto_map", "architectures", "model_type", "transformers_version", "dtype", "torch_dtype")
 

@@ -18,6 +18,7 @@ from rollouts.families.native import ModelLoadError, rename
 
 NAME = "llada"
 SHIFT_LOGITS = False
+CONFIDENCE = "chosen_prob"  # its reference sampler's rule (`confidence: auto`)
 MODEL_CLASS = LlamaForCausalLM
 
 # (upstream template, native template); {i} is the layer index

@@ -1,0 +1,36 @@
+"""Policy-gradient objectives: how an update turns sampled answers into a loss.
+
+Five estimators share one interface (and the trainer, rollouts, advantages, PPO clip and KL code),
+so `trainer.objective` swaps them on one harness. Each is its paper's estimator, from its paper's
+reference code; where ours differs, docs/estimators.md says so.
+
+  trajectory  (ours) the exact visited path: every committed token at the state it was committed
+              from, plus the position choice when it is a learned draw   objectives/trajectory.py
+  mean_field  d1's diffu-GRPO one-step estimate                           objectives/answer_tokens.py
+  coupled     DiffuCoder's coupled-GRPO                                   objectives/answer_tokens.py
+  spg         SPG's ELBO / EUBO sandwich, no ratio                        objectives/ratio_free.py
+  wd1         wd1's weighted likelihood, no ratio                         objectives/ratio_free.py
+
+Shared rules (objectives/base.py): the loss mask (the answer up to its first stop token, without
+pinned hint tokens unless `train_hints: entropy`), one global normalisation (a sum over units
+divided by the units of the whole update, every micro-batch and rank), token-level PPO clip, k3 KL
+to the model with its adapter disabled, decoupled PPO for stale samples. A new objective is one
+class with `@register` (objectives/base.py's docstring shows one).
+"""
+
+from reasoning.objectives.base import (OBJECTIVES, HintTokens, LossStats, Objective, ObjectiveSettings, Prepared,
+                                       RolloutBatch, build_objective, k3, loss_mask, objective_class, pinned_mask,
+                                       register, sample_generators)
+from reasoning.objectives.trajectory import TrajectoryObjective, TrajectorySettings
+from reasoning.objectives.answer_tokens import CoupledObjective, MeanFieldObjective  # noqa: I001 (registry order)
+from reasoning.objectives.ratio_free import SPGObjective, WD1Objective
+
+__all__ = ["OBJECTIVES", "CoupledObjective", "HintTokens", "LossStats", "MeanFieldObjective", "Objective",
+           "ObjectiveSettings", "Prepared", "RolloutBatch", "SPGObjective", "TrajectoryObjective",
+           "TrajectorySettings", "WD1Objective", "build_objective", "k3", "loss_mask", "objective_class",
+           "paper_defaults", "pinned_mask", "register", "sample_generators"]
+
+
+def paper_defaults(name: str) -> dict:
+    """The trainer keys a config leaves null take these for objective `name`."""
+    return dict(objective_class(name).paper_defaults)
