@@ -23,7 +23,7 @@ from reasoning.schema import (ConfigError, apply_override, drop_unknown_keys, fr
 from reasoning.tasks.base import DataConfig
 import rewards
 from rewards.registry import RewardsConfig
-from rollouts.sampler import DecodingConfig
+from rollouts.decoding import DecodingConfig
 
 DEEPSPEED_PRESETS = ("zero0", "zero2", "zero3")
 

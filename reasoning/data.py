@@ -13,7 +13,7 @@ import torch
 from datasets import Dataset
 
 from rollouts.policy import stop_token_ids
-from rollouts.sampler import left_pad
+from rollouts.decoding import left_pad
 
 
 def encode_prompt(tokenizer, prompt: str | list[dict], chat_template: str = "auto") -> list[int]:

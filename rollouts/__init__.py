@@ -7,7 +7,8 @@ from rollouts.families import load_pretrained, load_tokenizer
 from rollouts.families.diffusion_gemma import BlockDiffusionPolicy
 from rollouts.policy import DiffusionPolicy, TokenIds, make_policy, stop_token_ids
 from rollouts.replay import Replayed, replay
-from rollouts.sampler import DecodingConfig, sample, sample_seed
+from rollouts.decoding import DecodingConfig
+from rollouts.sampler import sample, sample_seed
 from rollouts.trajectory import Trajectory, load_jsonl, save_jsonl
 
 __all__ = ["BlockDiffusionPolicy", "DecodingConfig", "DiffusionPolicy", "Replayed", "TokenIds", "Trajectory",

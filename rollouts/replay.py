@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from rollouts.policy import DiffusionPolicy
-from rollouts.sampler import DecodingConfig, left_pad, resolve_confidence
-from rollouts.selection import confidence, plackett_luce_terms, truncate
+from rollouts.decoding import DecodingConfig, left_pad, resolve_confidence, step_distribution
+from rollouts.selection import plackett_luce_terms
 from rollouts.trajectory import Trajectory
 
 
@@ -78,10 +78,10 @@ def replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: Decodin
         prompt_ids, prompt_mask = left_pad([trajectories[it.trajectory].prompt_ids for it in chunk], policy.ids.pad)
         answer = torch.as_tensor(np.stack([_scoring_canvas(trajectories[it.trajectory], states[it.trajectory],
                                                            bounds[it.trajectory], it.steps) for it in chunk]))
-        logp = truncate(policy.step_log_probs(prompt_ids.to(device), prompt_mask.to(device), answer.to(device),
-                                              cfg.temperature, cfg.latent_steps, cfg.latent_mix), cfg.top_k, cfg.top_p)
+        step = step_distribution(policy, prompt_ids.to(device), prompt_mask.to(device), answer.to(device), cfg, measure)
+        logp = step.logp
         forwards += 1
-        scores = cfg.selection_scores(confidence(logp, measure)) if cfg.stochastic_selection else None
+        scores = step.selection_scores(step.confidence()) if cfg.stochastic_selection else None
         for row, item in enumerate(chunk):
             traj = trajectories[item.trajectory]
             events = slice(bounds[item.trajectory][item.steps.start], bounds[item.trajectory][item.steps.stop])

@@ -24,127 +24,20 @@ answer does not depend on which other prompts shared its batch or its worker.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, get_args
 
 import numpy as np
 import torch
 
-from rollouts.families import family_of
+from rollouts.decoding import (DecodingConfig, StepDistribution, distribution_from_logits, left_pad,
+                               resolve_confidence, step_distribution)
 from rollouts.kv_cache import BlockCache
 from rollouts.policy import DiffusionPolicy
 from rollouts.seeding import derive_seed
-from rollouts.selection import (CONFIDENCES, confidence, gumbel_like, plackett_luce_terms,
-                                truncate)
+from rollouts.selection import gumbel_like, plackett_luce_terms
 from rollouts.trajectory import Trajectory
 
-CommitRule = Literal["low_confidence", "random", "threshold"]
-ConfidenceMeasure = Literal["auto", "chosen_prob", "max_prob", "margin", "entropy"]
-RemaskRule = Literal["none", "running_confidence"]
-CacheMode = Literal["none", "prefix", "dual"]
-
-
-@dataclass
-class DecodingConfig:
-    """The decoding policy knobs (docs/decoding.md); errors name the setting."""
-
-    gen_length: int = 32
-    block_length: int | None = None  # semi-AR block size; None = gen_length (fully parallel)
-    steps: int | None = None  # denoising steps over the whole answer, split over blocks; None = gen_length
-    temperature: float = 0.0  # token choice; 0 = argmax
-    top_k: int | None = None  # sample among the k most likely tokens only (null = all)
-    top_p: float = 1.0  # ... and among the smallest set holding this much probability (1 = all)
-    commit: CommitRule = "low_confidence"
-    # how sure the model is at a position (rollouts.selection.confidence); auto = the model family's
-    # reference sampler: LLaDA chosen_prob (untempered prob of the sampled token), Dream entropy, others max_prob
-    confidence: ConfidenceMeasure = "auto"
-    threshold: float = 0.9  # commit: threshold commits every position above this confidence
-    selection_temperature: float = 0.0  # > 0: stochastic (Plackett–Luce) choice of positions
-    remask: RemaskRule = "none"
-    remask_threshold: float = 0.5  # running_confidence re-masks tokens whose probability fell below this
-    remask_budget: int = 8  # at most this many re-masks per answer (bounds the revision loop)
-    latent_steps: int = 0  # K latent-thinking passes per denoising step
-    latent_mix: float = 0.5  # weight of the belief embedding vs the [MASK] embedding
-    # approximate block KV cache (rollouts/kv_cache.py): none (exact) | prefix | dual (needs blocks)
-    cache: CacheMode = "none"
-
-    def __post_init__(self) -> None:
-        if self.confidence == "prob":  # the name before chosen_prob existed
-            self.confidence = "max_prob"
-        for name, rule in (("commit", CommitRule), ("confidence", ConfidenceMeasure), ("remask", RemaskRule),
-                           ("cache", CacheMode)):
-            if getattr(self, name) not in get_args(rule):
-                raise ValueError(f"decoding setting '{name}': expected one of {', '.join(get_args(rule))}, "
-                                 f"got {getattr(self, name)!r}")
-        if self.gen_length < 1:
-            raise ValueError(f"decoding setting 'gen_length' must be >= 1, got {self.gen_length}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"decoding setting 'steps' must be >= 1 (or null for gen_length), got {self.steps}")
-        if self.block < 1 or self.gen_length % self.block:
-            raise ValueError(f"decoding setting 'block_length' ({self.block}) must divide "
-                             f"'gen_length' ({self.gen_length})")
-        if not self.num_blocks <= self.total_steps <= self.gen_length:
-            raise ValueError(f"decoding setting 'steps' ({self.total_steps}) must be at least the number of blocks "
-                             f"(gen_length / block_length = {self.num_blocks}) and at most gen_length "
-                             f"({self.gen_length})")
-        if self.cache == "dual" and self.num_blocks == 1:
-            raise ValueError("decoding setting 'cache': dual caches the blocks after the current one, so it needs "
-                             "semi-autoregressive blocks (set block_length below gen_length)")
-        if self.cache != "none" and self.latent_steps > 0:
-            raise ValueError("decoding setting 'cache': latent thinking re-predicts the whole canvas each pass; "
-                             "use cache none with latent_steps > 0")
-        checks = {"temperature": self.temperature >= 0, "selection_temperature": self.selection_temperature >= 0,
-                  "top_k": self.top_k is None or self.top_k >= 1, "top_p": 0 < self.top_p <= 1,
-                  "threshold": 0 <= self.threshold <= 1, "remask_threshold": 0 <= self.remask_threshold <= 1,
-                  "remask_budget": self.remask_budget >= 0, "latent_steps": self.latent_steps >= 0,
-                  "latent_mix": 0 <= self.latent_mix <= 1}
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"decoding setting '{name}' is out of range: {getattr(self, name)}")
-
-    @property
-    def block(self) -> int:
-        return self.block_length or self.gen_length
-
-    @property
-    def num_blocks(self) -> int:
-        return self.gen_length // self.block
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps or self.gen_length
-
-    def block_steps(self) -> list[int]:
-        """Step budget of each block: `steps` split as evenly as possible (earlier blocks first)."""
-        return commit_schedule(self.total_steps, self.num_blocks)
-
-    @property
-    def stochastic_selection(self) -> bool:
-        return self.commit == "random" or self.selection_temperature > 0
-
-    def selection_scores(self, conf: torch.Tensor) -> torch.Tensor:
-        """Plackett–Luce scores of candidate positions (also the deterministic top-k key)."""
-        if self.commit == "random":
-            return torch.zeros_like(conf)
-        return conf / self.selection_temperature if self.selection_temperature > 0 else conf
-
-
-def commit_schedule(total: int, steps: int) -> list[int]:
-    """Split `total` over `steps` as evenly as possible, remainder first (LLaDA)."""
-    base, extra = divmod(total, steps)
-    return [base + (1 if i < extra else 0) for i in range(steps)]
-
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into (ids, attention_mask)."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        if prompt:
-            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt):] = 1
-    return ids, mask
+__all__ = ["DecodingConfig", "check_prompts", "left_pad", "pin_tokens", "resolve_confidence", "sample",
+           "sample_seed"]
 
 
 def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
@@ -177,19 +70,6 @@ def pin_tokens(answer: torch.Tensor, pinned: list[dict[int, int]] | None, mask_i
     return is_pinned
 
 
-def resolve_confidence(policy: DiffusionPolicy, cfg: DecodingConfig) -> str:
-    """The confidence measure in force: `auto` -> the model family's reference rule."""
-    measure = cfg.confidence
-    if measure == "auto":
-        measure = getattr(family_of(policy.model), "CONFIDENCE", "max_prob")  # the family's reference rule
-    if measure == "chosen_prob" and cfg.selection_temperature > 0:
-        raise ValueError("decoding setting 'confidence': chosen_prob depends on the sampled tokens, so a "
-                         "Plackett-Luce selection over it has no replayable probability; use max_prob, margin "
-                         "or entropy with selection_temperature > 0")
-    assert measure in CONFIDENCES, measure
-    return measure
-
-
 @torch.no_grad()
 def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfig, seeds: list[int],
            pinned: list[dict[int, int]] | None = None) -> list[Trajectory]:
@@ -219,12 +99,12 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
         rows = (~done).nonzero().squeeze(1)
         positions = block[rows, None] * width + offsets  # (R, W) answer positions of the current block
         if cache is None:
-            logp = truncate(policy.step_log_probs(prompt_ids[rows], prompt_mask[rows], answer[rows], cfg.temperature,
-                                                  cfg.latent_steps, cfg.latent_mix), cfg.top_k, cfg.top_p)
-            logp = logp.gather(1, positions[..., None].expand(-1, -1, logp.shape[-1]))  # (R, W, V)
+            step = step_distribution(policy, prompt_ids[rows], prompt_mask[rows], answer[rows], cfg,
+                                     measure).at(positions)  # (R, W, V)
             fed[rows] += (prompt_ids.shape[1] + length) * (1 + cfg.latent_steps)
         else:
-            logp = _cached_block_log_probs(policy, cache, rows, answer, block, steps_in_block, cfg, fed)
+            step = _cached_block_distribution(policy, cache, rows, answer, block, steps_in_block, cfg, measure, fed)
+        logp = step.logp
         current = answer[rows].gather(1, positions)
         masked = current == ids.mask
         row_generators = [generators[r] for r in rows.tolist()]
@@ -250,12 +130,12 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
         else:
             tokens = logp.argmax(-1)
         token_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-        conf = confidence(logp, measure, tokens, cfg.temperature)
+        conf = step.confidence(tokens)
         if cfg.commit == "threshold":
             count = torch.maximum(count, (candidates & (conf > cfg.threshold)).sum(1))
 
         # 4. which positions (ordered: the order is part of a Plackett–Luce draw)
-        scores = cfg.selection_scores(conf)
+        scores = step.selection_scores(conf)
         keys = scores + gumbel_like(scores.shape, row_generators, device) if cfg.stochastic_selection else scores
         order = keys.masked_fill(~candidates, -math.inf).argsort(1, descending=True)[:, :int(count.max())]
         selection_terms = (plackett_luce_terms(scores, candidates, order, count) if cfg.stochastic_selection
@@ -282,11 +162,12 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
             for r in range(n)]
 
 
-def _cached_block_log_probs(policy: DiffusionPolicy, cache: BlockCache, rows: torch.Tensor, answer: torch.Tensor,
-                            block: torch.Tensor, steps_in_block: torch.Tensor, cfg: DecodingConfig,
-                            fed: torch.Tensor) -> torch.Tensor:
-    """(R, W, V) log-probs of the rows' current blocks through the block cache: rows are grouped by
-    block and by whether this is the block's first step (a full forward that refreshes the cache)."""
+def _cached_block_distribution(policy: DiffusionPolicy, cache: BlockCache, rows: torch.Tensor, answer: torch.Tensor,
+                               block: torch.Tensor, steps_in_block: torch.Tensor, cfg: DecodingConfig, measure: str,
+                               fed: torch.Tensor) -> StepDistribution:
+    """The step distribution (R, W, V) of the rows' current blocks through the block cache: rows are
+    grouped by block and by whether this is the block's first step (a full forward that refreshes
+    the cache)."""
     out = None
     for b in block[rows].unique().tolist():
         for fresh in (True, False):
@@ -295,12 +176,12 @@ def _cached_block_log_probs(policy: DiffusionPolicy, cache: BlockCache, rows: to
                 continue
             group = rows[pick]
             logits, tokens = cache.block_logits(group, answer[group], b, fresh)
-            logp = truncate(policy.answer_log_probs(logits, cfg.temperature), cfg.top_k, cfg.top_p)
+            logp = distribution_from_logits(policy, logits, cfg, measure).logp
             if out is None:
                 out = logp.new_empty((len(rows), *logp.shape[1:]))
             out[pick] = logp
             fed[group] += tokens
-    return out
+    return StepDistribution(out, cfg, measure)
 
 
 class _EventLog:

@@ -25,7 +25,8 @@ import torch
 
 from rollouts.families import load_pretrained, load_tokenizer
 from rollouts.policy import DiffusionPolicy, make_policy
-from rollouts.sampler import DecodingConfig, sample, sample_seed
+from rollouts.decoding import DecodingConfig
+from rollouts.sampler import sample, sample_seed
 from rollouts.trajectory import Trajectory
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import torch
 
 from reasoning.objectives.base import Objective, ObjectiveSettings, register, sample_generators
 from rollouts import Trajectory
-from rollouts.sampler import left_pad
+from rollouts.decoding import left_pad
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from rollouts import DecodingConfig, DiffusionPolicy, Trajectory
-from rollouts.sampler import left_pad
+from rollouts.decoding import left_pad
 from rollouts.seeding import derive_seed
 
 
