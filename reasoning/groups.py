@@ -51,16 +51,27 @@ Sampler = Callable[[list[SampleJob]], list[Trajectory]]  # jobs -> trajectories,
 
 @dataclass
 class Group:
-    """One prompt's answers and their total rewards."""
+    """One prompt's G answers, made once where the samples come back and carried to the update:
+    stale groups are dropped, rewards scored, hints swapped in and advantages set on it."""
 
     index: int  # the prompt's row in the train split
-    trajectories: list[Trajectory]
-    rewards: list[float]
+    trajectories: list[Trajectory]  # its G answers (each knows its prompt ids and sample index)
+    rewards: list[float] = field(default_factory=list)  # total reward per answer, once scored
+    completions: list = field(default_factory=list)  # the decoded answers the rewards saw
+    advantages: torch.Tensor | None = None  # (G,) group-relative, once set (reasoning/rl.py)
+    staleness: int = 0  # policy versions its oldest answer is behind the trainer
     hinted: int = 0  # how many answers are hinted ones
 
     @property
     def varied(self) -> bool:
         return max(self.rewards) - min(self.rewards) > 1e-8
+
+
+def split_groups(indices: list[int], trajectories: list[Trajectory], group_size: int) -> list[Group]:
+    """The groups of a batch of rollouts ordered prompt-major (prompt 0: samples 0..G-1, ...)."""
+    if len(trajectories) != len(indices) * group_size:
+        raise ValueError(f"{len(trajectories)} trajectories do not make {len(indices)} groups of {group_size}")
+    return [Group(index, trajectories[k * group_size:(k + 1) * group_size]) for k, index in enumerate(indices)]
 
 
 @dataclass
@@ -71,6 +82,7 @@ class StepGroups:
     sampled: list[Group]
     reward_metrics: dict[str, float]  # the reward functions' metrics on the step's first-round answers
     metrics: dict[str, float] = field(default_factory=dict)
+    extra_seconds: float = 0.0  # spent on hints and further prompts (not reward time)
 
 
 def hint_pins(reference: list[int], ratio: tuple[float, float], chunk: tuple[int, int],
@@ -116,18 +128,23 @@ class GroupCollector:
     # --- scoring ---------------------------------------------------------------------------
 
     def score(self, rows: list[int], trajectories: list[Trajectory]):
-        """The configured rewards of each trajectory; `rows[i]` is trajectory i's train row."""
+        """(the configured rewards of each trajectory, their decoded completions); `rows[i]` is
+        trajectory i's train row."""
         data = self.train.select(rows)
         completions = [decode_completion(self.tokenizer, t.final_tokens, self.stop) for t in trajectories]
         columns = {c: data[c] for c in data.column_names if c != "prompt"}
         return self.rewarder(data["prompt"], completions, [t.final_tokens.tolist() for t in trajectories],
-                             **columns)
+                             **columns), completions
 
-    def groups(self, indices: list[int], trajectories: list[Trajectory]) -> tuple[list[Group], dict]:
+    def score_groups(self, groups: list[Group]) -> dict[str, float]:
+        """Fill each group's rewards and completions; returns the reward functions' metrics."""
         g = self.group_size
-        scored = self.score([i for i in indices for _ in range(g)], trajectories)
-        return [Group(index, trajectories[k * g:(k + 1) * g], list(scored.total[k * g:(k + 1) * g]))
-                for k, index in enumerate(indices)], scored.metrics
+        scored, completions = self.score([grp.index for grp in groups for _ in range(g)],
+                                         [t for grp in groups for t in grp.trajectories])
+        for k, grp in enumerate(groups):
+            grp.rewards = list(scored.total[k * g:(k + 1) * g])
+            grp.completions = completions[k * g:(k + 1) * g]
+        return scored.metrics
 
     def failed(self, group: Group) -> bool:
         fail = self.hints.fail_reward if self.hints else 0.0
@@ -135,10 +152,12 @@ class GroupCollector:
 
     # --- the step ----------------------------------------------------------------------------
 
-    def collect(self, step: int, indices: list[int], trajectories: list[Trajectory], target: int) -> StepGroups:
-        """The step's groups: its first-round `indices` / `trajectories`, then hints and further rounds."""
+    def collect(self, step: int, groups: list[Group], target: int) -> StepGroups:
+        """The step's groups: its first-round `groups` scored, then hints and further rounds until
+        `target` groups (the step's share of prompts_per_step) have reward variance."""
         stats: Counter = Counter()
-        groups, reward_metrics = self.groups(indices, trajectories)
+        groups = list(groups)
+        reward_metrics = self.score_groups(groups)
         t0 = time.perf_counter()
         self._count(groups, stats)
         if self.hints:
@@ -165,7 +184,8 @@ class GroupCollector:
         if self.dynamic.enabled:
             metrics.update({"dynamic/draw_factor": len(groups) / max(target, 1), "dynamic/rounds": float(stats["rounds"]),
                             "timing_s/dynamic": stats["timing_dynamic"]})
-        return StepGroups(trained, groups, reward_metrics, metrics)
+        return StepGroups(trained, groups, reward_metrics, metrics,
+                          extra_seconds=(stats["timing_hints"] if self.hints else 0.0) + stats["timing_dynamic"])
 
     def _count(self, groups: list[Group], stats: Counter) -> None:
         for g in groups:
@@ -196,7 +216,8 @@ class GroupCollector:
             jobs = make_jobs(prompts, self.group_size, derive_seed(self.cfg.seed, step, EXTRA_PROMPTS, self.rank, rnd))
             for job in jobs:  # unique (prompt, sample) ids over rounds and ranks
                 job.prompt_index = rnd * total + job.prompt_index * self.world + self.rank
-            new, _ = self.groups(indices, self.sample(jobs))
+            new = split_groups(indices, self.sample(jobs), self.group_size)
+            self.score_groups(new)
             self._count(new, stats)
             if self.hints:
                 self.add_hints(step, rnd, new, stats)
@@ -233,7 +254,7 @@ class GroupCollector:
                 jobs.append(SampleJob(k, s, prompt, seed, pins))
                 ratios.append(len(pins) / len(reference))
         hinted = self.sample(jobs)
-        scored = self.score([groups[k].index for k, _ in failed for _ in range(n)], hinted)
+        scored, completions = self.score([groups[k].index for k, _ in failed for _ in range(n)], hinted)
         limit = math.floor(h.replace_fraction * g)
         stats.update(hint_groups=len(failed), hint_samples=len(jobs))
         stats["hint_ratio"] += sum(ratios)
@@ -248,5 +269,6 @@ class GroupCollector:
                 traj, old = hinted[f * n + s], grp.trajectories[slot]
                 traj.prompt_index, traj.sample_index, traj.hinted = old.prompt_index, old.sample_index, True
                 grp.trajectories[slot], grp.rewards[slot] = traj, rewards[s]
+                grp.completions[slot] = completions[f * n + s]
             grp.hinted = len(better)
             stats["hint_replaced"] += len(better)

@@ -42,17 +42,16 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from reasoning import interrupts
 from reasoning.advantages import group_advantages
 from reasoning.batches import AsyncRollouts, PromptSchedule, Rollouts, SyncRollouts
-from reasoning import interrupts
 from reasoning.checkpoint import complete_checkpoints, find_resume
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import encode_prompt
-from reasoning.distributed import (NoLogger, combine_metrics, max_over_ranks, rank_and_world,
-                                   trainer_weights)
+from reasoning.distributed import combine_metrics, max_over_ranks, rank_and_world, trainer_weights
 from reasoning.engine import build_engine, zero_stage
 from reasoning.evaluate import evaluate
-from reasoning.groups import GroupCollector
+from reasoning.groups import Group, GroupCollector, StepGroups, split_groups
 from reasoning.metrics import rollout_metrics
 from reasoning.modeling import (apply_lora, count_parameters, enable_gradient_checkpointing, load_model, model_family,
                                 peft_lora_config)
@@ -60,14 +59,12 @@ from reasoning.objectives import RolloutBatch, build_objective
 from reasoning.preflight import check_prompt_lengths, check_rl_inputs
 from reasoning.rundir import claim_run_dir
 from reasoning.sft import seed_everything, sft_warm_start
-from reasoning.update import update
+from reasoning.update import Learner, UpdateResult, update
 from rewards import RewardRunner
 from rollouts import Trajectory, make_policy, save_jsonl
 from rollouts.seeding import ROLLOUT, UPDATE, derive_seed
 from rollouts.workers import PolicySpec, RolloutGroup, SampleJob, make_jobs, sample_jobs
-from reasoning.rl_run import RLRun, budget_used, checkpoint, finish, restore
-
-
+from reasoning.rl_run import Budget, Progress, RLRun, checkpoint, finish, restore
 
 def run_rl(cfg: Config) -> dict:
     """Train with RL; returns the final metrics (incl. `eval/<task>/acc`, and `before`/`after`).
@@ -98,7 +95,7 @@ def run_rl(cfg: Config) -> dict:
         except (KeyboardInterrupt, interrupts.Interrupted) as exc:  # SIGTERM / Ctrl-C: say where to resume
             newest = complete_checkpoints(cfg.run_dir)
             raise interrupts.Interrupted(interrupts.as_interrupted(exc).code, (
-                f"interrupted at step {run.step}; the newest checkpoint is "
+                f"interrupted at step {run.progress.step}; the newest checkpoint is "
                 f"{newest[-1] if newest else 'none yet'}; resume with trainer.resume=auto")) from None
         finally:
             close(run)
@@ -123,24 +120,23 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
     model = apply_lora(model, cfg.model.lora, family)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # several processes: each trains 1/world of the prompts
     micro_batches = math.ceil(tr.prompts_per_step // world_size * cfg.rollout.group_size / tr.micro_batch_size)
-    runs: list[RLRun] = []  # the run, once built: the cosine schedule reads how far it has come
+    progress, budget = Progress(), Budget(tr.steps, tr.max_seconds)  # the cosine schedule reads how far it has come
     engine, optimizer = build_engine(
         model, deepspeed_config_path(tr.deepspeed, "trainer.deepspeed"), lr=tr.lr, weight_decay=tr.weight_decay,
         warmup_steps=tr.warmup_steps, grad_clip=tr.grad_clip, micro_batch_size=1, grad_accum=micro_batches,
-        schedule=tr.lr_schedule, optimizer_name=tr.optimizer, progress=lambda: budget_used(runs[0]) if runs else 0.0)
+        schedule=tr.lr_schedule, optimizer_name=tr.optimizer, progress=lambda: budget.used(progress))
     rank, world = rank_and_world()
     policy = make_policy(engine.module, tokenizer, cfg.model.shift_logits)
     objective = build_objective(  # each objective takes the keys its Settings declare
         tr.objective, clip_eps_low=tr.clip_eps_low, clip_eps_high=tr.clip_eps_high, kl_coef=tr.kl_coef,
         merge_steps=tr.merge_steps, prompt_mask_prob=tr.prompt_mask_prob, importance_cap=tr.importance_cap,
         train_hints=cfg.rollout.hints.train_hints, hint_entropy_fraction=cfg.rollout.hints.entropy_fraction)
-    run = RLRun(cfg, task, splits["train"], splits["test"], tokenizer, engine, optimizer, policy, objective,
-                RewardRunner(reward_cfg), NoLogger(), PromptSchedule(len(splits["train"]), tr.prompts_per_step,
-                                                                     cfg.seed),
-                base_dir, micro_batches, rank, world)
-    runs.append(run)
+    learner = Learner(engine, optimizer, policy, objective, micro_batches, tr.inner_steps, cfg.model.lora.enabled,
+                      world)
+    run = RLRun(cfg, task, splits["train"], splits["test"], tokenizer, learner, RewardRunner(reward_cfg),
+                PromptSchedule(len(splits["train"]), tr.prompts_per_step, cfg.seed), base_dir, progress, rank, world)
     if rank == 0 or not run.ray_serves_all_ranks:
-        run.group = RolloutGroup(
+        run.workers = RolloutGroup(
             PolicySpec(path=base_dir, lora=peft_lora_config(cfg.model.lora, family) if run.lora else None,
                        shift_logits=cfg.model.shift_logits, family=cfg.model.family,
                        trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype),
@@ -157,10 +153,11 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
 
 def trainer_sample(run: RLRun, jobs: list[SampleJob]) -> list[Trajectory]:
     """Sample `jobs` with the trainer's own (newest) weights, in eval mode as the workers are."""
-    module, training = run.engine.module, run.engine.module.training
+    module = run.learner.engine.module
+    training = module.training
     module.eval()  # dropout off, as in the workers
     try:
-        return sample_jobs(run.policy, run.decoding, jobs, run.version)
+        return sample_jobs(run.learner.policy, run.decoding, jobs, run.progress.version)
     finally:
         module.train(training)
 
@@ -169,20 +166,21 @@ def start_rollouts(run: RLRun) -> None:
     """Give the workers the trainer's weights, then start the batch source (sync or async) and the
     group collector (whose extra answers — hints, further prompts — are drawn by the workers in a
     synchronous run, and by the trainer itself, with its newest weights, in an asynchronous one)."""
-    cfg = run.cfg
+    cfg, workers = run.cfg, run.workers
     asynchronous = cfg.rollout.async_
 
     def sample_now(jobs: list[SampleJob]) -> list[Trajectory]:
-        if run.group is not None and not asynchronous.enabled:
-            return run.group.run(jobs)
+        if workers is not None and not asynchronous.enabled:
+            return workers.run(jobs)
         return trainer_sample(run, jobs)
 
-    run.collector = GroupCollector(cfg, run.task, run.train, run.tokenizer, run.rewarder, run.policy.ids.stop,
-                                   sample_now, run.rank, run.world)
-    weights = trainer_weights(run.engine.module, zero_stage(run.engine))  # a collective under ZeRO-3
-    if run.group is None:
+    run.collector = GroupCollector(cfg, run.task, run.train, run.tokenizer, run.rewarder,
+                                   run.learner.policy.ids.stop, sample_now, run.rank, run.world)
+    engine = run.learner.engine
+    weights = trainer_weights(engine.module, zero_stage(engine))  # a collective under ZeRO-3
+    if workers is None:
         return
-    run.group.sync(weights, run.version)
+    workers.sync(weights, run.progress.version)
     tolerate = asynchronous.enabled  # stamped rollouts: a worker left behind makes stale ones, not wrong ones
 
     def plan(step: int) -> tuple[list[int], list[SampleJob]]:
@@ -193,128 +191,149 @@ def start_rollouts(run: RLRun) -> None:
         return indices, make_jobs(prompts, cfg.rollout.group_size, derive_seed(cfg.seed, step, ROLLOUT))
 
     def sync(weights: dict, version: int) -> None:
-        run.group.sync(weights, version, tolerate_failures=tolerate)
+        workers.sync(weights, version, tolerate_failures=tolerate)
 
     if not asynchronous.enabled:
-        run.source = SyncRollouts(plan, run.group.run, sync, run.clock)
+        run.source = SyncRollouts(plan, workers.run, sync, run.clock)
         return
 
     def trainer_run(jobs: list[SampleJob]) -> list[Trajectory]:  # the waiting trainer, its own newer weights
         return trainer_sample(run, jobs)
 
     chunks = max(1, min(8, cfg.trainer.prompts_per_step // 2))  # >= 2 prompts' groups per chunk
-    run.source = AsyncRollouts(plan, run.group.run, sync, asynchronous.max_staleness, run.step + 1,
+    run.source = AsyncRollouts(plan, workers.run, sync, asynchronous.max_staleness, run.progress.step + 1,
                                cfg.trainer.steps, run.clock, trainer_run if run.trainer_samples else None, chunks)
 
 
 # --- the loop: rollout -> reward -> advantage -> update -> sync -> log -> eval -> save -----------------
 
 def loop(run: RLRun) -> None:
-    cfg, tr = run.cfg, run.cfg.trainer
-    first = run.step
-    if run.step == 0:
-        run.eval_metrics = run_eval(run)
-        run.before = run.eval_metrics.get(f"eval/{run.task.name}/acc")
+    cfg, tr, progress = run.cfg, run.cfg.trainer, run.progress
+    first = progress.step
+    if progress.step == 0:
+        progress.eval_metrics = run_eval(run)
+        progress.before = progress.eval_metrics.get(f"eval/{run.task.name}/acc")
     # the next timed eval is the next multiple of eval_every_s of training time (carried over a resume)
-    next_eval_s = tr.eval_every_s * (math.floor(run.trained_s / tr.eval_every_s) + 1) if tr.eval_every_s else 0.0
-    bar = tqdm(range(run.step + 1, tr.steps + 1), desc=f"rl {run.task.name}", disable=not cfg.logging.progress)
+    next_eval_s = (tr.eval_every_s * (math.floor(progress.trained_s / tr.eval_every_s) + 1)
+                   if tr.eval_every_s else 0.0)
+    bar = tqdm(range(progress.step + 1, tr.steps + 1), desc=f"rl {run.task.name}", disable=not cfg.logging.progress)
     for step in bar:
         step_start = time.perf_counter()
         metrics = rl_step(run, step)
-        run.step = step
+        progress.step = step
         if step % tr.log_every == 0 or step == tr.steps:
             run.logger.log(step, metrics)
         bar.set_postfix(reward=f"{metrics.get('reward', float('nan')):.3f}", kept=int(metrics["train/samples"]))
         # one clock for all ranks: they stop at the same step and the lr schedule reads the same budget
-        run.trained_s = max_over_ranks(run.trained_s + time.perf_counter() - step_start, run.world)
-        if tr.max_seconds and run.trained_s >= tr.max_seconds:
+        progress.trained_s = max_over_ranks(progress.trained_s + time.perf_counter() - step_start, run.world)
+        if tr.max_seconds and progress.trained_s >= tr.max_seconds:
             break
         if (tr.eval_every and step % tr.eval_every == 0 and step != tr.steps) or (
-                tr.eval_every_s and run.trained_s >= next_eval_s):
-            run.eval_metrics = run_eval(run)
-            run.logger.log(step, {"timing_s/trained": run.trained_s})
-            while tr.eval_every_s and next_eval_s <= run.trained_s:
+                tr.eval_every_s and progress.trained_s >= next_eval_s):
+            progress.eval_metrics = run_eval(run)
+            run.logger.log(step, {"timing_s/trained": progress.trained_s})
+            while tr.eval_every_s and next_eval_s <= progress.trained_s:
                 next_eval_s += tr.eval_every_s
         if tr.checkpoint_every and step % tr.checkpoint_every == 0 and step != tr.steps:
             checkpoint(run)
     bar.close()
-    if run.step > first:  # the final eval and checkpoint
-        run.eval_metrics = run_eval(run)
-        run.logger.log(run.step, {"timing_s/trained": run.trained_s})
+    if progress.step > first:  # the final eval and checkpoint
+        progress.eval_metrics = run_eval(run)
+        run.logger.log(progress.step, {"timing_s/trained": progress.trained_s})
         checkpoint(run)
 
 
 def rl_step(run: RLRun, step: int) -> dict:
-    """One RL step; returns its metrics (combined over ranks)."""
-    cfg, tr, group_size = run.cfg, run.cfg.trainer, run.cfg.rollout.group_size
-    started = time.perf_counter()  # the step's wall time: what the trainer waited for, not what overlapped
-    timing: dict[str, float] = {}
-    timeline: dict[str, float] = {}  # wall-clock intervals for `dlmrl show`'s timeline picture
-
+    """One RL step — rollout → reward → advantages → update → sync — and its metrics (all ranks)."""
+    started, timeline = time.perf_counter(), {}
     # rollout: this step's groups (sampled now, or earlier by the asynchronous producer)
-    t0 = time.perf_counter()
     rollouts = next_rollouts(run, step)
-    timing["rollout_wait"] = time.perf_counter() - t0
-    timing["rollout"] = rollouts.sampled[1] - rollouts.sampled[0]
-    timeline.update(rollout_start=rollouts.sampled[0], rollout_end=rollouts.sampled[1])
-    if rollouts.synced is not None:
-        timeline.update(sync_start=rollouts.synced[0], sync_end=rollouts.synced[1])
-    if rollouts.trainer_sampling is not None:
-        timeline.update(trainer_rollout_start=rollouts.trainer_sampling[0],
-                        trainer_rollout_end=rollouts.trainer_sampling[1])
-    target = len(rollouts.indices)  # the groups this rank trains on (dynamic sampling refills to it)
-    rollouts, stale = drop_stale(run, rollouts)
-
+    timing = {"rollout_wait": time.perf_counter() - started, "rollout": rollouts.sampled[1] - rollouts.sampled[0]}
+    spans(timeline, rollout=rollouts.sampled, sync=rollouts.synced, trainer_rollout=rollouts.trainer_sampling)
+    sampled = split_groups(rollouts.indices, rollouts.trajectories, run.cfg.rollout.group_size)
+    groups, stale = drop_stale(run, sampled)
+    stale["async/trainer_sampled_fraction"] = rollouts.trainer_sampled / max(len(rollouts.trajectories), 1)
     # reward; groups with equal rewards teach nothing: hints and further prompts (reasoning/groups.py)
     t0 = time.perf_counter()
-    collected = run.collector.collect(step, rollouts.indices, rollouts.trajectories, target)
-    trained = [t for g in collected.trained for t in g.trajectories]
-    rewards = [r for g in collected.trained for r in g.rewards]
-    advantages = group_advantages(rewards, group_size, tr.normalize_std, tr.leave_one_out)
-    timing["reward"] = time.perf_counter() - t0 - collected.metrics.get("timing_s/hints", 0.0) \
-        - collected.metrics.get("timing_s/dynamic", 0.0)
-
-    # update
-    timeline["update_start"] = run.clock()
-    kept = [i for i in range(len(trained)) if advantages.keep[i]]
-    batch = RolloutBatch([trained[i] for i in kept], advantages.values[kept], run.decoding,
-                         run.policy.ids.stop, policy_version=run.version)
-    result = update(run.engine, run.optimizer, run.policy, run.objective, batch, run.micro_batches,
-                    tr.inner_steps, torch.Generator().manual_seed(derive_seed(cfg.seed, step, UPDATE)), run.lora,
-                    timing, run.world)
-    timeline["update_end"] = run.clock()
-
-    # sync: new weights to the workers (the asynchronous producer ships them itself, between batches)
-    if result.updated:
-        run.version += 1
-        weights = trainer_weights(run.engine.module, zero_stage(run.engine))  # a collective under ZeRO-3
-        synced = run.source.publish(weights, run.version) if run.source is not None else None
-        if synced is not None:  # the synchronous source ships them now, while the trainer waits
-            timeline.update(sync_start=synced[0], sync_end=synced[1])
-            timing["weight_sync"] = synced[1] - synced[0]
+    collected = run.collector.collect(step, groups, target=len(sampled))
+    timing["reward"] = time.perf_counter() - t0 - collected.extra_seconds
+    assign_advantages(collected.trained, run.cfg.trainer)
+    # update, then the new weights to the workers
+    t0 = run.clock()
+    result = update(run.learner, training_batch(run, collected.trained),
+                    torch.Generator().manual_seed(derive_seed(run.cfg.seed, step, UPDATE)))
+    spans(timeline, update=(t0, run.clock()))
+    timing.update(result.timing, **publish(run, result, timeline))
     if run.source is not None:
         run.source.step_done(step)
-
-    # log
-    epoch, cursor = run.schedule.position(step)
-    restarts = run.group.restarts if run.group is not None else 0
-    metrics = {**collected.reward_metrics, **collected.metrics, **result.metrics,
-               **rollout_metrics(rollouts.trajectories, run.policy.ids.stop), **stale,
-               "frac_reward_zero_std": 1.0 - collected.metrics["train/informative_fraction"],
-               "policy_version": run.version,
-               "rollout/worker_restarts": float(restarts), "data/epoch": epoch, "data/cursor": cursor,
-               "lr": run.optimizer.param_groups[0]["lr"], **{f"timing_s/{k}": v for k, v in timing.items()},
-               **{f"timeline/{k}": v for k, v in timeline.items()}}
-    if run.group is not None:
-        metrics.update({"rollout/sync_failures": float(run.group.sync_failures),
-                        "rollout/regenerated_samples": float(run.group.regenerated)})
-    metrics = combine_metrics(metrics, run.world)
+    metrics = step_metrics(run, step, collected, result, rollouts, stale, timing, timeline)
     metrics["perf/tokens_per_s"] = metrics["completions/total_tokens"] / max(time.perf_counter() - started, 1e-9)
-    if run.rank == 0 and tr.save_rollouts_every and (step % tr.save_rollouts_every == 0 or step == 1):
-        os.makedirs(os.path.join(cfg.run_dir, "rollouts"), exist_ok=True)
-        save_jsonl([t for g in collected.sampled for t in g.trajectories],
-                   os.path.join(cfg.run_dir, "rollouts", f"step_{step:06d}.jsonl"))
+    save_rollouts(run, step, collected)
     return metrics
+
+
+def spans(timeline: dict[str, float], **intervals: tuple[float, float] | None) -> None:
+    """Record (start, end) intervals on the run's clock as timeline/<name>_start|_end (`dlmrl show`)."""
+    for name, interval in intervals.items():
+        if interval is not None:
+            timeline[f"{name}_start"], timeline[f"{name}_end"] = interval
+
+
+def assign_advantages(groups: list[Group], tr) -> None:
+    """Group-relative advantages of each group's answers (reasoning/advantages.py)."""
+    for group in groups:
+        group.advantages = group_advantages(group.rewards, len(group.rewards), tr.normalize_std,
+                                            tr.leave_one_out).values
+
+
+def training_batch(run: RLRun, groups: list[Group]) -> RolloutBatch:
+    """The answers of the groups the step trains on, with their advantages."""
+    trajectories = [t for g in groups for t in g.trajectories]
+    advantages = torch.cat([g.advantages for g in groups]) if groups else torch.zeros(0)
+    return RolloutBatch(trajectories, advantages, run.decoding, run.learner.policy.ids.stop,
+                        policy_version=run.progress.version)
+
+
+def publish(run: RLRun, result: UpdateResult, timeline: dict[str, float]) -> dict[str, float]:
+    """A changed policy gets the next version; the synchronous source ships its weights now, while
+    the trainer waits (the asynchronous producer ships them itself, between batches)."""
+    if not result.updated:
+        return {}
+    run.progress.version += 1
+    engine = run.learner.engine
+    weights = trainer_weights(engine.module, zero_stage(engine))  # a collective under ZeRO-3
+    synced = run.source.publish(weights, run.progress.version) if run.source is not None else None
+    if synced is None:
+        return {}
+    spans(timeline, sync=synced)
+    return {"weight_sync": synced[1] - synced[0]}
+
+
+def step_metrics(run: RLRun, step: int, collected: StepGroups, result: UpdateResult, rollouts: Rollouts,
+                 stale: dict, timing: dict, timeline: dict) -> dict[str, float]:
+    """TRL's metric names plus ours (rollout, diffusion, async, timing, timeline), over all ranks."""
+    epoch, cursor = run.schedule.position(step)
+    workers = run.workers
+    metrics = {**collected.reward_metrics, **collected.metrics, **result.metrics,
+               **rollout_metrics(rollouts.trajectories, run.learner.policy.ids.stop), **stale,
+               "frac_reward_zero_std": 1.0 - collected.metrics["train/informative_fraction"],
+               "policy_version": run.progress.version,
+               "rollout/worker_restarts": float(workers.restarts if workers is not None else 0),
+               "data/epoch": epoch, "data/cursor": cursor, "lr": run.learner.optimizer.param_groups[0]["lr"],
+               **{f"timing_s/{k}": v for k, v in timing.items()}, **{f"timeline/{k}": v for k, v in timeline.items()}}
+    if workers is not None:
+        metrics.update({"rollout/sync_failures": float(workers.sync_failures),
+                        "rollout/regenerated_samples": float(workers.regenerated)})
+    return combine_metrics(metrics, run.world)
+
+
+def save_rollouts(run: RLRun, step: int, collected: StepGroups) -> None:
+    """Every answer the step sampled (hinted ones and further prompts too), for `dlmrl show`."""
+    every = run.cfg.trainer.save_rollouts_every
+    if run.rank == 0 and every and (step % every == 0 or step == 1):
+        os.makedirs(os.path.join(run.cfg.run_dir, "rollouts"), exist_ok=True)
+        save_jsonl([t for g in collected.sampled for t in g.trajectories],
+                   os.path.join(run.cfg.run_dir, "rollouts", f"step_{step:06d}.jsonl"))
 
 
 def next_rollouts(run: RLRun, step: int) -> Rollouts:
@@ -329,36 +348,35 @@ def next_rollouts(run: RLRun, step: int) -> Rollouts:
     return box[0].share(run.rank, run.world)
 
 
-def drop_stale(run: RLRun, rollouts: Rollouts) -> tuple[Rollouts, dict[str, float]]:
-    """Drop every group with a trajectory more than `rollout.async.max_staleness` policy versions
+def drop_stale(run: RLRun, groups: list[Group]) -> tuple[list[Group], dict[str, float]]:
+    """Drop every group with an answer more than `rollout.async.max_staleness` policy versions
     behind the trainer (invariant 8); the rest are trained, stale ones importance-weighted."""
-    group_size = run.cfg.rollout.group_size
+    progress = run.progress
     limit = run.cfg.rollout.async_.max_staleness if run.cfg.rollout.async_.enabled else 0
-    behind = [run.version - t.policy_version for t in rollouts.trajectories]
-    run.staleness.update(behind)
-    keep = [g for g in range(len(rollouts.indices))
-            if max(behind[g * group_size:(g + 1) * group_size]) <= limit]
-    dropped = len(rollouts.indices) - len(keep)
-    run.groups.update(sampled=len(rollouts.indices), dropped=dropped)
+    behind = []
+    for group in groups:
+        lag = [progress.version - t.policy_version for t in group.trajectories]
+        group.staleness = max(lag)
+        behind.extend(lag)
+    progress.staleness.update(behind)
+    kept = [g for g in groups if g.staleness <= limit]
+    dropped = len(groups) - len(kept)
+    progress.groups.update(sampled=len(groups), dropped=dropped)
     stats = {"async/staleness_mean": sum(behind) / max(len(behind), 1), "async/staleness_max": float(max(behind)),
              "async/dropped_groups": float(dropped),
-             "async/dropped_fraction": run.groups["dropped"] / max(run.groups["sampled"], 1),
-             "async/trainer_sampled_fraction": rollouts.trainer_sampled / max(len(behind), 1)}
-    if not dropped:
-        return rollouts, stats
-    kept = [t for g in keep for t in rollouts.trajectories[g * group_size:(g + 1) * group_size]]
-    return dataclasses.replace(rollouts, indices=[rollouts.indices[g] for g in keep], trajectories=kept), stats
+             "async/dropped_fraction": progress.groups["dropped"] / max(progress.groups["sampled"], 1)}
+    return kept, stats
 
 
 def run_eval(run: RLRun) -> dict:
     cfg, task = run.cfg, run.task
     with torch.no_grad():
-        result = evaluate(run.policy, run.tokenizer, task, run.test, cfg.eval_decoding(), cfg.eval.n,
+        result = evaluate(run.learner.policy, run.tokenizer, task, run.test, cfg.eval_decoding(), cfg.eval.n,
                           cfg.eval.batch_size, seed=cfg.seed, progress=cfg.logging.progress,
                           chat_template=cfg.data.chat_template)
     metrics = result.summary(f"eval/{task.name}")
-    run.logger.log(run.step, metrics)
-    tqdm.write(f"step {run.step}: eval {task.name} acc {result.accuracy:.3f}")
+    run.logger.log(run.progress.step, metrics)
+    tqdm.write(f"step {run.progress.step}: eval {task.name} acc {result.accuracy:.3f}")
     return metrics
 
 
@@ -366,7 +384,6 @@ def close(run: RLRun) -> None:
     if run.source is not None:
         run.source.close()
     run.rewarder.close()
-    if run.group is not None:
-        run.group.shutdown()  # the local Ray instance itself stops with this process (Ray's atexit)
+    if run.workers is not None:
+        run.workers.shutdown()  # the local Ray instance itself stops with this process (Ray's atexit)
     run.logger.close()
-

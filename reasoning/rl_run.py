@@ -1,7 +1,7 @@
 """The state of one RL run and what it writes and reads back: `RLRun` (everything the loop works
-with), the budget the lr schedule reads, `restore` from a checkpoint, `checkpoint` (atomic, every
-rank's optimizer shard and RNG), and `finish` (the summary table and pictures). The loop itself is
-reasoning/rl.py."""
+with, fixed after setup), `Progress` (what changes, and what a checkpoint saves), the `Budget` the
+lr schedule reads, `restore` from a checkpoint, `checkpoint` (atomic, every rank's optimizer shard
+and RNG), and `finish` (the summary table and pictures). The loop itself is reasoning/rl.py."""
 
 from __future__ import annotations
 
@@ -16,51 +16,76 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from reasoning.batches import PromptSchedule
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from reasoning.batches import AsyncRollouts, PromptSchedule, SyncRollouts
 from reasoning.checkpoint import (checkpoint_name, prune_checkpoints, read_state, save_checkpoint,
                                   truncate_metrics, writing)
 from reasoning.config import Config
-from reasoning.distributed import barrier
+from reasoning.distributed import NoLogger, barrier
 from reasoning.engine import zero_stage
 from reasoning.groups import GroupCollector
 from reasoning.metrics import MetricsLogger
+from reasoning.tasks.base import Task
+from reasoning.update import Learner
 from rewards import RewardRunner
+from rollouts import DecodingConfig
 from rollouts.workers import RolloutGroup
 
 
 @dataclass
-class RLRun:
-    """Everything the loop works with: built by `setup`, advanced by `loop`, summed up by `finish`."""
+class Progress:
+    """How far the run has come: exactly what a checkpoint saves and `restore` reads back."""
 
-    cfg: Config
-    task: object
-    train: object  # datasets.Dataset
-    test: object
-    tokenizer: object
-    engine: object
-    optimizer: object
-    policy: object
-    objective: object
-    rewarder: RewardRunner
-    logger: object
-    schedule: PromptSchedule
-    base_dir: str
-    micro_batches: int
-    rank: int = 0
-    world: int = 1
-    group: RolloutGroup | None = None  # rollout workers (on rank 0 only when Ray serves several ranks)
-    source: object = None  # SyncRollouts | AsyncRollouts (reasoning/batches.py)
-    collector: GroupCollector | None = None  # scores groups; hints and dynamic sampling (reasoning/groups.py)
     step: int = 0  # the last finished step
     version: int = 0  # policy_version of the trainer's weights
     trained_s: float = 0.0  # training wall time over the whole run (evals excluded)
-    resumed_from: str | None = None
-    eval_metrics: dict = field(default_factory=dict)
-    before: float | None = None
     staleness: Counter = field(default_factory=Counter)  # policy versions behind -> trajectories
     groups: Counter = field(default_factory=Counter)  # "sampled" / "dropped" groups
+    eval_metrics: dict = field(default_factory=dict)  # the latest evaluation
+    before: float | None = None  # held-out accuracy at step 0
+    resumed_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When the run ends: `steps`, or `max_seconds` of training time when that comes first. The lr
+    schedule reads `used` — it exists before the engine, so the engine can be built with it."""
+
+    steps: int
+    max_seconds: float = 0.0
+
+    def used(self, progress: Progress) -> float:
+        """The share spent, as the lr scheduler sees it right after an optimizer step of step
+        progress.step + 1."""
+        return max((progress.step + 1) / self.steps,
+                   progress.trained_s / self.max_seconds if self.max_seconds else 0.0)
+
+
+@dataclass
+class RLRun:
+    """Everything the loop works with. Built by `setup` and fixed from then on (the rollout source,
+    group collector and logger are attached once, at the start), except `progress`."""
+
+    cfg: Config
+    task: Task
+    train: Dataset
+    test: Dataset
+    tokenizer: PreTrainedTokenizerBase
+    learner: Learner
+    rewarder: RewardRunner
+    schedule: PromptSchedule
+    base_dir: str  # the base model's directory, which the workers load
+    progress: Progress
+    rank: int = 0
+    world: int = 1
+    logger: MetricsLogger | NoLogger = field(default_factory=NoLogger)
+    workers: RolloutGroup | None = None  # rollout workers (on rank 0 only when Ray serves several ranks)
+    source: SyncRollouts | AsyncRollouts | None = None  # where each step's rollouts come from
+    collector: GroupCollector | None = None  # scores groups; hints and dynamic sampling (reasoning/groups.py)
     origin: float = field(default_factory=time.perf_counter)
-    decoding: object = field(init=False)  # the rollout block's DecodingConfig, built once
+    decoding: DecodingConfig = field(init=False)  # the rollout block's DecodingConfig, built once
 
     def __post_init__(self) -> None:
         self.decoding = self.cfg.rollout_decoding()
@@ -92,32 +117,26 @@ class RLRun:
         return self.cfg.ray.enabled and self.world > 1
 
 
-def budget_used(run: RLRun) -> float:
-    """How much of the run's budget is spent, as the lr scheduler sees it right after an optimizer
-    step of step run.step + 1: steps, or training seconds when those end the run first."""
-    tr = run.cfg.trainer
-    return max((run.step + 1) / tr.steps, run.trained_s / tr.max_seconds if tr.max_seconds else 0.0)
-
-
 # --- restore: the newest checkpoint's weights, optimizer, RNG and counters --------------------------
 
 def restore(run: RLRun, checkpoint: str | None) -> None:
     if checkpoint is not None:
         state = read_state(checkpoint)
-        run.engine.load_checkpoint(os.path.join(checkpoint, "ds"), tag="state", load_module_strict=False,
+        run.learner.engine.load_checkpoint(os.path.join(checkpoint, "ds"), tag="state", load_module_strict=False,
                                    load_optimizer_states=True, load_lr_scheduler_states=True)
         rng = torch.load(os.path.join(checkpoint, "ds", f"rng_rank{run.rank}.pt"), weights_only=False)
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
-        run.step, run.version = state["step"], state["policy_version"]
-        run.trained_s = state.get("trained_s", 0.0)  # max_seconds is a budget for the whole run
-        run.staleness.update({int(k): v for k, v in state.get("staleness", {}).items()})
-        run.groups.update(state.get("groups", {}))
-        run.resumed_from = checkpoint
+        progress = run.progress
+        progress.step, progress.version = state["step"], state["policy_version"]
+        progress.trained_s = state.get("trained_s", 0.0)  # max_seconds is a budget for the whole run
+        progress.staleness.update({int(k): v for k, v in state.get("staleness", {}).items()})
+        progress.groups.update(state.get("groups", {}))
+        progress.resumed_from = checkpoint
         if run.rank == 0:
-            truncate_metrics(run.cfg.run_dir, run.step)
-        print(f"resumed from {checkpoint} at step {run.step}")
+            truncate_metrics(run.cfg.run_dir, run.progress.step)
+        print(f"resumed from {checkpoint} at step {run.progress.step}")
     if run.rank == 0:
         cfg = run.cfg
         run.logger = MetricsLogger(cfg.run_dir, cfg.logging.tensorboard, cfg.logging.wandb, cfg.name,
@@ -132,21 +151,21 @@ def checkpoint(run: RLRun) -> str:
 
 
 def _checkpoint(run: RLRun) -> str:
-    cfg, step = run.cfg, run.step
+    cfg, progress, step = run.cfg, run.progress, run.progress.step
     staging = os.path.join(cfg.run_dir, "checkpoints", f".ds-{checkpoint_name(step)}")
-    run.engine.save_checkpoint(staging, tag="state", save_latest=False, exclude_frozen_parameters=run.lora)
+    run.learner.engine.save_checkpoint(staging, tag="state", save_latest=False, exclude_frozen_parameters=run.lora)
     torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
                os.path.join(staging, f"rng_rank{run.rank}.pt"))
     barrier()
     path = os.path.join(cfg.run_dir, "checkpoints", checkpoint_name(step))
     if run.rank == 0:
         epoch, cursor = run.schedule.position(step)
-        path = save_checkpoint(cfg.run_dir, step, run.engine.module, run.tokenizer, {
-            "base_model": run.base_dir, "policy_version": run.version, "data_epoch": epoch, "data_cursor": cursor,
-            "metrics": run.eval_metrics, "task": run.task.name, "objective": cfg.trainer.objective,
-            "world_size": run.world, "trained_s": run.trained_s, "staleness": dict(run.staleness),
-            "groups": dict(run.groups),
-        }, zero3=zero_stage(run.engine) == 3, extra=lambda tmp: shutil.move(staging, os.path.join(tmp, "ds")))
+        path = save_checkpoint(cfg.run_dir, step, run.learner.engine.module, run.tokenizer, {
+            "base_model": run.base_dir, "policy_version": progress.version, "data_epoch": epoch, "data_cursor": cursor,
+            "metrics": progress.eval_metrics, "task": run.task.name, "objective": cfg.trainer.objective,
+            "world_size": run.world, "trained_s": progress.trained_s, "staleness": dict(progress.staleness),
+            "groups": dict(progress.groups),
+        }, zero3=zero_stage(run.learner.engine) == 3, extra=lambda tmp: shutil.move(staging, os.path.join(tmp, "ds")))
         prune_checkpoints(cfg.run_dir, cfg.trainer.keep_checkpoints)
     barrier()
     return path
@@ -157,17 +176,20 @@ def _checkpoint(run: RLRun) -> str:
 
 def finish(run: RLRun, started: float) -> dict:
     cfg, task = run.cfg, run.task
-    after = run.eval_metrics.get(f"eval/{task.name}/acc")
-    summary = {"task": task.name, "steps": run.step, "policy_version": run.version, "trained_s": run.trained_s,
-               "staleness_histogram": {str(k): v for k, v in sorted(run.staleness.items())},
-               "dropped_fraction": run.groups["dropped"] / max(run.groups["sampled"], 1), **run.eval_metrics}
+    progress = run.progress
+    after = progress.eval_metrics.get(f"eval/{task.name}/acc")
+    summary = {"task": task.name, "steps": progress.step, "policy_version": progress.version,
+               "trained_s": progress.trained_s,
+               "staleness_histogram": {str(k): v for k, v in sorted(progress.staleness.items())},
+               "dropped_fraction": progress.groups["dropped"] / max(progress.groups["sampled"], 1),
+               **progress.eval_metrics}
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    if run.before is not None and after is not None:
-        before = run.before
+    if progress.before is not None and after is not None:
+        before = progress.before
         summary.update(before=before, after=after, gain_pts=round(100 * (after - before), 1))
         table = (f"| {task.name} held-out accuracy ({min(cfg.eval.n, len(run.test))} problems) | value |\n"
                  f"|---|---|\n| before RL (start checkpoint) | {100 * before:.1f} % |\n"
-                 f"| after RL ({run.step} steps, {cfg.trainer.objective}, {run.loop_kind}) | {100 * after:.1f} % |\n"
+                 f"| after RL ({progress.step} steps, {cfg.trainer.objective}, {run.loop_kind}) | {100 * after:.1f} % |\n"
                  f"| gain | {100 * (after - before):+.1f} pts |\n| wall time | {summary['seconds']:.0f} s |\n")
         print("\n" + table)
         if run.rank == 0:

@@ -1,6 +1,7 @@
 """One RL update: `inner_steps` optimizer steps over a batch of rollouts, through an objective.
 
-The trainer loop (reasoning/rl.py) calls `update` once per RL step and gets an `UpdateResult`.
+The trainer loop (reasoning/rl.py) calls `update(learner, batch, generator)` once per RL step and
+gets an `UpdateResult` (whether the weights changed, the metrics, the timings).
 """
 
 from __future__ import annotations
@@ -8,34 +9,58 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from reasoning.distributed import any_rank, sum_over_ranks
 from reasoning.engine import engine_step
 from reasoning.objectives import Objective, RolloutBatch
+from rollouts import DiffusionPolicy
+
+if TYPE_CHECKING:  # imported where the engine is built (reasoning/engine.py), not on every import
+    from deepspeed import DeepSpeedEngine
+
+
+@dataclass(frozen=True)
+class Learner:
+    """What trains: the DeepSpeed engine and its optimizer, the policy adapter over the engine's
+    model, the objective, and how an update is split (micro-batches, inner steps, ranks)."""
+
+    engine: "DeepSpeedEngine"
+    optimizer: torch.optim.Optimizer
+    policy: DiffusionPolicy
+    objective: Objective
+    micro_batches: int  # accumulated backward passes per optimizer step
+    inner_steps: int  # μ: optimizer steps per batch
+    lora: bool  # the reference (KL) is the model with its adapter disabled
+    world: int = 1
 
 
 @dataclass
 class UpdateResult:
-    """What an update did: whether any optimizer step changed the weights, and its metrics."""
+    """What an update did: whether any optimizer step changed the weights, its metrics and timings."""
 
     updated: bool
     metrics: dict[str, float] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)  # logp (old/reference log-probs), update
 
 
-def update(engine, optimizer, policy, objective: Objective, batch: RolloutBatch, micro_batches: int,
-           inner_steps: int, generator: torch.Generator, lora: bool, timing: dict, world: int = 1) -> UpdateResult:
+def update(learner: Learner, batch: RolloutBatch, generator: torch.Generator) -> UpdateResult:
     """`inner_steps` optimizer steps over `batch`; each = `micro_batches` accumulated backward passes.
 
     With several processes every rank makes the same number of backward/step calls (empty
     micro-batches contribute a zero loss) and a skip is agreed by all ranks."""
+    engine, optimizer, policy, objective = learner.engine, learner.optimizer, learner.policy, learner.objective
+    micro_batches, inner_steps, world = learner.micro_batches, learner.inner_steps, learner.world
     totals: dict[str, float] = {}
+    timing: dict[str, float] = {}
     if not any_rank(bool(batch.trajectories), world):  # every group had equal rewards: nothing to learn
         return UpdateResult(False, {"skipped_steps": 0.0, "train/samples": 0.0})
     model = engine.module
     t0 = time.perf_counter()
-    reference = model.disable_adapter() if lora and objective.s.kl_coef > 0 else None
+    reference = model.disable_adapter() if learner.lora and objective.s.kl_coef > 0 else None
     # dropout off: replay must see the sampler's function. transformers only checkpoints activations
     # in train mode, so with gradient checkpointing we stay in train mode (DLM configs have dropout 0).
     if getattr(model, "is_gradient_checkpointing", False):
@@ -96,7 +121,7 @@ def update(engine, optimizer, policy, objective: Objective, batch: RolloutBatch,
         metrics["async/importance_masked_frac"] = totals["importance_masked"] / totals["stale_units"]
         # mean |log π_prox − log π_behav| over those units: staleness plus any KV-cache approximation
         metrics["rollout/behaviour_replay_gap"] = totals["behaviour_gap_sum"] / totals["stale_units"]
-    return UpdateResult(skipped < inner_steps, metrics)
+    return UpdateResult(skipped < inner_steps, metrics, timing)
 
 
 def zero_loss(model: torch.nn.Module) -> torch.Tensor:

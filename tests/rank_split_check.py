@@ -1,4 +1,4 @@
-"""Run under torchrun with 1 or 2 processes: one trainer update (reasoning.rl._update, DeepSpeed ZeRO-0,
+"""Run under torchrun with 1 or 2 processes: one trainer update (reasoning.update.update, DeepSpeed ZeRO-0,
 plain SGD with lr 1) on a fixed batch, split by prompt over the ranks. Rank 0 writes the weight change
 for each objective in argv[1] (comma-separated) to argv[3]; the test compares the 1- and 2-process
 results (the same gradient either way). Plain SGD keeps no state, so the weights are simply restored
@@ -12,7 +12,7 @@ import torch
 from reasoning.config import deepspeed_config_path
 from reasoning.engine import build_engine
 from reasoning.objectives import RolloutBatch, build_objective
-from reasoning.update import update as _update
+from reasoning.update import Learner, update as _update
 from reasoning.advantages import group_advantages
 from rollouts import DecodingConfig, DiffusionPolicy, TokenIds, sample
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -45,8 +45,8 @@ deltas = {}
 for name in names:
     engine.module.load_state_dict(start)
     objective = build_objective(name, spg_block=2)
-    _update(engine, optimizer, policy, objective, batch, micro_batches, 1, torch.Generator().manual_seed(5), False,
-            {}, world)
+    _update(Learner(engine, optimizer, policy, objective, micro_batches, 1, False, world), batch,
+            torch.Generator().manual_seed(5))
     deltas[name] = {k: v - start[k] for k, v in engine.module.state_dict().items()}
 if rank == 0:
     torch.save(deltas, out)

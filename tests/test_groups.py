@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from reasoning.config import load_config
-from reasoning.groups import GroupCollector, hint_pins
+from reasoning.groups import GroupCollector, hint_pins, split_groups
 from reasoning.objectives import RolloutBatch, build_objective
 from reasoning.preflight import check_rl_inputs
 from reasoning.rl import run_rl
@@ -126,7 +126,8 @@ def test_an_all_wrong_group_gets_hinted_answers_and_nonzero_advantages(tmp_path)
     sample = lambda jobs: sample_jobs(policy, decoding, jobs, 0)  # noqa: E731
     collector = GroupCollector(cfg, task, train, tokenizer, rewarder, policy.ids.stop, sample)
     indices = [0, 1]
-    step = collector.collect(1, indices, first_round(cfg, train, tokenizer, policy, decoding, indices), 2)
+    groups = split_groups(indices, first_round(cfg, train, tokenizer, policy, decoding, indices), 4)
+    step = collector.collect(1, groups, 2)
     rewarder.close()
     assert step.metrics["train/all_fail_fraction"] == 1.0  # an untrained model solves nothing
     assert step.metrics["hints/groups"] == 2 and step.metrics["hints/success_rate"] == 1.0  # the whole reference
@@ -158,7 +159,8 @@ def test_a_task_without_references_samples_without_hints_after_one_warning(tmp_p
     with pytest.warns(UserWarning, match="rollout.hints.*no reference answers") as caught:
         collector = GroupCollector(cfg, NoReference(), train, tokenizer, rewarder, policy.ids.stop, sample)
         for step in (1, 2):
-            result = collector.collect(step, [step], first_round(cfg, train, tokenizer, policy, decoding, [step]), 1)
+            first = split_groups([step], first_round(cfg, train, tokenizer, policy, decoding, [step]), 4)
+            result = collector.collect(step, first, 1)
     rewarder.close()
     assert len([w for w in caught if "rollout.hints" in str(w.message)]) == 1
     assert sampled == [] and "hints/groups" not in result.metrics
