@@ -2,7 +2,7 @@
 
     python benchmarks/ray_scaling.py [--prompts 128] [--group-size 4]
 
-Samples the same (prompt, sample) set with a RolloutGroup of 1 and of 2 Ray workers
+Samples the same (prompt, sample) set with a WorkerPool of 1 and of 2 Ray workers
 (1 torch thread each; 2 workers on 2 cores) from a tiny bidirectional Llama with a LoRA
 adapter, and syncs the adapter once. Last output line, JSON:
   speedup_2_workers     wall(1 worker) / wall(2 workers), same trajectories (goal >= 1.7)
@@ -85,7 +85,7 @@ def main() -> None:
 
     from reasoning.modeling import TinyModelConfig, build_char_tokenizer, build_tiny_model
     from rollouts import DecodingConfig
-    from rollouts.workers import PolicySpec, RolloutGroup, policy_weights
+    from rollouts.workers import PolicySpec, WorkerPool, policy_weights
 
     os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     tokenizer = build_char_tokenizer()
@@ -110,7 +110,7 @@ def main() -> None:
         state = policy_weights(trainer.model)
         walls, outputs, sync_bytes, sync_s = {}, {}, 0, 0.0
         for workers in (1, 2):
-            group = RolloutGroup(spec, decoding, num_workers=workers, use_ray=True, threads=1)
+            group = WorkerPool(spec, decoding, num_workers=workers, use_ray=True, threads=1)
             start = time.perf_counter()
             sync_bytes = group.sync(state, version=1)
             sync_s = time.perf_counter() - start

@@ -83,19 +83,19 @@ class Rollouts:
 
 
 Plan = Callable[[int], tuple[list[int], list[SampleJob]]]  # step -> (prompt indices, sample jobs)
-Run = Callable[[list[SampleJob]], list[Trajectory]]  # jobs -> their trajectories, in the jobs' order
+SampleFn = Callable[[list[SampleJob]], list[Trajectory]]  # jobs -> their trajectories, in the jobs' order
 
 
 class SyncRollouts:
     """Sample when asked; sync weights when published (the trainer waits for both)."""
 
-    def __init__(self, plan: Plan, run: Run, sync: Callable[[dict, int], object], clock: Callable[[], float]):
-        self._plan, self._run, self._sync, self._clock = plan, run, sync, clock
+    def __init__(self, plan: Plan, sample: SampleFn, sync: Callable[[dict, int], object], clock: Callable[[], float]):
+        self._plan, self._sample, self._sync, self._clock = plan, sample, sync, clock
 
     def get(self, step: int) -> Rollouts:
         indices, jobs = self._plan(step)
         start = self._clock()
-        return Rollouts(indices, self._run(jobs), (start, self._clock()))
+        return Rollouts(indices, self._sample(jobs), (start, self._clock()))
 
     def publish(self, weights: dict, version: int) -> tuple[float, float]:
         """Ship the weights now; returns the (start, end) of the sync the trainer waited for."""
@@ -135,14 +135,14 @@ def split(jobs: list[SampleJob], chunks: int) -> list[list[SampleJob]]:
 class AsyncRollouts:
     """A producer thread samples batches first_step … last_step in order, at most
     `max_staleness` steps ahead of the trainer, syncing the newest published weights before each.
-    With `trainer_run` (in-process rollouts), a batch is worked through in `chunks` parts and the
-    trainer, while it waits for a batch, samples unclaimed parts with `trainer_run`."""
+    With `trainer_sample` (in-process rollouts), a batch is worked through in `chunks` parts and the
+    trainer, while it waits for a batch, samples unclaimed parts with `trainer_sample`."""
 
-    def __init__(self, plan: Plan, run: Run, sync: Callable[[dict, int], object], max_staleness: int,
-                 first_step: int, last_step: int, clock: Callable[[], float], trainer_run: Run | None = None,
+    def __init__(self, plan: Plan, sample: SampleFn, sync: Callable[[dict, int], object], max_staleness: int,
+                 first_step: int, last_step: int, clock: Callable[[], float], trainer_sample: SampleFn | None = None,
                  chunks: int = 1):
-        self._plan, self._run, self._sync, self._clock = plan, run, sync, clock
-        self._trainer_run, self._chunks = trainer_run, chunks if trainer_run else 1
+        self._plan, self._sample, self._sync, self._clock = plan, sample, sync, clock
+        self._trainer_sample, self._chunks = trainer_sample, chunks if trainer_sample else 1
         self.max_staleness = max_staleness
         self._cond = threading.Condition()
         self._done = first_step - 1  # the last step the trainer finished
@@ -176,7 +176,7 @@ class AsyncRollouts:
                     self._batch = batch
                     self._cond.notify_all()
                 while (part := self._claim(batch)) is not None:
-                    self._deliver(batch, part, self._run(chunks[part]))
+                    self._deliver(batch, part, self._sample(chunks[part]))
                 with self._cond:  # the trainer may still be sampling a part
                     self._cond.wait_for(lambda: self._stop or batch.complete())
                     if self._stop:
@@ -213,10 +213,10 @@ class AsyncRollouts:
 
     def get(self, step: int) -> Rollouts:
         helped = None
-        if self._trainer_run is not None and (batch := self._batch_for(step)) is not None:
+        if self._trainer_sample is not None and (batch := self._batch_for(step)) is not None:
             start = self._clock()
             while (part := self._claim(batch)) is not None:  # help instead of waiting
-                self._deliver(batch, part, self._trainer_run(batch.chunks[part]), by_trainer=True)
+                self._deliver(batch, part, self._trainer_sample(batch.chunks[part]), by_trainer=True)
                 helped = (start, self._clock())
         with self._cond:
             self._cond.wait_for(lambda: step in self._ready or self._error is not None)

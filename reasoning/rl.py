@@ -63,7 +63,7 @@ from reasoning.update import Learner, UpdateResult, update
 from rewards import RewardRunner
 from rollouts import Trajectory, make_policy, save_jsonl
 from rollouts.seeding import ROLLOUT, UPDATE, derive_seed
-from rollouts.workers import PolicySpec, RolloutGroup, SampleJob, make_jobs, sample_jobs
+from rollouts.workers import PolicySpec, WorkerPool, SampleJob, make_jobs, sample_jobs
 from reasoning.rl_run import Budget, Progress, RLRun, checkpoint, finish, restore
 
 def run_rl(cfg: Config) -> dict:
@@ -136,7 +136,7 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
     run = RLRun(cfg, task, splits["train"], splits["test"], tokenizer, learner, RewardRunner(reward_cfg),
                 PromptSchedule(len(splits["train"]), tr.prompts_per_step, cfg.seed), base_dir, progress, rank, world)
     if rank == 0 or not run.ray_serves_all_ranks:
-        run.workers = RolloutGroup(
+        run.workers = WorkerPool(
             PolicySpec(path=base_dir, lora=peft_lora_config(cfg.model.lora, family) if run.lora else None,
                        shift_logits=cfg.model.shift_logits, family=cfg.model.family,
                        trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype),
@@ -171,7 +171,7 @@ def start_rollouts(run: RLRun) -> None:
 
     def sample_now(jobs: list[SampleJob]) -> list[Trajectory]:
         if workers is not None and not asynchronous.enabled:
-            return workers.run(jobs)
+            return workers.sample_jobs(jobs)
         return trainer_sample(run, jobs)
 
     run.collector = GroupCollector(cfg, run.task, run.train, run.tokenizer, run.rewarder,
@@ -194,15 +194,15 @@ def start_rollouts(run: RLRun) -> None:
         workers.sync(weights, version, tolerate_failures=tolerate)
 
     if not asynchronous.enabled:
-        run.source = SyncRollouts(plan, workers.run, sync, run.clock)
+        run.source = SyncRollouts(plan, workers.sample_jobs, sync, run.clock)
         return
 
-    def trainer_run(jobs: list[SampleJob]) -> list[Trajectory]:  # the waiting trainer, its own newer weights
+    def waiting_trainer(jobs: list[SampleJob]) -> list[Trajectory]:  # the waiting trainer, its own newer weights
         return trainer_sample(run, jobs)
 
     chunks = max(1, min(8, cfg.trainer.prompts_per_step // 2))  # >= 2 prompts' groups per chunk
-    run.source = AsyncRollouts(plan, workers.run, sync, asynchronous.max_staleness, run.progress.step + 1,
-                               cfg.trainer.steps, run.clock, trainer_run if run.trainer_samples else None, chunks)
+    run.source = AsyncRollouts(plan, workers.sample_jobs, sync, asynchronous.max_staleness, run.progress.step + 1,
+                               cfg.trainer.steps, run.clock, waiting_trainer if run.trainer_samples else None, chunks)
 
 
 # --- the loop: rollout -> reward -> advantage -> update -> sync -> log -> eval -> save -----------------

@@ -31,7 +31,7 @@ from reasoning.tasks.base import Task
 from reasoning.update import Learner
 from rewards import RewardRunner
 from rollouts import DecodingConfig
-from rollouts.workers import RolloutGroup
+from rollouts.workers import WorkerPool
 
 
 @dataclass
@@ -81,7 +81,7 @@ class RLRun:
     rank: int = 0
     world: int = 1
     logger: MetricsLogger | NoLogger = field(default_factory=NoLogger)
-    workers: RolloutGroup | None = None  # rollout workers (on rank 0 only when Ray serves several ranks)
+    workers: WorkerPool | None = None  # rollout workers (on rank 0 only when Ray serves several ranks)
     source: SyncRollouts | AsyncRollouts | None = None  # where each step's rollouts come from
     collector: GroupCollector | None = None  # scores groups; hints and dynamic sampling (reasoning/groups.py)
     origin: float = field(default_factory=time.perf_counter)

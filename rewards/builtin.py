@@ -7,8 +7,8 @@ in `rewards.verifiers` — the same checkers evaluation uses, so reward and accu
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
-from rewards.registry import register
 from rewards.verifiers import (
     addition_correct,
     code_pass_rate,
@@ -19,6 +19,19 @@ from rewards.verifiers import (
     sudoku4_cell_accuracy,
     sudoku4_solved,
 )
+
+BUILTINS: list[tuple[str, Callable, bool]] = []  # (name, function, safe to run in-process); rewards/registry.py
+                                                  # registers them (this module imports nothing of it: no cycle)
+
+
+def register(name: str, *, in_process: bool = False) -> Callable[[Callable], Callable]:
+    """Collect a built-in verifier under `name`."""
+
+    def decorator(fn: Callable) -> Callable:
+        BUILTINS.append((name, fn, in_process))
+        return fn
+
+    return decorator
 
 
 def _text(completion) -> str:
@@ -58,7 +71,7 @@ def gsm8k(prompts, completions, answer, **kwargs) -> list[float]:
 
 
 @register("math")
-def math(prompts, completions, answer, **kwargs) -> list[float]:
+def math_answer(prompts, completions, answer, **kwargs) -> list[float]:
     """math-verify equivalence on \\boxed{} (sympy can be slow: runs in the reward pool)."""
     return [float(math_correct(_text(c), a)) for c, a in zip(completions, answer)]
 

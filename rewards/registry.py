@@ -140,7 +140,12 @@ def _load_file(path: str):
 
 
 def _load_builtins() -> None:
-    import rewards.builtin  # noqa: F401  (registers the built-in verifiers)
+    """Register the built-in verifiers (rewards/builtin.py), once."""
+    from rewards.builtin import BUILTINS
+
+    for name, fn, in_process in BUILTINS:
+        if name not in _REGISTRY:
+            register(name, in_process=in_process)(fn)
 
 
 @dataclass

@@ -35,7 +35,8 @@ class Replayed:
     selection_logp: list[torch.Tensor]  # [i]: (steps of trajectory i,) zeros when selection is deterministic
     forward_passes: int  # batched forwards spent (each = 1 + latent_steps model calls)
     token_entropy: list[torch.Tensor] | None = None  # [i]: entropy (nats, detached) at each commit
-    pick_logp: list[torch.Tensor] | None = None  # [i]: each commit's Plackett–Luce factor (0 if deterministic)
+    # [i]: each commit's Plackett–Luce factor (0 if the selection is deterministic), as in Trajectory
+    event_selection_logp: list[torch.Tensor] | None = None
 
     def step_logp(self, trajectories: list[Trajectory]) -> list[torch.Tensor]:
         """Per trajectory, per step: log-prob of the whole step (its tokens + its selection)."""
@@ -70,7 +71,7 @@ def replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: Decodin
              for i, traj in enumerate(trajectories) for t in range(0, traj.num_steps, merge_steps)]
     token_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
     entropy_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
-    pick_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
+    event_selection_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
     selection_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
     forwards = 0
     for lo in range(0, len(items), micro_batch):
@@ -93,19 +94,19 @@ def replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: Decodin
             entropy_parts[item.trajectory].append(-(at.exp() * at).sum(-1))
             if scores is None:
                 selection_parts[item.trajectory].append(logp.new_zeros(len(item.steps)))
-                pick_parts[item.trajectory].append(logp.new_zeros(len(positions)))
+                event_selection_parts[item.trajectory].append(logp.new_zeros(len(positions)))
             else:
-                per_step, picks = _selection_logp(traj, states[item.trajectory], bounds[item.trajectory], item.steps,
-                                                  scores[row], device)
+                per_step, per_event = _selection_logp(traj, states[item.trajectory], bounds[item.trajectory],
+                                                      item.steps, scores[row], device)
                 selection_parts[item.trajectory].append(per_step)
-                pick_parts[item.trajectory].append(picks)
+                event_selection_parts[item.trajectory].append(per_event)
 
     def cat(parts: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(parts) if parts else torch.zeros(0, device=device)
 
     return Replayed(token_logp=[cat(p) for p in token_parts], selection_logp=[cat(p) for p in selection_parts],
                     forward_passes=forwards, token_entropy=[cat(p) for p in entropy_parts],
-                    pick_logp=[cat(p) for p in pick_parts])
+                    event_selection_logp=[cat(p) for p in event_selection_parts])
 
 
 def _scoring_canvas(traj: Trajectory, states: np.ndarray, bounds: np.ndarray, steps: range) -> np.ndarray:
@@ -146,5 +147,5 @@ def _selection_logp(traj: Trajectory, states: np.ndarray, bounds: np.ndarray, st
         torch.as_tensor(order, device=device),
         torch.as_tensor(counts, device=device),
     )
-    picks = torch.cat([terms[i, :n] for i, n in enumerate(counts)])
-    return terms.sum(1), picks
+    per_event = torch.cat([terms[i, :n] for i, n in enumerate(counts)])
+    return terms.sum(1), per_event

@@ -138,14 +138,14 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
         scores = step.selection_scores(conf)
         keys = scores + gumbel_like(scores.shape, row_generators, device) if cfg.stochastic_selection else scores
         order = keys.masked_fill(~candidates, -math.inf).argsort(1, descending=True)[:, :int(count.max())]
-        selection_terms = (plackett_luce_terms(scores, candidates, order, count) if cfg.stochastic_selection
+        event_selection_logp = (plackett_luce_terms(scores, candidates, order, count) if cfg.stochastic_selection
                            else torch.zeros(order.shape, device=device))
 
         chosen = torch.zeros_like(masked).scatter_(1, order, torch.arange(order.shape[1], device=device)
                                                    .unsqueeze(0) < count.unsqueeze(1))
         updated = torch.where(chosen, tokens, current.masked_fill(remasked, ids.mask))
         answer[rows] = answer[rows].scatter(1, positions, updated)
-        _record(log, rows, positions, remasked, order, count, tokens, token_logp, selection_terms, ids.mask)
+        _record(log, rows, positions, remasked, order, count, tokens, token_logp, event_selection_logp, ids.mask)
 
         # block and answer bookkeeping
         steps_in_block[rows] += 1
@@ -188,16 +188,18 @@ class _EventLog:
     """Events of one answer, appended step by step (numpy, on the CPU)."""
 
     def __init__(self) -> None:
-        self.step, self.position, self.token, self.logp, self.pick_logp, self.selection = [], [], [], [], [], []
+        self.step, self.position, self.token, self.logp = [], [], [], []
+        self.event_selection_logp, self.selection = [], []
 
-    def add_step(self, positions: np.ndarray, tokens: np.ndarray, logps: np.ndarray, picks: np.ndarray) -> None:
+    def add_step(self, positions: np.ndarray, tokens: np.ndarray, logps: np.ndarray,
+                 event_selection_logp: np.ndarray) -> None:
         t = len(self.selection)
         self.step.append(np.full(len(positions), t, np.int32))
         self.position.append(positions.astype(np.int32))
         self.token.append(tokens.astype(np.int64))
         self.logp.append(logps.astype(np.float32))
-        self.pick_logp.append(picks.astype(np.float32))
-        self.selection.append(float(np.nansum(picks)))
+        self.event_selection_logp.append(event_selection_logp.astype(np.float32))
+        self.selection.append(float(np.nansum(event_selection_logp)))
 
     def trajectory(self, prompt: list[int], cfg: DecodingConfig, mask_id: int, final: np.ndarray,
                    pinned: torch.Tensor, seed: int, forward_tokens: int = 0) -> Trajectory:
@@ -209,19 +211,19 @@ class _EventLog:
             prompt_ids=list(prompt), gen_length=cfg.gen_length, block_length=cfg.block, mask_id=mask_id,
             event_step=cat(self.step, np.int32), event_position=cat(self.position, np.int32),
             event_token=cat(self.token, np.int64), event_logp=cat(self.logp, np.float32),
-            event_selection_logp=cat(self.pick_logp, np.float32), selection_logp=np.asarray(self.selection, np.float32), final_tokens=final.astype(np.int64),
+            event_selection_logp=cat(self.event_selection_logp, np.float32), selection_logp=np.asarray(self.selection, np.float32), final_tokens=final.astype(np.int64),
             forward_passes=len(self.selection) * (1 + cfg.latent_steps), pinned_position=where.astype(np.int32),
             pinned_token=final[where].astype(np.int64), seed=seed, cache=cfg.cache, forward_tokens=forward_tokens,
         )
 
 
 def _record(log: list[_EventLog], rows, positions, remasked, order, count, tokens, token_logp,
-            selection_terms, mask_id: int) -> None:
+            event_selection_logp, mask_id: int) -> None:
     """Append this step's events: re-masks first, then commits in selection order, each commit
     with its token's log-prob and its pick's Plackett–Luce factor."""
     positions, remasked, order = positions.cpu().numpy(), remasked.cpu().numpy(), order.cpu().numpy()
     count, tokens = count.cpu().numpy(), tokens.cpu().numpy()
-    token_logp, selection_terms = token_logp.float().cpu().numpy(), selection_terms.float().cpu().numpy()
+    token_logp, event_selection_logp = token_logp.float().cpu().numpy(), event_selection_logp.float().cpu().numpy()
     for i, r in enumerate(rows.tolist()):
         undo = remasked[i].nonzero()[0]
         pick = order[i, :count[i]]
@@ -229,5 +231,5 @@ def _record(log: list[_EventLog], rows, positions, remasked, order, count, token
             positions=np.concatenate([positions[i, undo], positions[i, pick]]),
             tokens=np.concatenate([np.full(len(undo), mask_id), tokens[i, pick]]),
             logps=np.concatenate([np.full(len(undo), np.nan), token_logp[i, pick]]),
-            picks=np.concatenate([np.full(len(undo), np.nan), selection_terms[i, :count[i]]]),
+            event_selection_logp=np.concatenate([np.full(len(undo), np.nan), event_selection_logp[i, :count[i]]]),
         )

@@ -2,7 +2,7 @@
 
 Each `RolloutWorker` builds its own policy from a `PolicySpec` (frozen base weights
 from a directory + a LoRA adapter) and samples trajectories for its shard of
-(prompt, sample) pairs. A `RolloutGroup` shards a request over its workers, gathers
+(prompt, sample) pairs. A `WorkerPool` shards a request over its workers, gathers
 the results in (prompt, sample) order, and keeps the workers on the trainer's policy:
 after an update only the LoRA state_dict is shipped — `ray.put` once, applied on each
 worker with peft's `set_peft_model_state_dict` — and every worker reports the new
@@ -176,7 +176,7 @@ def connect_ray(address: str = "local", num_cpus: int | None = None, timeout_s: 
                               f"(start one with `ray start --head`, or use address local): {exc}") from None
 
 
-class RolloutGroup:
+class WorkerPool:
     """`num_workers` rollout workers that sample together and follow the trainer's weights."""
 
     def __init__(self, spec: PolicySpec, decoding: DecodingConfig, num_workers: int = 2, use_ray: bool = True,
@@ -297,9 +297,9 @@ class RolloutGroup:
     def sample(self, prompts: list[list[int]], group_size: int = 1, seed: int = 0,
                pinned: list[dict[int, int] | None] | None = None) -> list[Trajectory]:
         """`group_size` trajectories per prompt, ordered (prompt 0: samples 0..G-1, prompt 1: ...)."""
-        return self.run(make_jobs(prompts, group_size, seed, pinned))
+        return self.sample_jobs(make_jobs(prompts, group_size, seed, pinned))
 
-    def run(self, jobs: list[SampleJob]) -> list[Trajectory]:
+    def sample_jobs(self, jobs: list[SampleJob]) -> list[Trajectory]:
         """Sample `jobs`, split over the workers; returned in (prompt, sample) order."""
         shards = [jobs[w::len(self.workers)] for w in range(len(self.workers))]
         if self.use_ray:

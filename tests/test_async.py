@@ -107,7 +107,7 @@ def test_a_waiting_trainer_samples_unclaimed_chunks_itself():
         return run
 
     source = AsyncRollouts(plan, sampler("worker", 0.2), lambda w, v: None, 1, 1, 3, time.perf_counter,
-                           trainer_run=sampler("trainer", 0.2), chunks=8)
+                           trainer_sample=sampler("trainer", 0.2), chunks=8)
     try:
         for step in (1, 2, 3):
             rollouts = source.get(step)
@@ -206,7 +206,7 @@ def test_a_run_survives_losing_the_node_of_a_ray_worker_and_resumes_exactly(tmp_
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    from rollouts.workers import RolloutGroup
+    from rollouts.workers import WorkerPool
 
     if ray.is_initialized():
         ray.shutdown()
@@ -214,7 +214,7 @@ def test_a_run_survives_losing_the_node_of_a_ray_worker_and_resumes_exactly(tmp_
     doomed = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
-    original, calls = RolloutGroup.run, []
+    original, calls = WorkerPool.sample_jobs, []
 
     def sample_losing_a_node(self, *args, **kwargs):
         calls.append(1)
@@ -226,13 +226,13 @@ def test_a_run_survives_losing_the_node_of_a_ray_worker_and_resumes_exactly(tmp_
                 time.sleep(0.2)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(RolloutGroup, "run", sample_losing_a_node)
+    monkeypatch.setattr(WorkerPool, "sample_jobs", sample_losing_a_node)
     try:
         lost = config(tmp_path, "name=lost", "trainer.steps=3", "trainer.checkpoint_every=1", "ray.enabled=true",
                       "ray.address=auto", "ray.num_workers=2", "ray.placement=spread")
         result = run_rl(lost)
     finally:
-        monkeypatch.setattr(RolloutGroup, "run", original)
+        monkeypatch.setattr(WorkerPool, "sample_jobs", original)
         ray.shutdown()
         cluster.shutdown()
     steps = train_steps(lost.run_dir)

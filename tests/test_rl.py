@@ -98,11 +98,11 @@ def test_rollouts_on_ray_workers(tmp_path):
 
 def test_run_survives_a_worker_killed_during_the_weight_sync(tmp_path, monkeypatch):
     """SIGKILL one Ray worker as the second weight sync starts: the run restores it and completes
-    every step (issue: ActorUnavailableError from RolloutGroup.sync used to end the run)."""
+    every step (issue: ActorUnavailableError from WorkerPool.sync used to end the run)."""
     pytest.importorskip("ray")
-    from rollouts.workers import RolloutGroup
+    from rollouts.workers import WorkerPool
 
-    original, calls = RolloutGroup.sync, []
+    original, calls = WorkerPool.sync, []
 
     def sync_with_a_kill(self, state, version, **kwargs):
         calls.append(version)
@@ -110,7 +110,7 @@ def test_run_survives_a_worker_killed_during_the_weight_sync(tmp_path, monkeypat
             os.kill(self.pids()[0], signal.SIGKILL)
         return original(self, state, version, **kwargs)
 
-    monkeypatch.setattr(RolloutGroup, "sync", sync_with_a_kill)
+    monkeypatch.setattr(WorkerPool, "sync", sync_with_a_kill)
     cfg = config(tmp_path, "ray.enabled=true", "ray.num_workers=2", "trainer.steps=3")
     result = run_rl(cfg)
     steps = train_steps(cfg.run_dir)

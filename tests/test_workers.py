@@ -13,7 +13,7 @@ import torch
 
 from rollouts import DecodingConfig
 from rollouts.sampler import left_pad
-from rollouts.workers import PolicySpec, RolloutGroup, policy_weights, state_bytes
+from rollouts.workers import PolicySpec, WorkerPool, policy_weights, state_bytes
 
 ray = pytest.importorskip("ray")
 DECODING = DecodingConfig(gen_length=8, temperature=1.0, selection_temperature=0.2, latent_steps=1)
@@ -84,7 +84,7 @@ def assert_same(a, b):
 
 
 def test_in_process_group_orders_and_syncs(spec, trainer_policy):
-    group = RolloutGroup(spec, DECODING, num_workers=2, use_ray=False)
+    group = WorkerPool(spec, DECODING, num_workers=2, use_ray=False)
     state = policy_weights(trainer_policy.model)
     assert group.sync(state, version=3) == state_bytes(state)
     assert group.versions() == [3, 3]
@@ -99,8 +99,8 @@ def test_ray_group_matches_in_process_and_follows_lora_updates(ray_session, spec
     full = sum(p.numel() * p.element_size() for p in trainer_policy.model.parameters())
     assert all("lora_" in name for name in state) and state_bytes(state) < 0.1 * full  # LoRA-only
 
-    local = RolloutGroup(spec, DECODING, num_workers=1, use_ray=False)
-    remote = RolloutGroup(spec, DECODING, num_workers=2, use_ray=True, address="local")
+    local = WorkerPool(spec, DECODING, num_workers=1, use_ray=False)
+    remote = WorkerPool(spec, DECODING, num_workers=2, use_ray=True, address="local")
     try:
         assert remote.versions() == [0, 0]
         for group in (local, remote):
@@ -139,11 +139,11 @@ def test_ray_group_matches_in_process_and_follows_lora_updates(ray_session, spec
 def test_killed_worker_is_restarted_and_its_shard_resampled(ray_session, spec, trainer_policy):
     slow = SlowSpec(path=spec.path, lora=spec.lora, delay_s=0.1)
     state = policy_weights(trainer_policy.model)
-    local = RolloutGroup(spec, DECODING, num_workers=1, use_ray=False)
+    local = WorkerPool(spec, DECODING, num_workers=1, use_ray=False)
     local.sync(state, version=4)
     expected = local.sample(prompts(4), group_size=2, seed=9)
 
-    group = RolloutGroup(slow, DECODING, num_workers=2, use_ray=True)
+    group = WorkerPool(slow, DECODING, num_workers=2, use_ray=True)
     try:
         group.sync(state, version=4)
         victim = group.pids()[0]
@@ -164,7 +164,7 @@ def test_worker_killed_before_a_sync_is_restored_and_synced(ray_session, spec, t
     """A worker that dies outside sample() — here SIGKILLed right as the weights go out — is restarted,
     gets the new adapter, and the sync returns normally; log-probs and pids survive a death too."""
     state = policy_weights(trainer_policy.model)
-    group = RolloutGroup(spec, DECODING, num_workers=2, use_ray=True)
+    group = WorkerPool(spec, DECODING, num_workers=2, use_ray=True)
     try:
         group.sync(state, version=1)
         victim = group.pids()[1]

@@ -15,7 +15,7 @@ from reasoning.distributed import trainer_weights
 from reasoning.engine import build_engine, zero_stage
 from reasoning.modeling import LoraConfig, apply_lora, load_model, peft_lora_config, ModelConfig
 from rollouts import DecodingConfig, make_policy
-from rollouts.workers import PolicySpec, RolloutGroup, policy_weights
+from rollouts.workers import PolicySpec, WorkerPool, policy_weights
 
 torch.set_num_threads(1)
 base = sys.argv[1]
@@ -39,7 +39,7 @@ loss = engine(input_ids=ids, attention_mask=mask).logits.float().pow(2).mean()
 engine.backward(loss)
 engine.step()
 
-group = RolloutGroup(PolicySpec(path=base, lora=peft_lora_config(lora)), DecodingConfig(gen_length=4),
+group = WorkerPool(PolicySpec(path=base, lora=peft_lora_config(lora)), DecodingConfig(gen_length=4),
                      num_workers=1, use_ray=False)
 group.sync(trainer_weights(engine.module, zero_stage(engine)), version=1)
 worker_state = policy_weights(group.workers[0].policy.model)

@@ -52,12 +52,12 @@ class TrajectoryObjective(Objective):
         keep = hints.keep.get(i)
         return int(batch.trajectories[i].commits.sum()) + (int(keep.sum()) if keep is not None else 0)
 
-    def _combine(self, cfg: DecodingConfig, tokens: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
+    def _combine(self, cfg: DecodingConfig, tokens: torch.Tensor, event_selection_logp: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(tokens)
         if self.trains_tokens(cfg):
             out = out + tokens
         if self.learned_selection(cfg):
-            out = out + picks
+            out = out + event_selection_logp
         return out
 
     def off_policy(self, batch):
@@ -82,7 +82,7 @@ class TrajectoryObjective(Objective):
         trajectories = [batch.trajectories[i] for i in indices]
         out = replay(policy, trajectories, batch.decoding, merge_steps=self.s.merge_steps,
                      micro_batch=self.s.replay_batch)
-        logps = [self._combine(batch.decoding, tok, pick) for tok, pick in zip(out.token_logp, out.pick_logp)]
+        logps = [self._combine(batch.decoding, tok, pick) for tok, pick in zip(out.token_logp, out.event_selection_logp)]
         if not prep.hints.keep:
             return logps, out.token_entropy
         hint_logps, hint_entropy = self.hint_log_probs(policy, batch, prep.hints, indices)
