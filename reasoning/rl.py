@@ -10,7 +10,7 @@ The algorithm's choices, per RL step k:
               exact visited denoising path, its behaviour log-probs and the policy_version
               that sampled it. Synchronous: sampled now. Asynchronous (`rollout.async`):
               sampled by a producer thread while step k-1 was being trained
-              (reasoning/batches.py); groups more than `max_staleness` versions behind the
+              (reasoning/rollout_sources.py); groups more than `max_staleness` versions behind the
               trainer are dropped and counted.
   3. reward   the configured reward functions (default: the task's verifier) on the
               decoded completions; weighted sum.
@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from reasoning import interrupts
 from reasoning.advantages import group_advantages
-from reasoning.batches import AsyncRollouts, PromptSchedule, Rollouts, SyncRollouts
+from reasoning.rollout_sources import AsyncRollouts, PromptSchedule, Rollouts, SyncRollouts
 from reasoning.checkpoint import complete_checkpoints, find_resume
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import encode_prompt

@@ -19,7 +19,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from reasoning.batches import AsyncRollouts, PromptSchedule, SyncRollouts
+from reasoning.rollout_sources import AsyncRollouts, PromptSchedule, SyncRollouts
 from reasoning.checkpoint import (checkpoint_name, prune_checkpoints, read_state, save_checkpoint,
                                   truncate_metrics, writing)
 from reasoning.config import Config

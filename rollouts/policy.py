@@ -1,8 +1,8 @@
 """How to get logits from a canvas, for any supported DLM family.
 
-The sampler and the trainer both call `DiffusionPolicy.step_log_probs` (through rollouts/decoding.py `step_distribution`), so "what the
-model predicts at each answer position" — latent thinking included — has exactly one
-definition. Prompts are left-padded: padding is hidden by the attention mask and
+The sampler and the trainer both call `DiffusionPolicy.step_log_probs` (through
+rollouts/decoding.py `step_distribution`), so "what the model predicts at each answer
+position" — latent thinking included — has exactly one definition. Prompts are left-padded: padding is hidden by the attention mask and
 position ids count only real tokens. The answer canvas is always the last
 `gen_length` positions, so only those logits are computed (`logits_to_keep`).
 """

@@ -85,7 +85,7 @@ def test_a_waiting_trainer_samples_unclaimed_chunks_itself():
 
     from types import SimpleNamespace
 
-    from reasoning.batches import AsyncRollouts
+    from reasoning.rollout_sources import AsyncRollouts
     from rollouts.workers import make_jobs
 
     who: dict[tuple[int, int], str] = {}

@@ -111,7 +111,7 @@ class SyncRollouts:
 
 
 @dataclass
-class _Batch:
+class _PendingStep:
     """The batch the producer is working through: its chunks, who has claimed them, results."""
 
     step: int
@@ -147,7 +147,7 @@ class AsyncRollouts:
         self._cond = threading.Condition()
         self._done = first_step - 1  # the last step the trainer finished
         self._pending: tuple[dict, int] | None = None  # weights published, not yet shipped
-        self._batch: _Batch | None = None  # in progress
+        self._batch: _PendingStep | None = None  # in progress
         self._ready: dict[int, Rollouts] = {}
         self._error: BaseException | None = None
         self._stop = False
@@ -171,7 +171,7 @@ class AsyncRollouts:
                 indices, jobs = self._plan(step)
                 start = self._clock()
                 chunks = split(jobs, self._chunks)
-                batch = _Batch(step, chunks, [None] * len(chunks))
+                batch = _PendingStep(step, chunks, [None] * len(chunks))
                 with self._cond:
                     self._batch = batch
                     self._cond.notify_all()
@@ -191,20 +191,20 @@ class AsyncRollouts:
                 self._error = err
                 self._cond.notify_all()
 
-    def _claim(self, batch: _Batch) -> int | None:
+    def _claim(self, batch: _PendingStep) -> int | None:
         with self._cond:
             if self._stop or batch.claimed == len(batch.chunks):
                 return None
             batch.claimed += 1
             return batch.claimed - 1
 
-    def _deliver(self, batch: _Batch, part: int, trajectories: list[Trajectory], by_trainer: bool = False) -> None:
+    def _deliver(self, batch: _PendingStep, part: int, trajectories: list[Trajectory], by_trainer: bool = False) -> None:
         with self._cond:
             batch.results[part] = trajectories
             batch.trainer_sampled += len(trajectories) if by_trainer else 0
             self._cond.notify_all()
 
-    def _batch_for(self, step: int) -> _Batch | None:
+    def _batch_for(self, step: int) -> _PendingStep | None:
         """The producer's batch `step` once it has started it; None if it is done or failed."""
         with self._cond:
             self._cond.wait_for(lambda: (self._batch is not None and self._batch.step == step)
