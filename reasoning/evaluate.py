@@ -94,3 +94,18 @@ def evaluate(policy: DiffusionPolicy, tokenizer, task, dataset: Dataset, decodin
         mean_steps=passes / count, tokens_per_s=tokens / max(time.perf_counter() - start, 1e-9),
         pass_at_k=passes_at, metrics={k: v / count for k, v in extras.items()}, records=records,
     )
+
+
+def evaluate_and_log(policy: DiffusionPolicy, tokenizer, task, cfg, logger, step: int, n: int | None = None,
+                     dataset: Dataset | None = None) -> dict[str, float]:
+    """The held-out evaluation SFT and RL both run: the config's eval decoding, `n` (default
+    eval.n) problems, logged as eval/<task>/* at `step` and printed on one line."""
+    with torch.no_grad():
+        result = evaluate(policy, tokenizer, task, dataset, cfg.eval_decoding(), n or cfg.eval.n,
+                          cfg.eval.batch_size, seed=cfg.seed, progress=cfg.logging.progress,
+                          chat_template=cfg.data.chat_template)
+    metrics = result.summary(f"eval/{task.name}")
+    logger.log(step, metrics)
+    tqdm.write(f"step {step}: eval {task.name} acc {result.accuracy:.3f} "
+               + " ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items() if not k.endswith("/acc")))
+    return metrics

@@ -50,7 +50,7 @@ from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import encode_prompt
 from reasoning.distributed import combine_metrics, max_over_ranks, rank_and_world, trainer_weights
 from reasoning.engine import build_engine, zero_stage
-from reasoning.evaluate import evaluate
+from reasoning.evaluate import evaluate_and_log
 from reasoning.groups import Group, GroupCollector, StepGroups, split_groups
 from reasoning.metrics import rollout_metrics
 from reasoning.modeling import (apply_lora, count_parameters, enable_gradient_checkpointing, load_model, model_family,
@@ -369,15 +369,8 @@ def drop_stale(run: RLRun, groups: list[Group]) -> tuple[list[Group], dict[str, 
 
 
 def run_eval(run: RLRun) -> dict:
-    cfg, task = run.cfg, run.task
-    with torch.no_grad():
-        result = evaluate(run.learner.policy, run.tokenizer, task, run.test, cfg.eval_decoding(), cfg.eval.n,
-                          cfg.eval.batch_size, seed=cfg.seed, progress=cfg.logging.progress,
-                          chat_template=cfg.data.chat_template)
-    metrics = result.summary(f"eval/{task.name}")
-    run.logger.log(run.progress.step, metrics)
-    tqdm.write(f"step {run.progress.step}: eval {task.name} acc {result.accuracy:.3f}")
-    return metrics
+    return evaluate_and_log(run.learner.policy, run.tokenizer, run.task, run.cfg, run.logger, run.progress.step,
+                            dataset=run.test)
 
 
 def close(run: RLRun) -> None:

@@ -30,7 +30,7 @@ from reasoning.checkpoint import complete_checkpoints, save_checkpoint, writing
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import SFTBatch, collate_sft, tokenize_sft
 from reasoning.engine import build_engine, engine_step, zero_stage
-from reasoning.evaluate import evaluate
+from reasoning.evaluate import evaluate_and_log
 from reasoning.metrics import MetricsLogger
 from reasoning.modeling import apply_lora, count_parameters, enable_gradient_checkpointing, load_model, model_family
 from reasoning.preflight import check_prompt_lengths, require_training_rows
@@ -108,7 +108,6 @@ def _sft(cfg: Config, model, tokenizer, task, splits, train, micro: int) -> dict
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     model = apply_lora(model, cfg.model.lora, model_family(model))
-    decoding = cfg.eval_decoding()
 
     engine, optimizer = build_engine(
         model, deepspeed_config_path(sft.deepspeed, "sft.deepspeed"), lr=sft.lr, weight_decay=sft.weight_decay,
@@ -124,13 +123,7 @@ def _sft(cfg: Config, model, tokenizer, task, splits, train, micro: int) -> dict
           f"{len(train)} training examples, run dir {run_dir}")
 
     def run_eval(step: int, n: int | None = None) -> dict:
-        result = evaluate(policy, tokenizer, task, splits["test"], decoding, n or cfg.eval.n, cfg.eval.batch_size,
-                          seed=cfg.seed, progress=cfg.logging.progress, chat_template=cfg.data.chat_template)
-        metrics = result.summary(f"eval/{task.name}")
-        logger.log(step, metrics)
-        tqdm.write(f"step {step}: eval {task.name} acc {result.accuracy:.3f} "
-                   + " ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items() if not k.endswith("/acc")))
-        return metrics
+        return evaluate_and_log(policy, tokenizer, task, cfg, logger, step, n, splits["test"])
 
     def checkpoint(step: int, metrics: dict) -> str:
         with writing(os.path.join(run_dir, "checkpoints")):
