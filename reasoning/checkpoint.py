@@ -172,6 +172,46 @@ def find_resume(resume: str, run_dir: str) -> str | None:
     return resume
 
 
+def check_resume_fits(checkpoint: str, model: torch.nn.Module, lora_enabled: bool, lora_r: int, world: int) -> None:
+    """Before the run directory is claimed: `checkpoint` was written by as many trainer processes,
+    with (or without) LoRA as this run, of the same rank, and its tensors have this model's shapes."""
+    from rollouts.families import checkpoint_tensors
+
+    state = read_state(checkpoint)
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != world:
+        raise ConfigError(f"config key 'trainer.resume': '{checkpoint}' was written by {saved_world} trainer "
+                          f"process(es) (an optimizer shard and RNG state each); resume it with {saved_world}, not {world}")
+    adapter = os.path.join(checkpoint, "adapter")
+    if os.path.isdir(adapter) != lora_enabled:
+        kind = "a LoRA adapter" if os.path.isdir(adapter) else "full weights"
+        raise ConfigError(f"config key 'model.lora.enabled': '{checkpoint}' holds {kind}; set model.lora.enabled="
+                          f"{str(not lora_enabled).lower()} to resume it")
+    if lora_enabled:
+        for name, (file, shape, _) in sorted(_tensor_headers(os.path.join(adapter, "adapter_model.safetensors")).items()):
+            if ".lora_A." in name and shape[0] != lora_r:
+                raise ConfigError(f"config key 'model.lora.r': {file} holds rank-{shape[0]} adapters ('{name}'); "
+                                  f"this run has r={lora_r}")
+        return
+    shapes = {n: tuple(t.shape) for n, t in model.state_dict().items()}
+    for name, (file, shape, _) in sorted(checkpoint_tensors(checkpoint).items()):
+        if name in shapes and shapes[name] != shape:
+            raise ConfigError(f"config key 'trainer.resume': {file}: tensor '{name}' has shape {list(shape)}, but "
+                              f"this run's model has {list(shapes[name])} (a different model.tiny / model.path?)")
+
+
+def _tensor_headers(file: str) -> dict[str, tuple[str, tuple[int, ...], str]]:
+    from safetensors import safe_open
+
+    if not os.path.isfile(file):
+        raise ConfigError(f"config key 'trainer.resume': '{file}' is missing")
+    try:
+        with safe_open(file, "pt") as fh:
+            return {n: (file, tuple(fh.get_slice(n).get_shape()), fh.get_slice(n).get_dtype()) for n in fh.keys()}
+    except Exception as exc:  # noqa: BLE001 — safetensors raises several types for a corrupt file
+        raise ConfigError(f"config key 'trainer.resume': '{file}' is not a readable safetensors file ({exc})") from None
+
+
 def truncate_metrics(run_dir: str, step: int) -> None:
     """Drop metrics logged after `step` (by a run that died before its next checkpoint)."""
     path = os.path.join(run_dir, "metrics.jsonl")

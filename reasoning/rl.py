@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from reasoning import interrupts
 from reasoning.advantages import group_advantages
 from reasoning.rollout_sources import AsyncRollouts, PromptSchedule, Rollouts, SyncRollouts
-from reasoning.checkpoint import complete_checkpoints, find_resume
+from reasoning.checkpoint import check_resume_fits, complete_checkpoints, find_resume
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import encode_prompt
 from reasoning.distributed import combine_metrics, max_over_ranks, rank_and_world, trainer_weights
@@ -80,6 +80,9 @@ def run_rl(cfg: Config) -> dict:
     if not warm:
         check_prompt_lengths(cfg, tokenizer, model, splits)
     resume_from = find_resume(cfg.trainer.resume, cfg.run_dir)  # checked before the directory is claimed
+    if resume_from is not None:
+        check_resume_fits(resume_from, model, cfg.model.lora.enabled, cfg.model.lora.r,
+                          int(os.environ.get("WORLD_SIZE", "1")))
     first_rank = int(os.environ.get("RANK", "0")) == 0  # rank 0 holds the claim for all ranks
     claim = (claim_run_dir(cfg.run_dir, resume=cfg.trainer.resume != "none", overwrite=cfg.overwrite,
                            what="RL run") if first_rank else contextlib.nullcontext())

@@ -39,6 +39,25 @@ def checkpoint_dir(tmp, state_text):
     return str(path)
 
 
+def rl_checkpoint(tmp, kind):
+    """An RL checkpoint's layout (state, ds/, weights) that does not fit FAST's model: LoRA of rank
+    8 where the run has 4, full weights of another width, or written by 2 processes."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp / "rlckpt"
+    (path / "ds").mkdir(parents=True)
+    world = 2 if kind == "world" else 1
+    (path / "trainer_state.json").write_text(json.dumps({"step": 1, "policy_version": 1, "world_size": world}))
+    if kind == "rank":
+        (path / "adapter").mkdir()
+        save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 32)},
+                  str(path / "adapter" / "adapter_model.safetensors"))
+    else:
+        save_file({"model.embed_tokens.weight": torch.zeros(50, 48)}, str(path / "model.safetensors"))
+    return str(path)
+
+
 def damaged_model(tmp, how):
     """A tiny bidirectional model directory whose model.safetensors is cut short, garbage, or holds
     a tensor of the wrong shape."""
@@ -135,6 +154,15 @@ CASES = [
     ("resume from an SFT checkpoint", lambda t: ["train", *FAST,
                                                  "trainer.resume=" + checkpoint_dir(t, '{"step": 5}')],
      "not an RL checkpoint"),
+    ("resume: adapters of another LoRA rank", lambda t: ["train", *FAST, "model.lora.enabled=true", "model.lora.r=4",
+                                                        "trainer.resume=" + rl_checkpoint(t, "rank")], "model.lora.r"),
+    ("resume: full weights of another shape", lambda t: ["train", *FAST, "trainer.resume=" + rl_checkpoint(t, "shape")],
+     "model.embed_tokens.weight"),
+    ("resume: LoRA run from full weights", lambda t: ["train", *FAST, "model.lora.enabled=true",
+                                                     "trainer.resume=" + rl_checkpoint(t, "shape")],
+     "model.lora.enabled"),
+    ("resume: written by 2 processes", lambda t: ["train", *FAST, "trainer.resume=" + rl_checkpoint(t, "world")],
+     "2 trainer process"),
     ("look-alike letter in a key", lambda t: ["train", *FAST, "tr\u0430iner.lr=1e-4"], "U+0430"),
     ("zero-width space in a key", lambda t: ["train", write(t / "zw.yaml", "name: run\ntrainer\u200b: {lr: 1.0e-4}\n"),
                                              *FAST], "U+200B"),

@@ -161,3 +161,21 @@ def test_addition_trace_is_a_long_canvas_with_a_correct_trace():
         assert task.score(reference.replace(f"<answer>{rows['s']}", f"<answer>{int(rows['s']) + 1}"), example) == 0.0
     with pytest.raises(ValueError, match="digits"):
         task.generate(__import__("random").Random(0), 1, "test", set(), digits=0)
+
+
+def test_bad_data_rows_are_refused_or_skipped_with_a_count(tmp_path, capsys):
+    import json
+
+    rows = [{"question": "1+1?", "answer": "#### 2"}, {"question": None, "answer": "#### 1"},
+            {"question": "2+2?", "answer": "#### 4"}, {"question": ["a"], "answer": "#### 3"},
+            {"question": "3+3?", "answer": "#### 6"}]
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(ConfigError, match=r"line 2: field 'question'.*data.bad_rows: skip"):
+        get_task("gsm8k").build(DataConfig(task="gsm8k", test_size=1, task_args={"path": str(path)}))
+    splits = get_task("gsm8k").build(DataConfig(task="gsm8k", test_size=1, task_args={"path": str(path)},
+                                                bad_rows="skip"))
+    assert len(splits["test"]) + len(splits["train"]) == 3
+    assert splits["test"][0]["prompt"].startswith("1+1?") and splits["train"][1]["prompt"].startswith("3+3?")
+    out = capsys.readouterr().out
+    assert "skipped 2 of 5 rows" in out and "line 2" in out

@@ -29,6 +29,9 @@ class DataConfig:
     # auto: prompts go through the tokenizer's chat template (a string as one user turn, a TRL
     # conversation as it is); none: plain text (base models)
     chat_template: Literal["auto", "none"] = "auto"
+    # a data file row whose prompt (or answer) is not a non-empty string: refuse (an error naming the
+    # file and line) or skip (dropped, with one line saying how many and which was first)
+    bad_rows: Literal["refuse", "skip"] = "refuse"
 
     def __post_init__(self) -> None:
         if self.train_size < 0:

@@ -63,14 +63,17 @@ def check_jsonl(path: str) -> None:
 
 
 def check_prompts(rows: Dataset, path: str, field: str, what: str = "a non-empty string",
-                  conversation: bool = False) -> None:
+                  conversation: bool = False, skip: bool = False) -> Dataset:
     """Every row's `field` is a non-empty string (or, with `conversation`, a list of messages;
     `what` mentioning a number admits numbers): a NaN, null, list or dict would silently become a
-    prompt such as "None". The error names the file and the line (JSONL) or row."""
+    prompt such as "None". The error names the file and the line (JSONL) or row; with `skip`
+    (data.bad_rows: skip) such rows are dropped instead, with one line saying how many."""
     lines = None
     if path.lower().endswith(".jsonl") and os.path.isfile(path):
         with open(path, encoding="utf-8", errors="replace") as fh:
             lines = [number for number, line in enumerate(fh, 1) if line.strip()]
+    bad: list[int] = []
+    first = ""
     for index, value in enumerate(rows[field]):
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
             and abs(value) != float("inf")
@@ -78,18 +81,30 @@ def check_prompts(rows: Dataset, path: str, field: str, what: str = "a non-empty
             conversation and isinstance(value, list) and value and all(isinstance(m, dict) for m in value))
         if not ok:
             where = f"line {lines[index]}" if lines and index < len(lines) else f"row {index + 1}"
-            raise ConfigError(f"data file '{path}' {where}: field '{field}' must be {what}, got {shown(value)}")
+            problem = f"data file '{path}' {where}: field '{field}' must be {what}, got {shown(value)}"
+            if not skip:
+                raise ConfigError(problem + " (data.bad_rows: skip drops such rows)")
+            bad.append(index)
+            first = first or problem
+    if not bad:
+        return rows
+    if len(bad) == len(rows):
+        raise ConfigError(f"data file '{path}': no usable row left — {first}")
+    print(f"data file '{path}': skipped {len(bad)} of {len(rows)} rows (data.bad_rows: skip); the first: {first}")
+    dropped = set(bad)
+    return rows.select([i for i in range(len(rows)) if i not in dropped])
 
 
-def load_rows(path: str, prompt_field: str, answer_field: str, key: str = "data.task_args.path") -> Dataset:
+def load_rows(path: str, prompt_field: str, answer_field: str, key: str = "data.task_args.path",
+              skip_bad: bool = False) -> Dataset:
     """A problems file -> Dataset(prompt, answer, ...): the prompt gets the answer-format instruction."""
     rows = read_file(path, key)
     for field, name in ((prompt_field, "prompt_field"), (answer_field, "answer_field")):
         if field not in rows.column_names:
             raise ConfigError(f"data file '{path}' has no field '{field}' (data.task_args.{name}); "
                               f"its fields are {rows.column_names}")
-    check_prompts(rows, path, prompt_field)
-    check_prompts(rows, path, answer_field, what="a non-empty string or a number")
+    rows = check_prompts(rows, path, prompt_field, skip=skip_bad)
+    rows = check_prompts(rows, path, answer_field, what="a non-empty string or a number", skip=skip_bad)
     rows = rows.map(lambda r: {"prompt": str(r[prompt_field]) + INSTRUCTION, "answer": str(r[answer_field])},
                     remove_columns=[c for c in rows.column_names if c in ("prompt", "answer")])
     return rows
@@ -111,7 +126,7 @@ class FileTask(Task):
             raise ConfigError(f"unknown config key 'data.task_args.{sorted(unknown)[0]}' for task '{self.name}' "
                               f"(expected path, prompt_field, answer_field)")
         rows = load_rows(args["path"], args.get("prompt_field", self.default_prompt_field),
-                         args.get("answer_field", "answer"))
+                         args.get("answer_field", "answer"), skip_bad=cfg.bad_rows == "skip")
         n_test = min(cfg.test_size, len(rows))
         test = rows.select(range(n_test))
         train = rows.select(range(n_test, len(rows))) if n_test < len(rows) else rows
@@ -164,8 +179,8 @@ class TRLDataset(Task):
         if "prompt" not in rows.column_names:
             raise ConfigError(f"data file '{args['path']}' has no 'prompt' column (a TRL dataset's prompt: text or "
                               f"a list of {{role, content}} messages); its columns are {rows.column_names}")
-        check_prompts(rows, args["path"], "prompt", "a non-empty string or a list of {role, content} messages",
-                      conversation=True)
+        rows = check_prompts(rows, args["path"], "prompt", "a non-empty string or a list of {role, content} messages",
+                             conversation=True, skip=cfg.bad_rows == "skip")
         if "test_path" in args:
             return DatasetDict(train=rows, test=read_file(args["test_path"], "data.task_args.test_path"))
         n_test = min(cfg.test_size, len(rows))
