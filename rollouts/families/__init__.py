@@ -27,14 +27,14 @@ from types import ModuleType
 
 import torch
 
-from rollouts.families import bidirectional, diffusion_gemma, dream, llada, masked_lm, remote
+from rollouts.families import bidirectional, diffusion_gemma, dream, llada, masked_lm, remote, sdar
 from rollouts.families.native import (INDEX_FILE, SINGLE_FILE, ModelLoadError, checkpoint_tensors, export as export_weights,
                                      load_native, read_config)
 
 # auto-detection tries them in this order
 FAMILIES: dict[str, ModuleType] = {module.NAME: module for module in
-                                   (llada, dream, diffusion_gemma, masked_lm, bidirectional, remote)}
-NATIVE = ("llada", "dream")
+                                   (llada, dream, sdar, diffusion_gemma, masked_lm, bidirectional, remote)}
+NATIVE = ("llada", "dream", "sdar")  # snapshots whose own modeling code we replace by stock transformers blocks
 
 
 def register(module: ModuleType, first: bool = True) -> ModuleType:
