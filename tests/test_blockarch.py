@@ -65,3 +65,51 @@ def test_sdar_bad_mask_shape_names_the_family():
     model = load_pretrained(path).eval()
     with pytest.raises(ModelLoadError, match="sdar: attention_mask of shape"):
         model(input_ids=ref["input_ids"], attention_mask=torch.ones(2, 1, 5, 5))
+
+
+def test_llada2_moe_reproduces_the_upstream_logits_with_its_mask_and_with_none():
+    path, ref = fixture("llada2")
+    assert detect(read_config(path)) == "llada2"
+    model = load_pretrained(path).eval()
+    model.config.block_length = ref["block_length"]  # 8 in the fixture (generate()'s default is 32)
+    with torch.no_grad():
+        given = model(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"]).logits
+        built = model(input_ids=ref["input_ids"]).logits
+    for logits in (given, built):
+        assert (logits - ref["logits"]).abs().max() < 1e-4
+    router = model.model.layers[1].mlp.gate
+    assert not router.e_score_correction_bias.requires_grad and "e_score_correction_bias" in dict(router.named_buffers())
+    assert router.e_score_correction_bias.abs().sum() > 0  # the snapshot's expert_bias, loaded
+
+
+def test_llada2_tokenizer_and_manifest_names():
+    path, _ = fixture("llada2")
+    tokenizer = load_tokenizer(path)
+    assert tokenizer.mask_token == "<|mask|>" and tokenizer.eos_token == "<|endoftext|>"
+    from rollouts.families import llada2
+
+    manifest = json.load(open(os.path.join(HERE, "llada2.0-mini.manifest.json")))
+    native = llada2.native_config(manifest["config"])
+    with torch.device("meta"):
+        state = llada2.MODEL_CLASS(native).state_dict()
+    experts = sum(1 for n in manifest["state_dict"] if ".mlp.experts." in n)
+    assert experts == 19 * 256 * 3  # 19 MoE layers of 256 experts, 3 projections each
+    total = sum(t.numel() for n, t in state.items() if not n.endswith("e_score_correction_bias"))
+    assert total == manifest["parameters"] == 16_255_638_528
+
+
+def test_llada2_missing_expert_tensor_is_named(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from rollouts.families import ModelLoadError
+
+    path, _ = fixture("llada2")
+    copy = tmp_path / "ckpt"
+    shutil.copytree(path, copy)
+    weights = load_file(str(copy / "model.safetensors"))
+    del weights["model.layers.1.mlp.experts.3.up_proj.weight"]
+    save_file(weights, str(copy / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match="model.layers.1.mlp.experts.3.up_proj.weight"):
+        load_pretrained(str(copy))

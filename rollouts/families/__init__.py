@@ -27,14 +27,14 @@ from types import ModuleType
 
 import torch
 
-from rollouts.families import bidirectional, diffusion_gemma, dream, llada, masked_lm, remote, sdar
+from rollouts.families import bidirectional, diffusion_gemma, dream, llada, llada2, masked_lm, remote, sdar
 from rollouts.families.native import (INDEX_FILE, SINGLE_FILE, ModelLoadError, checkpoint_tensors, export as export_weights,
                                      load_native, read_config)
 
 # auto-detection tries them in this order
 FAMILIES: dict[str, ModuleType] = {module.NAME: module for module in
-                                   (llada, dream, sdar, diffusion_gemma, masked_lm, bidirectional, remote)}
-NATIVE = ("llada", "dream", "sdar")  # snapshots whose own modeling code we replace by stock transformers blocks
+                                   (llada, dream, sdar, llada2, diffusion_gemma, masked_lm, bidirectional, remote)}
+NATIVE = ("llada", "dream", "sdar", "llada2")  # snapshots whose own modeling code we replace by stock transformers blocks
 
 
 def register(module: ModuleType, first: bool = True) -> ModuleType:
@@ -99,7 +99,10 @@ def load_pretrained(path: str, dtype: torch.dtype = torch.float32, family: str =
     module = FAMILIES[family]
     if family in NATIVE:  # a stock transformers model + the snapshot's weights under mapped names
         native_config = module.native_config(config, os.path.join(path, "config.json"))
-        model = load_native(path, family, module.MODEL_CLASS, native_config, module.to_native, dtype)
+        if hasattr(module, "load_snapshot"):  # tensors that are converted, not just renamed (fused q|k|v, experts)
+            model = module.load_snapshot(path, native_config, dtype)
+        else:
+            model = load_native(path, family, module.MODEL_CLASS, native_config, module.to_native, dtype)
     else:
         stored = (checkpoint_tensors(path)  # every safetensors header readable, no file cut short
                   if any(os.path.isfile(os.path.join(path, f)) for f in (SINGLE_FILE, INDEX_FILE)) else {})
@@ -152,6 +155,9 @@ def shifts_logits(model: torch.nn.Module) -> bool:
 def export(model: torch.nn.Module, source: str, out_dir: str) -> list[str]:
     """Merged weights of a native-family model written in `source`'s original format (names, shards, dtype)."""
     family = native_family_for(read_config(source))
+    if family is not None and not hasattr(FAMILIES[family], "to_upstream"):
+        raise ModelLoadError(f"export: writing a {family} snapshot back in its original format is not supported yet "
+                             f"(save_pretrained the merged model instead)")
     if family is None:
         raise ModelLoadError(f"export: '{source}' is not a llada or dream snapshot; only those have an original "
                              f"format to write back (other models: save_pretrained)")

@@ -5,13 +5,8 @@ be hidden/heads, untied lm head); only the attention differs: causal across bloc
 `block_length` tokens and bidirectional within a block — query i may attend key j iff
 j // block_length <= i // block_length (positions counted from the sequence's first real token,
 so the prompt's last partial block shares a block with the first answer tokens). We build
-transformers' own `Qwen3ForCausalLM` from the snapshot's config values and give it that mask:
-
-  - no mask: the block-causal mask of the whole sequence;
-  - a 2-D padding mask (what the policy adapter passes, with position ids counting real tokens):
-    block-causal over the real tokens, padding never attended;
-  - the upstream masks unchanged: SDAR's float {0, 1} (B or 1, L, L) "may attend" mask, or any
-    4-D (B, 1, L, L) mask (bool, or additive float).
+transformers' own `Qwen3ForCausalLM` from the snapshot's config values and give it that mask
+(rollouts/families/block.py: without one, from a padding mask, or SDAR's own (B, L, L) {0, 1}).
 
 config.json has no block length (every SDAR / TraDo release uses 4) and no mask id (the tokenizer's
 `<|MASK|>`): `model.block_length` (config attribute `block_length`) overrides the 4.
@@ -20,9 +15,9 @@ The snapshot's modeling code is never imported.
 
 from __future__ import annotations
 
-import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from rollouts.families.block import BlockCausalForward
 from rollouts.families.native import ModelLoadError
 
 NAME = "sdar"
@@ -46,39 +41,11 @@ def to_upstream(name: str) -> str | None:
     return name
 
 
-def block_causal(positions: torch.Tensor, block_length: int, keep: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, 1, L, L) bool "may attend" mask: key j visible from query i iff block(j) <= block(i),
-    block = position // block_length; keys where `keep` (B, L) is False (padding) are never visible."""
-    block = positions // block_length
-    allowed = block[:, None, :, None] >= block[:, None, None, :]
-    if keep is not None:
-        allowed = allowed & keep[:, None, None, :].bool()
-    return allowed
+class SDARForBlockDiffusion(BlockCausalForward, Qwen3ForCausalLM):
+    """Qwen3 under SDAR's block-causal attention (rollouts/families/block.py: the masks it takes)."""
 
-
-class SDARForBlockDiffusion(Qwen3ForCausalLM):
-    """Qwen3 under SDAR's block-causal attention (see the module docstring for the masks it takes)."""
-
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, **kwargs):
-        length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
-        device = (input_ids if input_ids is not None else inputs_embeds).device
-        block_length = int(getattr(self.config, "block_length", None) or BLOCK_LENGTH)
-        if attention_mask is None or attention_mask.dim() == 2:
-            if position_ids is None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) if attention_mask is not None \
-                    else torch.arange(length, device=device).expand(batch, -1)
-            attention_mask = block_causal(position_ids, block_length, attention_mask)
-        elif attention_mask.dim() == 3:  # SDAR's own (B or 1, L, L) {0, 1} mask
-            attention_mask = attention_mask.bool()[:, None].expand(batch, -1, -1, -1)
-        elif attention_mask.dim() != 4 or attention_mask.shape[-2:] != (length, length):
-            raise ModelLoadError(f"sdar: attention_mask of shape {list(attention_mask.shape)} is neither a padding "
-                                 f"mask (B, L), SDAR's (B, L, L) nor a (B, 1, L, L) mask for L = {length}")
-        if attention_mask.dtype == torch.bool and attention_mask.dim() == 4 and self.config._attn_implementation == "eager":
-            attention_mask = torch.zeros(attention_mask.shape, dtype=self.dtype, device=device).masked_fill(
-                ~attention_mask, torch.finfo(self.dtype).min)
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               inputs_embeds=inputs_embeds, **kwargs)
+    block_family = NAME
+    default_block_length = BLOCK_LENGTH
 
 
 MODEL_CLASS = SDARForBlockDiffusion
