@@ -1,7 +1,10 @@
 """SIGTERM and Ctrl-C end a command cleanly: one line, exit 143 / 130, the run directory's lock
 released and Ray shut down on the way out (by the `finally` / `with` blocks they pass through),
-never a traceback. `install()` turns SIGTERM into `Interrupted`; Ctrl-C is Python's
-KeyboardInterrupt, which `as_interrupted` maps the same way."""
+never a traceback. `install()` turns SIGTERM into `Terminated`, a KeyboardInterrupt — the one
+exception Ray's signal check inside `ray.get` turns into a clean interrupt (any other exception
+raised there is printed by Ray as "Exception ignored" with a traceback, and Ray re-raises a plain
+KeyboardInterrupt, so the signal that came is remembered here). `as_interrupted` maps Ctrl-C to
+exit 130 and SIGTERM to 143."""
 
 from __future__ import annotations
 
@@ -18,8 +21,18 @@ class Interrupted(BaseException):
         self.code, self.message = code, message
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is (also inside Ray's calls, which let only a
+    KeyboardInterrupt through cleanly)."""
+
+
+_terminated = False  # a SIGTERM came (Ray may hand it back as a plain KeyboardInterrupt)
+
+
 def _terminate(signum, frame) -> None:
-    raise Interrupted(143, "terminated (SIGTERM)")
+    global _terminated
+    _terminated = True
+    raise Terminated("terminated (SIGTERM)")
 
 
 def install() -> None:
@@ -30,4 +43,8 @@ def install() -> None:
 
 
 def as_interrupted(exc: BaseException) -> Interrupted:
-    return exc if isinstance(exc, Interrupted) else Interrupted(130, "interrupted (Ctrl-C)")
+    if isinstance(exc, Interrupted):
+        return exc
+    if isinstance(exc, Terminated) or _terminated:
+        return Interrupted(143, "terminated (SIGTERM)")
+    return Interrupted(130, "interrupted (Ctrl-C)")
