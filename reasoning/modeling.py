@@ -14,7 +14,7 @@ import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from reasoning.schema import ConfigError
+from reasoning.schema import ConfigError, suggest
 from rollouts.families import FAMILIES, ModelLoadError, load_pretrained, load_tokenizer, lora_exclude
 
 SPECIAL_TOKENS = ["[PAD]", "[MASK]", "[EOS]", "[UNK]"]
@@ -78,8 +78,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.family != "auto" and self.family not in FAMILIES:
-            raise ConfigError(f"config key 'model.family': unknown family {self.family!r} "
-                              f"(expected auto, {', '.join(FAMILIES)})")
+            raise ConfigError(f"config key 'model.family': expected one of auto, {', '.join(FAMILIES)}, got "
+                              f"{self.family!r}{suggest(self.family, FAMILIES) if len(str(self.family)) > 2 else ''}")
 
 
 def build_char_tokenizer() -> PreTrainedTokenizerFast:

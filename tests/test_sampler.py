@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rollouts import DecodingConfig, DiffusionPolicy, TokenIds, load_jsonl, replay, sample, save_jsonl
-from rollouts.sampler import commit_schedule, left_pad
+from rollouts.decoding import commit_schedule, left_pad
 
 POLICIES = {
     "low_confidence": dict(),

@@ -8,9 +8,7 @@ A new objective is one class, registered:
 
     @register
     class MyObjective(Objective):
-        name = "mine"
-        paper_defaults = dict(clip_eps_low=0.2, clip_eps_high=0.2, kl_coef=0.0, inner_steps=1,
-                              normalize_std=True, leave_one_out=False)
+        name = "mine"  # paper_defaults, Settings, has_kl, trains_stale: see Objective
         def unit_log_probs(self, policy, batch, prep, indices, inner): ...
 
 and `trainer.objective: mine` selects it; config validation and preflight ask the class what it
@@ -19,6 +17,7 @@ supports (`has_kl`, `trains_stale`, `trains_without_sampled_tokens`)."""
 from __future__ import annotations
 
 import contextlib
+import difflib
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -378,7 +377,9 @@ def register(cls: type[Objective]) -> type[Objective]:
 def objective_class(name: str, key: str = "trainer.objective") -> type[Objective]:
     """The registered class called `name`, or an error that names the config key and the choices."""
     if name not in OBJECTIVES:
-        raise ValueError(f"config key '{key}': unknown objective {name!r} (expected one of {', '.join(OBJECTIVES)})")
+        close = difflib.get_close_matches(str(name), list(OBJECTIVES), n=1, cutoff=0.5)
+        raise ValueError(f"config key '{key}': expected one of {', '.join(OBJECTIVES)}, got {name!r}"
+                         + (f" (did you mean '{close[0]}'?)" if close else ""))
     return OBJECTIVES[name]
 
 
