@@ -8,10 +8,11 @@ The start is make run's SFT warm start (the config's `sft` block, stopped at its
 not a step count), trained once and reused. From it, per variant and seed, one RL run of `--budget`
 seconds of training time (evaluations not counted), one at a time with the whole machine, held-out
 greedy accuracy every 100 s (the config's eval_every_s):
-  plain          the config as it is
-  hints          + rollout.hints.enabled (failed groups get reference-hinted answers)
-  dynamic        + rollout.dynamic_sampling.enabled (more prompts until the batch is informative)
-  hints+dynamic  both
+  plain          neither hints nor dynamic sampling
+  hints          rollout.hints (failed groups get reference-hinted answers), train_hints: none
+  hints-entropy  the same with train_hints: entropy (make run's setting)
+  dynamic        rollout.dynamic_sampling (more prompts until the batch is informative)
+  hints+dynamic  both (train_hints: none)
 `--set key=value ...` changes every run (e.g. a hint ratio). `--hard` also evaluates each final
 checkpoint on sudoku4 puzzles with more blanks than training saw (min_blanks 11, max_blanks 14),
 and the start on the same puzzles (a report, not a goal).
@@ -34,11 +35,14 @@ from common import sft_once
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "runs", "bench", "signal")
-VARIANTS = {
-    "plain": [],
-    "hints": ["rollout.hints.enabled=true"],
-    "dynamic": ["rollout.dynamic_sampling.enabled=true"],
-    "hints+dynamic": ["rollout.hints.enabled=true", "rollout.dynamic_sampling.enabled=true"],
+OFF = ["rollout.hints.enabled=false", "rollout.dynamic_sampling.enabled=false"]
+VARIANTS = {  # each spelled out in full: make run's config itself now has hints (with entropy) on
+    "plain": OFF,
+    "hints": [*OFF, "rollout.hints.enabled=true", "rollout.hints.train_hints=none"],
+    "hints-entropy": [*OFF, "rollout.hints.enabled=true", "rollout.hints.train_hints=entropy"],
+    "dynamic": [*OFF, "rollout.dynamic_sampling.enabled=true"],
+    "hints+dynamic": [*OFF, "rollout.hints.enabled=true", "rollout.hints.train_hints=none",
+                      "rollout.dynamic_sampling.enabled=true"],
 }
 HARD = "data.task_args={min_blanks: 11, max_blanks: 14}"
 

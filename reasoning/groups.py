@@ -2,7 +2,7 @@
 
 A group is one prompt's G answers. Group-relative advantages are all zero when the G rewards are
 equal, so such a group teaches nothing; on make run's sudoku4 82-89 % of groups are like that,
-about 40 % of prompts failing in all G samples. Two remedies, each off by default:
+about 40 % of prompts failing in all G samples. Two remedies, each off by default (make run's config turns the hints on):
 
   hints (`rollout.hints`, IGPO, arXiv 2509.10396): for a group whose every reward is at most
       `fail_reward`, sample `samples` extra answers with chunks of the task's reference answer

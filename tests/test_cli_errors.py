@@ -384,7 +384,7 @@ def interrupt_case(tmp_path, sig, ray):
     assert "resumed from" in resumed.stdout
 
 
-@pytest.mark.parametrize("how", ["sigterm", "sigint"])
+@pytest.mark.parametrize("how", ["sigterm", "sigint", "sigterm_ray", "sigint_ray"])
 def test_an_interrupted_run_says_where_to_resume_and_leaves_nothing(tmp_path, how):
     import signal as signals
 
