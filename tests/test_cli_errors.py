@@ -358,7 +358,10 @@ def interrupt_case(tmp_path, sig, ray):
     argv = [sys.executable, "-m", "reasoning.cli", "train", str(tmp_path / "rl.yaml"), *FAST, f"output_dir={tmp_path}",
             "trainer.steps=1000", "trainer.checkpoint_every=2", "rewards=[{fn: 'reward_fns:digit_fraction'}]",
             *(["ray.enabled=true", "ray.num_workers=1"] if ray else [])]
-    proc = subprocess.Popen(argv, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a shell's background job (`cmd &`) ignores SIGINT, and its children inherit that: give the run
+    # the disposition a terminal's Ctrl-C meets, whatever started this test
+    proc = subprocess.Popen(argv, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signals.signal(signals.SIGINT, signals.SIG_DFL))
     checkpoint = tmp_path / "run" / "checkpoints" / "step_000002" / "trainer_state.json"
     deadline = time.monotonic() + 180
     while not checkpoint.exists():
