@@ -30,7 +30,7 @@ import torch
 from transformers import Glm4MoeConfig, Glm4MoeForCausalLM
 
 from rollouts.families.block import BlockCausalForward
-from rollouts.families.native import ModelLoadError, checkpoint_tensors, weight_files
+from rollouts.families.native import ModelLoadError, checkpoint_tensors, rename, require, weight_files
 
 NAME = "llada2"
 SHIFT_LOGITS = False
@@ -78,10 +78,7 @@ MODEL_CLASS = LLaDA2ForBlockDiffusion
 
 def native_config(config: dict, where: str = "config.json") -> Glm4MoeConfig:
     """The Glm4MoeConfig equivalent to a LLaDA2 config.json (plus `block_length`)."""
-    for key, value in REQUIRED.items():
-        if key in config and config[key] != value:
-            raise ModelLoadError(f"{where}: '{key}' = {config[key]!r} is not supported by the native llada2 family "
-                                 f"(expected {value!r})")
+    require(config, REQUIRED, NAME, where)
     try:
         hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
         native = Glm4MoeConfig(
@@ -113,15 +110,6 @@ def native_config(config: dict, where: str = "config.json") -> Glm4MoeConfig:
     return native
 
 
-def _rename(name: str) -> str | None:
-    for upstream, native in RENAMES:
-        pattern = "^" + re.escape(upstream).replace(re.escape("{i}"), r"(\d+)") + "$"
-        match = re.match(pattern, name)
-        if match:
-            return native.replace("{i}", match.group(1)) if match.groups() else native
-    return None
-
-
 def to_native_state(upstream: dict[str, torch.Tensor], native: Glm4MoeConfig, where: str) -> dict[str, torch.Tensor]:
     """The snapshot's state dict under Glm4Moe's names: q/k/v split from the fused rows, experts stacked."""
     head_dim, heads, kv = native.head_dim, native.num_attention_heads, native.num_key_value_heads
@@ -134,7 +122,7 @@ def to_native_state(upstream: dict[str, torch.Tensor], native: Glm4MoeConfig, wh
                 out[f"model.layers.{match.group(1)}.self_attn.{part}.weight"] = value
         elif (match := EXPERT.match(name)) is not None:
             experts.setdefault((int(match.group(1)), match.group(3)), {})[int(match.group(2))] = tensor
-        elif (target := _rename(name)) is not None:
+        elif (target := rename(name, RENAMES, 0)) is not None:
             out[target] = tensor
         else:
             raise ModelLoadError(f"{where}: tensor '{name}' is not part of a llada2 model (extra tensor)")

@@ -80,6 +80,15 @@ def checkpoint_tensors(path: str) -> dict[str, tuple[str, tuple[int, ...], str]]
     return found
 
 
+def require(config: dict, required: dict, family: str, where: str) -> None:
+    """A ModelLoadError for the first config.json setting that changes the maths in a way the
+    native `family` does not implement (`required`: key -> the value every release uses)."""
+    for key, value in required.items():
+        if key in config and config[key] != value:
+            raise ModelLoadError(f"{where}: '{key}' = {config[key]!r} is not supported by the native {family} "
+                                 f"family (expected {value!r})")
+
+
 def rename(name: str, pairs: list[tuple[str, str]], source: int) -> str | None:
     """Map a tensor name with (upstream, native) template pairs; `{i}` stands for a layer index.
     source 0: upstream -> native; 1: native -> upstream. None if no pair matches."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from rollouts.families.block import BlockCausalForward
-from rollouts.families.native import ModelLoadError
+from rollouts.families.native import ModelLoadError, require
 
 NAME = "sdar"
 SHIFT_LOGITS = False
@@ -53,10 +53,7 @@ MODEL_CLASS = SDARForBlockDiffusion
 
 def native_config(config: dict, where: str = "config.json") -> Qwen3Config:
     """The Qwen3Config equivalent to an SDAR config.json (plus `block_length`)."""
-    for key, value in REQUIRED.items():
-        if key in config and config[key] != value:
-            raise ModelLoadError(f"{where}: '{key}' = {config[key]!r} is not supported by the native sdar family "
-                                 f"(expected {value!r})")
+    require(config, REQUIRED, NAME, where)
     try:
         hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
         native = Qwen3Config(
