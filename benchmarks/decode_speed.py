@@ -2,6 +2,7 @@
 
     python benchmarks/decode_speed.py [--gen 256 --block 32 --prompt 128 --batch 8]
     python benchmarks/decode_speed.py --checkpoint train|CKPT_DIR [--task addition_trace --task-gen 128 --n 128]
+    python benchmarks/decode_speed.py --family sdar [--gen 256 --prompt 128 --batch 8]
 
 For cache none | prefix | dual × commit low_confidence | threshold (steps = gen length, so
 low_confidence commits one token per step — Fast-dLLM's baseline), one batch of `--batch`
@@ -17,6 +18,12 @@ Last output line, JSON: answers_per_s.<mode>, forward_tokens.<mode> (canvas toke
 answer), forward_passes.<mode>, speedup_prefix and speedup_threshold_dual (answers/s over
 cache none + low_confidence), token_ratio_* (the same in forward tokens: machine-independent),
 accuracy_pts.<mode> (null without a checkpoint), and `task` = part 2's figures. <mode> = <cache>+<commit>.
+
+--family sdar: a random SDAR-architecture model (Qwen3 layers under block-causal attention, the
+tiny model's sizes) at block 4 and block 32: answers/s and forward tokens of the exact block cache
+(`cache: block`) vs no cache, low_confidence, steps = gen length; and the replay cost of those
+trajectories (seconds and sequence positions per trajectory, with gradients off): block-wise
+packing vs one row per state, the way a LLaDA-style model is replayed. JSON: by_block.<B>.{...}.
 """
 
 from __future__ import annotations
@@ -106,6 +113,52 @@ def measure(policy, prompts, gen: int, args, accuracy_pts=None) -> dict:
     }
 
 
+def block_family(args) -> dict:
+    """Cached vs uncached block decoding and packed vs per-state replay on a random SDAR model."""
+    from reasoning.modeling import build_char_tokenizer
+    from rollouts import replay
+    from rollouts.families import sdar
+
+    tokenizer = build_char_tokenizer()
+    digits = tokenizer.convert_tokens_to_ids(list("0123456789"))
+    generator = torch.Generator().manual_seed(1)
+    prompts = [[digits[i] for i in torch.randint(10, (args.prompt,), generator=generator).tolist()]
+               for _ in range(args.batch)]
+    out = {}
+    for block in (4, 32):
+        torch.manual_seed(0)
+        config = sdar.native_config({"vocab_size": len(tokenizer), "hidden_size": 128, "intermediate_size": 512,
+                                     "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                     "max_position_embeddings": args.prompt + args.gen + 8, "block_length": block,
+                                     "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id})
+        policy = make_policy(sdar.MODEL_CLASS(config).eval(), tokenizer)
+        row, trajectories = {}, None
+        for cache in ("none", "block"):
+            cfg = DecodingConfig(gen_length=args.gen, steps=args.gen, temperature=0.0, cache=cache)
+            sample(policy, prompts[:1], cfg, seeds=[0])
+            seconds = float("inf")
+            for _ in range(args.repeats):
+                started = time.perf_counter()
+                trajectories = sample(policy, prompts, cfg, seeds=list(range(len(prompts))))
+                seconds = min(seconds, time.perf_counter() - started)
+            row[f"answers_per_s.{cache}"] = round(len(prompts) / seconds, 3)
+            row[f"forward_tokens.{cache}"] = round(sum(t.forward_tokens for t in trajectories) / len(trajectories))
+        row["speedup_cache"] = round(row["answers_per_s.block"] / row["answers_per_s.none"], 2)
+        cfg = DecodingConfig(gen_length=args.gen, steps=args.gen, temperature=0.0)
+        for packed in (False, True):
+            started = time.perf_counter()
+            with torch.no_grad():
+                replayed = replay(policy, trajectories[:2], cfg, packed=packed, micro_batch=64)
+            name = "packed" if packed else "per_state"
+            row[f"replay_s_per_trajectory.{name}"] = round((time.perf_counter() - started) / 2, 2)
+            row[f"replay_tokens_per_trajectory.{name}"] = replayed.forward_tokens // 2
+        row["replay_speedup"] = round(row["replay_s_per_trajectory.per_state"] / row["replay_s_per_trajectory.packed"], 2)
+        row["steps_per_trajectory"] = round(sum(t.num_steps for t in trajectories) / len(trajectories), 1)
+        print(block, row, file=sys.stderr)
+        out[str(block)] = row
+    return {"by_block": out}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gen", type=int, default=256)
@@ -119,8 +172,16 @@ def main() -> None:
     parser.add_argument("--task", default="addition_trace")
     parser.add_argument("--task-gen", type=int, default=128, help="canvas length for the task (its SFT's)")
     parser.add_argument("--n", type=int, default=128, help="held-out problems per accuracy figure")
+    parser.add_argument("--family", choices=["bidirectional", "sdar"], default="bidirectional",
+                        help="sdar: the block-diffusion figures (exact cache, packed replay) instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.family == "sdar":
+        result = {**block_family(args), "setup": {"gen": args.gen, "prompt": args.prompt, "batch": args.batch,
+                                                  "repeats": args.repeats, "threads": args.threads},
+                  "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)"}
+        print(json.dumps(result))
+        return
     if args.checkpoint == "train":
         from common import sft_once
 

@@ -55,8 +55,15 @@ def save_checkpoint(run_dir: str, step: int, model: torch.nn.Module, tokenizer, 
                     zero3: bool = False, extra=None) -> str:
     """Write checkpoints/step_NNNNNN atomically; returns its path.
 
-    `extra(tmp_dir)` may add more (optimizer state, RNG) before trainer_state.json marks it complete."""
+    `extra(tmp_dir)` may add more (optimizer state, RNG) before trainer_state.json marks it complete.
+    A full disk is reported as one OSError naming the directory (`writing`)."""
     root = os.path.join(run_dir, "checkpoints")
+    with writing(root):
+        return _save_checkpoint(root, step, model, tokenizer, state, zero3, extra)
+
+
+def _save_checkpoint(root: str, step: int, model: torch.nn.Module, tokenizer, state: dict, zero3: bool,
+                     extra) -> str:
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, checkpoint_name(step))
     tmp = os.path.join(root, f".tmp-{checkpoint_name(step)}-{os.getpid()}")

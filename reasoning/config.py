@@ -132,6 +132,9 @@ class SFTConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 10
     grad_clip: float = 1.0
+    # llada: one t per answer, whole canvas; block_diffusion (sdar, llada2): a t per block, each block
+    # predicted from the clean blocks before it (SDAR / BD3-LM)
+    objective: Literal["llada", "block_diffusion"] = "llada"
     mask_eps: float = 1e-3  # t ~ U(mask_eps, 1]
     corrupt_prob: float = 0.0  # replace this fraction of visible answer tokens by random ones (for revision)
     deepspeed: str = "zero0"  # a preset in configs/deepspeed/ or a path to a JSON file

@@ -74,6 +74,7 @@ class ModelConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     shift_logits: bool | None = None  # the logit at i predicts token i+1; None = the family's own (Dream: yes)
+    block_length: int | None = None  # block-diffusion families (sdar, llada2): attention block; null = 4 / 32
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
@@ -117,19 +118,41 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
+def build_tiny_block_model(cfg: TinyModelConfig, tokenizer, block_length: int | None) -> torch.nn.Module:
+    """The tiny model's sizes as a block-diffusion model: SDAR's layers (Qwen3) under block-causal
+    attention (rollouts/families/sdar.py), tied embeddings as the tiny Llama has."""
+    from rollouts.families import sdar
+
+    config = sdar.native_config({
+        "vocab_size": len(tokenizer), "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_heads, "max_position_embeddings": cfg.max_positions,
+        "tie_word_embeddings": True, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "block_length": block_length})
+    config.mask_token_id = tokenizer.mask_token_id
+    config.dlm_family = sdar.NAME
+    return sdar.MODEL_CLASS(config)
+
+
 def load_model(cfg: ModelConfig):
     """(model, tokenizer) for a model block: the tiny default or a local directory."""
     dtype = getattr(torch, cfg.dtype)
     if cfg.path is None:
+        tokenizer = build_char_tokenizer()
+        if cfg.family == "sdar":  # the tiny sizes as a block-diffusion model
+            return build_tiny_block_model(cfg.tiny, tokenizer, cfg.block_length).to(dtype), tokenizer
         if cfg.family not in ("auto", "bidirectional"):
             raise ConfigError(f"config key 'model.path': family '{cfg.family}' needs a checkpoint directory "
-                              f"(only the tiny bidirectional default is built from a config)")
-        tokenizer = build_char_tokenizer()
+                              f"(only the tiny default is built from a config: bidirectional, or sdar)")
+        if cfg.block_length is not None:
+            raise ConfigError("config key 'model.block_length': the tiny default attends over the whole canvas "
+                              "(block-diffusion models have attention blocks: model.family sdar, or an sdar / "
+                              "llada2 checkpoint)")
         return build_tiny_model(cfg.tiny, tokenizer).to(dtype), tokenizer
     if not os.path.isfile(os.path.join(cfg.path, "config.json")):
         raise ConfigError(f"config key 'model.path': '{cfg.path}' has no config.json (not a save_pretrained directory)")
     try:
-        model = load_pretrained(cfg.path, dtype, cfg.family, cfg.trust_remote_code)
+        model = load_pretrained(cfg.path, dtype, cfg.family, cfg.trust_remote_code, cfg.block_length)
         tokenizer = load_tokenizer(cfg.path, cfg.trust_remote_code)
     except ModelLoadError as exc:
         raise ConfigError(str(exc)) from None

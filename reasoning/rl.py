@@ -34,7 +34,6 @@ repeats exactly what an uninterrupted synchronous run would have done.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import time
@@ -53,12 +52,12 @@ from reasoning.engine import build_engine, zero_stage
 from reasoning.evaluate import evaluate_and_log
 from reasoning.groups import Group, GroupCollector, StepGroups, split_groups
 from reasoning.metrics import rollout_metrics
-from reasoning.modeling import (apply_lora, count_parameters, enable_gradient_checkpointing, load_model, model_family,
-                                peft_lora_config)
+from reasoning.modeling import count_parameters, load_model, peft_lora_config
 from reasoning.objectives import RolloutBatch, build_objective
 from reasoning.preflight import check_prompt_lengths, check_rl_inputs
 from reasoning.rundir import claim_run_dir
-from reasoning.sft import seed_everything, sft_warm_start
+from reasoning.recipe import base_weights, begin, make_trainable
+from reasoning.sft import sft_warm_start
 from reasoning.update import Learner, UpdateResult, update
 from rewards import RewardRunner
 from rollouts import Trajectory, make_policy, save_jsonl
@@ -72,8 +71,7 @@ def run_rl(cfg: Config) -> dict:
     Config, model, data and rewards are all checked before anything is written; then the run
     claims its directory (reasoning/rundir.py) for its whole lifetime."""
     started = time.perf_counter()
-    torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    begin(cfg)
     task, splits, reward_cfg = check_rl_inputs(cfg)
     warm = cfg.trainer.sft_warm_start and cfg.model.path is None
     model, tokenizer = load_model(cfg.model)
@@ -110,17 +108,8 @@ def run_rl(cfg: Config) -> dict:
 def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
     tr = cfg.trainer
     write_resolved(cfg, cfg.run_dir)
-    base_dir = cfg.model.path
-    if base_dir is None:  # the tiny default: put its initial weights where the workers can read them
-        base_dir = os.path.join(cfg.run_dir, "base_model")
-        if not os.path.isdir(base_dir):
-            model.save_pretrained(base_dir)
-            tokenizer.save_pretrained(base_dir)
-        model, tokenizer = load_model(dataclasses.replace(cfg.model, path=base_dir))
-    if cfg.model.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    family = model_family(model)
-    model = apply_lora(model, cfg.model.lora, family)
+    model, tokenizer, base_dir = base_weights(cfg, model, tokenizer)  # the workers load base_dir
+    model, family = make_trainable(cfg, model)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # several processes: each trains 1/world of the prompts
     micro_batches = math.ceil(tr.prompts_per_step // world_size * cfg.rollout.group_size / tr.micro_batch_size)
     progress, budget = Progress(), Budget(tr.steps, tr.max_seconds)  # the cosine schedule reads how far it has come
@@ -142,7 +131,8 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
         run.workers = WorkerPool(
             PolicySpec(path=base_dir, lora=peft_lora_config(cfg.model.lora, family) if run.lora else None,
                        shift_logits=cfg.model.shift_logits, family=cfg.model.family,
-                       trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype),
+                       trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype,
+                       block_length=cfg.model.block_length),
             run.decoding, num_workers=cfg.ray.num_workers if cfg.ray.enabled else 1,
             use_ray=cfg.ray.enabled, address=cfg.ray.address, threads=cfg.ray.threads_per_worker,
             placement=cfg.ray.placement, connect_timeout_s=cfg.ray.connect_timeout_s)

@@ -18,26 +18,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from reasoning.checkpoint import complete_checkpoints, save_checkpoint, writing
+from reasoning.checkpoint import complete_checkpoints, save_checkpoint
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import SFTBatch, collate_sft, tokenize_sft
 from reasoning.engine import build_engine, engine_step, zero_stage
 from reasoning.evaluate import evaluate_and_log
 from reasoning.metrics import MetricsLogger
-from reasoning.modeling import apply_lora, count_parameters, enable_gradient_checkpointing, load_model, model_family
+from reasoning.modeling import count_parameters, load_model
 from reasoning.preflight import check_prompt_lengths, require_training_rows
+from reasoning.recipe import base_weights, begin, make_trainable
 from reasoning.rundir import claim_run_dir
 from reasoning.schema import ConfigError
 from reasoning.tasks import get_task
 from rollouts import DiffusionPolicy, make_policy
+from rollouts.block_packing import pack, pack_batch
 
 
 def llada_loss(policy: DiffusionPolicy, batch: SFTBatch, mask_eps: float, corrupt_prob: float,
@@ -65,10 +65,38 @@ def llada_loss(policy: DiffusionPolicy, batch: SFTBatch, mask_eps: float, corrup
     return loss
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def block_diffusion_loss(policy: DiffusionPolicy, batch: SFTBatch, mask_eps: float,
+                         generator: torch.Generator) -> torch.Tensor:
+    """SDAR / BD3-LM's rule for block-diffusion models: every answer block is noised with its own
+    t ~ U(mask_eps, 1] and predicted from the clean blocks before it. One packed sequence per
+    example (rollouts/block_packing.py) holds the clean prompt + answer and a noised copy of every
+    answer block; loss = sum over blocks of the masked positions' CE / t_block, divided by the answer
+    length, averaged over the batch (the same bound as the LLaDA loss, block by block)."""
+    width, answers = policy.attention_block, batch.answer_ids
+    size, length = answers.shape
+    packs, masks, levels, blocks = [], [], [], []
+    for row in range(size):
+        prompt = batch.prompt_ids[row][batch.prompt_mask[row].bool()].tolist()
+        offset = len(prompt) % width
+        block = (torch.arange(length) + offset) // width
+        t = mask_eps + (1 - mask_eps) * torch.rand(int(block[-1]) + 1, generator=generator)
+        masked = torch.rand(length, generator=generator) < t[block]
+        noisy = answers[row].masked_fill(masked, policy.ids.mask).numpy()
+        packs.append(pack(prompt, answers[row].numpy(), [(b, noisy) for b in range(len(t))], width, offset))
+        masks.append(masked)
+        levels.append(t[block])
+        blocks.append(block)
+    ids, allowed, positions = pack_batch(packs, width, policy.ids.pad)
+    device = next(policy.model.parameters()).device
+    logits = policy.model(input_ids=ids.to(device), attention_mask=allowed.to(device),
+                          position_ids=positions.to(device)).logits
+    loss = logits.new_zeros((), dtype=torch.float32)
+    for row, packed in enumerate(packs):
+        # answer position a of block b sits in copy b (copy k is block k), after this row's left padding
+        where = ids.shape[1] - len(packed.ids) + torch.as_tensor(packed.answer_start)[blocks[row]] + torch.arange(length)
+        ce = F.cross_entropy(logits[row, where.to(device)].float(), answers[row].to(device), reduction="none")
+        loss = loss + (ce * masks[row].to(device) / levels[row].to(device)).sum() / length
+    return loss / size
 
 
 def run_sft(cfg: Config) -> dict:
@@ -76,14 +104,18 @@ def run_sft(cfg: Config) -> dict:
 
     Config, model and data are checked before anything is written; then the run claims its
     directory (reasoning/rundir.py) for its lifetime."""
-    torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    begin(cfg)
     sft = cfg.sft
     micro = sft.micro_batch_size or sft.batch_size
     if sft.batch_size % micro:
         raise ConfigError(f"config key 'sft.micro_batch_size': {micro} must divide sft.batch_size={sft.batch_size}")
     require_training_rows(cfg)
     model, tokenizer = load_model(cfg.model)
+    if sft.objective == "block_diffusion" and not hasattr(model, "attention_block_length"):
+        raise ConfigError("config key 'sft.objective': block_diffusion trains a block-diffusion model (model.family "
+                          "sdar, or an sdar / llada2 checkpoint); this model attends over the whole canvas (use llada)")
+    if sft.objective == "block_diffusion" and sft.corrupt_prob > 0:
+        raise ConfigError("config key 'sft.corrupt_prob': only the llada objective corrupts visible tokens")
     task = get_task(cfg.data.task)
     splits = task.build(cfg.data)
     check_prompt_lengths(cfg, tokenizer, model, splits)  # as `dlmrl train` does: prompt + gen_length fit the context
@@ -100,14 +132,8 @@ def _sft(cfg: Config, model, tokenizer, task, splits, train, micro: int) -> dict
     sft = cfg.sft
     run_dir = cfg.run_dir
     write_resolved(cfg, run_dir)
-    base_model_dir = cfg.model.path
-    if cfg.model.lora.enabled and base_model_dir is None:  # a LoRA checkpoint needs its base on disk
-        base_model_dir = os.path.join(run_dir, "base_model")
-        model.save_pretrained(base_model_dir)
-        tokenizer.save_pretrained(base_model_dir)
-    if cfg.model.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    model = apply_lora(model, cfg.model.lora, model_family(model))
+    model, tokenizer, base_model_dir = base_weights(cfg, model, tokenizer)
+    model, _ = make_trainable(cfg, model)
 
     engine, optimizer = build_engine(
         model, deepspeed_config_path(sft.deepspeed, "sft.deepspeed"), lr=sft.lr, weight_decay=sft.weight_decay,
@@ -126,9 +152,8 @@ def _sft(cfg: Config, model, tokenizer, task, splits, train, micro: int) -> dict
         return evaluate_and_log(policy, tokenizer, task, cfg, logger, step, n, splits["test"])
 
     def checkpoint(step: int, metrics: dict) -> str:
-        with writing(os.path.join(run_dir, "checkpoints")):
-            return save_checkpoint(run_dir, step, raw_model, tokenizer,
-                                   {"base_model": base_model_dir, "metrics": metrics, "task": task.name}, zero3=zero3)
+        return save_checkpoint(run_dir, step, raw_model, tokenizer,
+                               {"base_model": base_model_dir, "metrics": metrics, "task": task.name}, zero3=zero3)
 
     # --- training loop ------------------------------------------------------------------
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -145,7 +170,10 @@ def _sft(cfg: Config, model, tokenizer, task, splits, train, micro: int) -> dict
                 order, cursor = torch.randperm(len(train), generator=generator).tolist(), 0
             batch = collate_sft(train[order[cursor: cursor + micro]], tokenizer.pad_token_id)
             cursor += micro
-            loss = llada_loss(policy, batch, sft.mask_eps, sft.corrupt_prob, len(tokenizer), generator)
+            if sft.objective == "block_diffusion":
+                loss = block_diffusion_loss(policy, batch, sft.mask_eps, generator)
+            else:
+                loss = llada_loss(policy, batch, sft.mask_eps, sft.corrupt_prob, len(tokenizer), generator)
             engine.backward(loss)
             grad_norm = engine_step(engine)
             step_loss += loss.item() * micro / sft.batch_size

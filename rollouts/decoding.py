@@ -10,6 +10,7 @@ replayed ones are computed the same way by construction.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -22,7 +23,8 @@ from rollouts.selection import CONFIDENCES, confidence, truncate
 CommitRule = Literal["low_confidence", "random", "threshold"]
 ConfidenceMeasure = Literal["auto", "chosen_prob", "max_prob", "margin", "entropy"]
 RemaskRule = Literal["none", "running_confidence"]
-CacheMode = Literal["none", "prefix", "dual"]
+CacheMode = Literal["none", "prefix", "dual", "block"]
+EXACT_CACHES = ("none", "block")  # the sampler's log-probs are the policy's own (no off-policy correction)
 
 
 @dataclass
@@ -46,7 +48,8 @@ class DecodingConfig:
     remask_budget: int = 8  # at most this many re-masks per answer (bounds the revision loop)
     latent_steps: int = 0  # K latent-thinking passes per denoising step
     latent_mix: float = 0.5  # weight of the belief embedding vs the [MASK] embedding
-    # approximate block KV cache (rollouts/kv_cache.py): none (exact) | prefix | dual (needs blocks)
+    # KV cache (rollouts/kv_cache.py): none | prefix, dual (approximate, Fast-dLLM) | block (exact, for
+    # block-diffusion models: finished attention blocks cached)
     cache: CacheMode = "none"
 
     def __post_init__(self) -> None:
@@ -128,6 +131,28 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
+
+
+def block_decoding(policy: DiffusionPolicy, cfg: DecodingConfig) -> DecodingConfig:
+    """The decoding config for this policy. A block-diffusion model decodes one attention block at a
+    time: `block_length` null means the model's own, any other length must equal it, and the
+    Fast-dLLM caches (which approximate a bidirectional model) give way to the exact `cache: block`."""
+    attention = policy.attention_block
+    if attention is None:
+        if cfg.cache == "block":
+            raise ValueError("decoding setting 'cache': block is the exact cache of block-diffusion models (sdar, "
+                             "llada2); this model attends over the whole canvas (use none, prefix or dual)")
+        return cfg
+    if cfg.block_length is None:
+        return dataclasses.replace(cfg, block_length=attention)
+    if cfg.block != attention:
+        raise ValueError(f"decoding setting 'block_length' ({cfg.block}) must equal the model's attention block "
+                         f"length ({attention}; model.block_length): a block-diffusion model decodes one attention "
+                         f"block at a time")
+    if cfg.cache in ("prefix", "dual"):
+        raise ValueError(f"decoding setting 'cache': {cfg.cache} approximates a bidirectional model's cache; a "
+                         f"block-diffusion model caches its finished blocks exactly with cache: block")
+    return cfg
 
 
 def resolve_confidence(policy: DiffusionPolicy, cfg: DecodingConfig) -> str:

@@ -73,9 +73,14 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a DeepSpeed engine and / or a peft wrapper."""
+    model = getattr(model, "module", model)  # a DeepSpeed engine
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _forward_parameters(model: torch.nn.Module) -> set[str]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return set(inspect.signature(base.forward).parameters)
+    return set(inspect.signature(base_model(model).forward).parameters)
 
 
 class DiffusionPolicy:
@@ -98,6 +103,13 @@ class DiffusionPolicy:
     def supports_kv_cache(self) -> bool:
         """Whether the sampler's block caches (rollouts/kv_cache.py) can drive this model."""
         return self._cache_argument is not None and self._takes_positions
+
+    @property
+    def attention_block(self) -> int | None:
+        """Block-diffusion models (rollouts/families/block.py): the length of their attention blocks,
+        causal across blocks and bidirectional within one. None: attention over the whole canvas."""
+        base = base_model(self.model)
+        return base.attention_block_length() if hasattr(base, "attention_block_length") else None
 
     @property
     def context_length(self) -> int | None:

@@ -12,6 +12,12 @@ position committed inside the window masked (so no scored position is ever visib
 the canvas it is scored from, also when it was committed, re-masked and committed again
 within the window). s times fewer forwards, but no longer the exact path probability.
 Only s = 1 reproduces the behaviour log-probs exactly (docs/architecture.md, invariant 1).
+
+Block-diffusion models (SDAR, LLaDA2: attention causal across blocks) are replayed by block-wise
+packing (rollouts/block_packing.py), as TraceRL does: the steps of block b only change block b, and
+everything before it is final by then, so one sequence per trajectory — the prompt and final answer,
+then one copy of the current block per step — scores every step in one forward, with the same
+numbers as one forward per state.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rollouts.block_packing import Pack, pack, pack_batch
 from rollouts.policy import DiffusionPolicy
-from rollouts.decoding import DecodingConfig, left_pad, resolve_confidence, step_distribution
+from rollouts.decoding import (DecodingConfig, distribution_from_logits, left_pad, resolve_confidence,
+                               step_distribution)
 from rollouts.selection import plackett_luce_terms
 from rollouts.trajectory import Trajectory
 
@@ -37,6 +45,7 @@ class Replayed:
     token_entropy: list[torch.Tensor] | None = None  # [i]: entropy (nats, detached) at each commit
     # [i]: each commit's Plackett–Luce factor (0 if the selection is deterministic), as in Trajectory
     event_selection_logp: list[torch.Tensor] | None = None
+    forward_tokens: int = 0  # sequence positions the forwards computed (padding included): the cost
 
     def step_logp(self, trajectories: list[Trajectory]) -> list[torch.Tensor]:
         """Per trajectory, per step: log-prob of the whole step (its tokens + its selection)."""
@@ -57,14 +66,17 @@ class _Item:
 
 
 def replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: DecodingConfig,
-           merge_steps: int = 1, micro_batch: int = 256) -> Replayed:
-    """Log-probs of every committed token (and stochastic selection) under the policy's current weights."""
+           merge_steps: int = 1, micro_batch: int = 256, packed: bool = True) -> Replayed:
+    """Log-probs of every committed token (and stochastic selection) under the policy's current weights.
+    `packed`: a block-diffusion model's trajectories in one forward each (False: one row per state)."""
     if merge_steps < 1:
         raise ValueError(f"merge_steps must be >= 1, got {merge_steps}")
     device = policy.device
     measure = resolve_confidence(policy, cfg)
     if cfg.stochastic_selection and measure == "chosen_prob":
         raise ValueError("replay: a stochastic selection over chosen_prob cannot be replayed")
+    if packed and policy.attention_block and merge_steps == 1 and cfg.latent_steps == 0:
+        return _packed_replay(policy, trajectories, cfg, measure, micro_batch)
     states = [traj.states() for traj in trajectories]
     bounds = [traj.step_bounds() for traj in trajectories]
     items = [_Item(i, t, range(t, min(t + merge_steps, traj.num_steps)))
@@ -73,7 +85,7 @@ def replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: Decodin
     entropy_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
     event_selection_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
     selection_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
-    forwards = 0
+    forwards = tokens_fed = 0
     for lo in range(0, len(items), micro_batch):
         chunk = items[lo:lo + micro_batch]
         prompt_ids, prompt_mask = left_pad([trajectories[it.trajectory].prompt_ids for it in chunk], policy.ids.pad)
@@ -82,6 +94,7 @@ def replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: Decodin
         step = step_distribution(policy, prompt_ids.to(device), prompt_mask.to(device), answer.to(device), cfg, measure)
         logp = step.logp
         forwards += 1
+        tokens_fed += prompt_ids.numel() + answer.numel()
         scores = step.selection_scores(step.confidence()) if cfg.stochastic_selection else None
         for row, item in enumerate(chunk):
             traj = trajectories[item.trajectory]
@@ -106,7 +119,7 @@ def replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: Decodin
 
     return Replayed(token_logp=[cat(p) for p in token_parts], selection_logp=[cat(p) for p in selection_parts],
                     forward_passes=forwards, token_entropy=[cat(p) for p in entropy_parts],
-                    event_selection_logp=[cat(p) for p in event_selection_parts])
+                    event_selection_logp=[cat(p) for p in event_selection_parts], forward_tokens=tokens_fed)
 
 
 def _scoring_canvas(traj: Trajectory, states: np.ndarray, bounds: np.ndarray, steps: range) -> np.ndarray:
@@ -131,8 +144,8 @@ def _selection_logp(traj: Trajectory, states: np.ndarray, bounds: np.ndarray, st
     for t in steps:
         events = slice(bounds[t], bounds[t + 1])
         picked = traj.event_position[events][traj.event_token[events] != traj.mask_id]
-        block = picked[0] // traj.block_length if len(picked) else 0
-        in_block = np.arange(traj.gen_length) // traj.block_length == block
+        block = traj.block_of(picked[0]) if len(picked) else 0
+        in_block = traj.block_of(np.arange(traj.gen_length)) == block
         candidate = (states[t] == traj.mask_id) & in_block
         candidates.append(candidate)
         orders.append(picked)
@@ -149,3 +162,61 @@ def _selection_logp(traj: Trajectory, states: np.ndarray, bounds: np.ndarray, st
     )
     per_event = torch.cat([terms[i, :n] for i, n in enumerate(counts)])
     return terms.sum(1), per_event
+
+
+# --- block-diffusion models: every step of a trajectory in one packed forward ---------------------------
+
+def _pack_trajectory(traj: Trajectory, width: int) -> Pack:
+    """The clean canvas (prompt + final answer), then one copy of the current block per step."""
+    states, bounds = traj.states(), traj.step_bounds()
+    copies = [(int(traj.block_of(traj.event_position[bounds[t]])), states[t]) for t in range(traj.num_steps)]
+    return pack(traj.prompt_ids, traj.final_tokens, copies, width, traj.block_offset)
+
+
+def _packed_replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: DecodingConfig, measure: str,
+                   micro_batch: int) -> Replayed:
+    """Replay for block-diffusion models: one forward per `micro_batch` states' worth of trajectories."""
+    if policy.shift_logits:
+        raise ValueError("replay: block-wise packing assumes a model whose position i predicts token i")
+    device, width = policy.device, policy.attention_block
+    chunks: list[list[int]] = [[]]
+    for i, traj in enumerate(trajectories):  # at least one trajectory per forward
+        if chunks[-1] and sum(trajectories[j].num_steps for j in chunks[-1]) + traj.num_steps > micro_batch:
+            chunks.append([])
+        chunks[-1].append(i)
+    out = Replayed([None] * len(trajectories), [None] * len(trajectories), 0, [None] * len(trajectories),
+                   [None] * len(trajectories))
+    for chunk in chunks:
+        packs = [_pack_trajectory(trajectories[i], width) for i in chunk]
+        ids, allowed, positions = pack_batch(packs, width, policy.ids.pad)
+        logits = policy.model(input_ids=ids.to(device), attention_mask=allowed.to(device),
+                              position_ids=positions.to(device)).logits
+        out.forward_passes += 1
+        out.forward_tokens += ids.numel()
+        for row, (i, packed) in enumerate(zip(chunk, packs)):
+            traj = trajectories[i]
+            shift = ids.shape[1] - len(packed.ids)  # left padding of this row
+            commit = traj.commits
+            steps = traj.event_step[commit]
+            where = torch.as_tensor(shift + packed.answer_start[steps] + traj.event_position[commit], device=device)
+            step = distribution_from_logits(policy, logits[row, where], cfg, measure)
+            tokens = torch.as_tensor(traj.event_token[commit], device=device)
+            out.token_logp[i] = step.logp.gather(-1, tokens[:, None]).squeeze(-1)
+            at = step.logp.detach()
+            out.token_entropy[i] = -(at.exp() * at).sum(-1)
+            if not cfg.stochastic_selection:
+                out.selection_logp[i] = step.logp.new_zeros(traj.num_steps)
+                out.event_selection_logp[i] = step.logp.new_zeros(len(steps))
+                continue
+            states, bounds = traj.states(), traj.step_bounds()
+            per_step, per_event = [], []
+            answer = torch.arange(traj.gen_length)
+            for t in range(traj.num_steps):  # the step's scores at every answer position (only its block's count)
+                rows = (shift + packed.answer_start[t] + answer).clamp(0, ids.shape[1] - 1).to(device)
+                full = distribution_from_logits(policy, logits[row, rows], cfg, measure)
+                scores = full.selection_scores(full.confidence())
+                a, b = _selection_logp(traj, states, bounds, range(t, t + 1), scores, device)
+                per_step.append(a)
+                per_event.append(b)
+            out.selection_logp[i], out.event_selection_logp[i] = torch.cat(per_step), torch.cat(per_event)
+    return out

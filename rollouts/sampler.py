@@ -28,9 +28,9 @@ import math
 import numpy as np
 import torch
 
-from rollouts.decoding import (DecodingConfig, StepDistribution, distribution_from_logits, left_pad,
+from rollouts.decoding import (DecodingConfig, StepDistribution, block_decoding, distribution_from_logits, left_pad,
                                resolve_confidence, step_distribution)
-from rollouts.kv_cache import BlockCache
+from rollouts.kv_cache import make_cache
 from rollouts.policy import DiffusionPolicy
 from rollouts.seeding import derive_seed
 from rollouts.selection import gumbel_like, plackett_luce_terms
@@ -77,6 +77,7 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
     check_prompts(policy, prompts, cfg)
+    cfg = block_decoding(policy, cfg)
     measure = resolve_confidence(policy, cfg)
     ids, device, n, length, width = policy.ids, policy.device, len(prompts), cfg.gen_length, cfg.block
     prompt_ids, prompt_mask = (t.to(device) for t in left_pad(prompts, ids.pad))
@@ -84,6 +85,9 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
     is_pinned = pin_tokens(answer, pinned, ids.mask)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     block_budget = torch.tensor(cfg.block_steps(), device=device)
+    # block-diffusion models: the answer's first block completes the prompt's last partial one
+    offset = prompt_mask.sum(1) % width if policy.attention_block else torch.zeros(n, dtype=torch.long, device=device)
+    num_blocks = (length + offset + width - 1) // width
     block = torch.zeros(n, dtype=torch.long, device=device)
     steps_in_block = torch.zeros(n, dtype=torch.long, device=device)
     remask_left = torch.full((n,), cfg.remask_budget, dtype=torch.long, device=device)
@@ -92,12 +96,15 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
     offsets = torch.arange(width, device=device)
     stop = torch.tensor(ids.stop, device=device)  # EOS and end-of-turn: an answer holding one is done
 
-    cache = BlockCache(policy, cfg.cache, prompt_ids, prompt_mask, width) if cfg.cache != "none" else None
+    cache = make_cache(policy, cfg.cache, prompt_ids, prompt_mask, width, offset)
     fed = torch.zeros(n, dtype=torch.long, device=device)  # canvas tokens computed per row
 
     while not done.all():
         rows = (~done).nonzero().squeeze(1)
-        positions = block[rows, None] * width + offsets  # (R, W) answer positions of the current block
+        start = block[rows] * width - offset[rows]  # answer position of the current block's first slot
+        raw = start[:, None] + offsets  # (R, W); outside [0, length): the prompt's tail, or past the canvas
+        valid = (raw >= 0) & (raw < length)
+        positions = raw.clamp(0, length - 1)  # invalid slots read a valid slot of the same block
         if cache is None:
             step = step_distribution(policy, prompt_ids[rows], prompt_mask[rows], answer[rows], cfg,
                                      measure).at(positions)  # (R, W, V)
@@ -106,21 +113,22 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
             step = _cached_block_distribution(policy, cache, rows, answer, block, steps_in_block, cfg, measure, fed)
         logp = step.logp
         current = answer[rows].gather(1, positions)
-        masked = current == ids.mask
+        masked = (current == ids.mask) & valid
         row_generators = [generators[r] for r in rows.tolist()]
 
         # 1. revision: committed tokens the model no longer believes go back to [MASK]
         remasked = torch.zeros_like(masked)
         if cfg.remask == "running_confidence":
             belief = logp.gather(-1, current.unsqueeze(-1)).squeeze(-1).exp()
-            doubtful = ~masked & ~is_pinned[rows].gather(1, positions) & (belief < cfg.remask_threshold)
+            doubtful = valid & ~masked & ~is_pinned[rows].gather(1, positions) & (belief < cfg.remask_threshold)
             rank = belief.masked_fill(~doubtful, math.inf).argsort(1).argsort(1)  # 0 = least believed
             remasked = doubtful & (rank < remask_left[rows, None])
             remask_left[rows] -= remasked.sum(1)
 
         # 2. how many to commit
         candidates = masked  # [MASK] positions of the block (pins are never masked, re-masks wait a step)
-        steps_left = (block_budget[block[rows]] - steps_in_block[rows]).clamp(min=1)
+        budget = block_budget[block[rows].clamp(max=len(block_budget) - 1)]  # an offset answer has one block more
+        steps_left = (budget - steps_in_block[rows]).clamp(min=1)
         remaining = candidates.sum(1) + remasked.sum(1)
         count = torch.minimum(torch.ceil(remaining / steps_left).long(), candidates.sum(1))
 
@@ -144,6 +152,7 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
         chosen = torch.zeros_like(masked).scatter_(1, order, torch.arange(order.shape[1], device=device)
                                                    .unsqueeze(0) < count.unsqueeze(1))
         updated = torch.where(chosen, tokens, current.masked_fill(remasked, ids.mask))
+        updated = updated.gather(1, positions - start[:, None])  # invalid slots repeat the valid slot they read
         answer[rows] = answer[rows].scatter(1, positions, updated)
         _record(log, rows, positions, remasked, order, count, tokens, token_logp, event_selection_logp, ids.mask)
 
@@ -153,35 +162,22 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
         finished = rows[block_done]
         block[finished] += 1
         steps_in_block[finished] = 0
-        decoded = torch.arange(length, device=device) < (block[finished, None] * width)
+        decoded = torch.arange(length, device=device) < (block[finished, None] * width - offset[finished, None])
         has_eos = (torch.isin(answer[finished], stop) & decoded).any(1)
-        done[finished] = has_eos | (block[finished] >= cfg.num_blocks)
+        done[finished] = has_eos | (block[finished] >= num_blocks[finished])
 
     final = answer.masked_fill(answer == ids.mask, ids.eos).cpu().numpy()  # undecoded blocks after [EOS]
-    return [log[r].trajectory(prompts[r], cfg, ids.mask, final[r], is_pinned[r].cpu(), seeds[r], int(fed[r]))
-            for r in range(n)]
+    return [log[r].trajectory(prompts[r], cfg, ids.mask, final[r], is_pinned[r].cpu(), seeds[r], int(fed[r]),
+                              int(offset[r])) for r in range(n)]
 
 
-def _cached_block_distribution(policy: DiffusionPolicy, cache: BlockCache, rows: torch.Tensor, answer: torch.Tensor,
+def _cached_block_distribution(policy: DiffusionPolicy, cache, rows: torch.Tensor, answer: torch.Tensor,
                                block: torch.Tensor, steps_in_block: torch.Tensor, cfg: DecodingConfig, measure: str,
                                fed: torch.Tensor) -> StepDistribution:
-    """The step distribution (R, W, V) of the rows' current blocks through the block cache: rows are
-    grouped by block and by whether this is the block's first step (a full forward that refreshes
-    the cache)."""
-    out = None
-    for b in block[rows].unique().tolist():
-        for fresh in (True, False):
-            pick = ((block[rows] == b) & ((steps_in_block[rows] == 0) == fresh)).nonzero().squeeze(1)
-            if len(pick) == 0:
-                continue
-            group = rows[pick]
-            logits, tokens = cache.block_logits(group, answer[group], b, fresh)
-            logp = distribution_from_logits(policy, logits, cfg, measure).logp
-            if out is None:
-                out = logp.new_empty((len(rows), *logp.shape[1:]))
-            out[pick] = logp
-            fed[group] += tokens
-    return StepDistribution(out, cfg, measure)
+    """The step distribution (R, W, V) of the rows' current blocks through the KV cache."""
+    logits, tokens = cache.logits(rows, answer, block, steps_in_block)
+    fed[rows] += tokens
+    return distribution_from_logits(policy, logits, cfg, measure)
 
 
 class _EventLog:
@@ -202,7 +198,7 @@ class _EventLog:
         self.selection.append(float(np.nansum(event_selection_logp)))
 
     def trajectory(self, prompt: list[int], cfg: DecodingConfig, mask_id: int, final: np.ndarray,
-                   pinned: torch.Tensor, seed: int, forward_tokens: int = 0) -> Trajectory:
+                   pinned: torch.Tensor, seed: int, forward_tokens: int = 0, block_offset: int = 0) -> Trajectory:
         def cat(parts, dtype):
             return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
@@ -214,6 +210,7 @@ class _EventLog:
             event_selection_logp=cat(self.event_selection_logp, np.float32), selection_logp=np.asarray(self.selection, np.float32), final_tokens=final.astype(np.int64),
             forward_passes=len(self.selection) * (1 + cfg.latent_steps), pinned_position=where.astype(np.int32),
             pinned_token=final[where].astype(np.int64), seed=seed, cache=cfg.cache, forward_tokens=forward_tokens,
+            block_offset=block_offset,
         )
 
 

@@ -38,9 +38,21 @@ class Trajectory:
     policy_version: int = 0
     prompt_index: int = 0  # which prompt of the request (for grouping)
     sample_index: int = 0  # which of the G samples of that prompt
-    cache: str = "none"  # the sampler's KV cache: none = event_logp is the exact policy; else approximate
+    cache: str = "none"  # the sampler's KV cache: none / block = event_logp is the exact policy; else approximate
     forward_tokens: int = 0  # canvas tokens the sampler's forwards computed (the cost a cache cuts)
     hinted: bool = False  # its pinned tokens are hints from a reference answer (rollout.hints, IGPO)
+    # block-diffusion models: prompt tokens in the answer's first attention block (the prompt's last
+    # partial block), so answer position p is in block (p + block_offset) // block_length
+    block_offset: int = 0
+
+    @property
+    def exact_behaviour(self) -> bool:
+        """event_logp is the policy's own log-prob (no approximate KV cache was used)."""
+        return self.cache in ("none", "block")
+
+    def block_of(self, positions: np.ndarray) -> np.ndarray:
+        """The decoding block of answer positions."""
+        return (np.asarray(positions) + self.block_offset) // self.block_length
 
     def __post_init__(self) -> None:
         if self.event_selection_logp is None:  # written before per-commit factors were recorded

@@ -42,9 +42,11 @@ class PolicySpec:
     family: str = "auto"  # see rollouts.families
     trust_remote_code: bool = False
     dtype: str = "float32"
+    block_length: int | None = None  # block-diffusion families: attention block length (None = the family's)
 
     def build(self) -> DiffusionPolicy:
-        model = load_pretrained(self.path, getattr(torch, self.dtype), self.family, self.trust_remote_code)
+        model = load_pretrained(self.path, getattr(torch, self.dtype), self.family, self.trust_remote_code,
+                                self.block_length)
         if self.lora is not None:
             from peft import get_peft_model
 

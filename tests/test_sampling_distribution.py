@@ -43,14 +43,14 @@ def model():
 
 # --- the documented rule, computed here from raw logits ---------------------------------------------
 
-def raw_distribution(model, canvas, cfg) -> np.ndarray:
+def raw_distribution(model, canvas, cfg, prompt=PROMPT) -> np.ndarray:
     """(L, V) sampling distribution at every answer position: softmax(logits / T) without [MASK]
     (T = 1 when decoding greedily), after `latent_steps` latent passes as documented."""
-    ids = torch.tensor([PROMPT + list(canvas)])
+    ids = torch.tensor([prompt + list(canvas)])
     positions = torch.arange(ids.shape[1]).unsqueeze(0)
 
     def dist(logits, truncated=False):
-        z = logits[0, len(PROMPT):].double()
+        z = logits[0, len(prompt):].double()
         z[:, MASK] = -math.inf
         p = torch.softmax(z / (cfg.temperature or 1.0), -1)
         if not truncated:
@@ -75,7 +75,7 @@ def raw_distribution(model, canvas, cfg) -> np.ndarray:
             embeds = table[ids[0]].clone()
             answer_masked = torch.tensor(list(canvas)) == MASK
             mixed = (1 - cfg.latent_mix) * table[MASK] + cfg.latent_mix * (p @ table)
-            embeds[len(PROMPT):][answer_masked] = mixed[answer_masked]
+            embeds[len(prompt):][answer_masked] = mixed[answer_masked]
             p = dist(model(inputs_embeds=embeds.float().unsqueeze(0), position_ids=positions).logits)
         if cfg.top_k or cfg.top_p < 1:
             p = dist(model(input_ids=ids, position_ids=positions).logits if not cfg.latent_steps else None, True)
@@ -93,18 +93,19 @@ def confidences(p: np.ndarray, measure: str) -> np.ndarray:
     raise ValueError(measure)
 
 
-def path_probability(model, key, cfg) -> float:
-    """P(path) by the documented rule; `key` = per step (re-masked positions, ((position, token), ...))."""
+def path_probability(model, key, cfg, offset: int = 0, prompt=PROMPT) -> float:
+    """P(path) by the documented rule; `key` = per step (re-masked positions, ((position, token), ...)).
+    `offset`: a block-diffusion model's answer starts `offset` slots into the prompt's last block."""
     length, width = cfg.gen_length, cfg.block
-    blocks = length // width
-    base, extra = divmod(cfg.total_steps, blocks)
-    budgets = [base + (1 if b < extra else 0) for b in range(blocks)]
+    blocks = math.ceil((length + offset) / width)
+    base, extra = divmod(cfg.total_steps, length // width)
+    budgets = [base + (1 if b < extra else 0) for b in range(length // width)]
     canvas, block, in_block, remask_left, prob = [MASK] * length, 0, 0, cfg.remask_budget, 1.0
     for step, (remasked, commits) in enumerate(key):
         if block >= blocks:
             return 0.0  # decoding should have stopped
-        p = raw_distribution(model, canvas, cfg)
-        span = range(block * width, (block + 1) * width)
+        p = raw_distribution(model, canvas, cfg, prompt)
+        span = range(max(block * width - offset, 0), min((block + 1) * width - offset, length))
         # 1. revision: committed tokens whose probability fell below the bound, lowest first, within budget
         expected = []
         if cfg.remask == "running_confidence":
@@ -118,7 +119,7 @@ def path_probability(model, key, cfg) -> float:
         for i in remasked:
             canvas[i] = MASK
         # 2. how many: LLaDA's even split of what is left over the steps left in the block
-        steps_left = max(budgets[block] - in_block, 1)
+        steps_left = max(budgets[min(block, len(budgets) - 1)] - in_block, 1)  # an offset answer: one block more
         count = min(math.ceil((len(masked) + len(remasked)) / steps_left), len(masked))
         picked = [position for position, _ in commits]
         tokens = {position: token for position, token in commits}
@@ -149,7 +150,7 @@ def path_probability(model, key, cfg) -> float:
         in_block += 1
         if MASK not in [canvas[i] for i in span]:
             block, in_block = block + 1, 0
-            if EOS in canvas[:block * width]:
+            if EOS in canvas[:block * width - offset]:
                 block = blocks  # an answer holding EOS in its decoded blocks is done
     return prob if block >= blocks else 0.0
 
@@ -238,3 +239,47 @@ def test_sampler_draws_the_documented_distribution(model, name):
         for key, tokens, selection in zip(keys, replayed.token_logp, replayed.selection_logp):
             exact = float(torch.exp(tokens.detach().sum() + selection.detach().sum()))
             assert exact == pytest.approx(expected[key], rel=1e-4), key
+
+
+# --- a block-diffusion model (SDAR's attention): blocks causal to each other, the prompt's last
+# partial block shared with the answer's first slot (3 prompt tokens, blocks of 2 -> offset 1) ------
+
+@pytest.fixture(scope="module")
+def block_model():
+    from rollouts.families import sdar
+
+    torch.manual_seed(5)
+    config = sdar.native_config({"vocab_size": VOCAB, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                 "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,
+                                 "max_position_embeddings": 16, "pad_token_id": EOS, "eos_token_id": EOS,
+                                 "block_length": 2})
+    net = sdar.MODEL_CLASS(config).eval()
+    with torch.no_grad():
+        net.lm_head.weight.mul_(12)
+    return net
+
+
+@pytest.mark.parametrize("cache", ["none", "block"])
+def test_block_diffusion_sampler_draws_the_documented_distribution(block_model, cache):
+    prompt = [3, 4, 5]
+    cfg = DecodingConfig(gen_length=4, block_length=2, steps=4, temperature=1.0, confidence="max_prob", cache=cache)
+    policy = DiffusionPolicy(block_model, TokenIds(mask=MASK, pad=EOS, eos=EOS))
+    assert policy.attention_block == 2
+    n = N // 2
+    trajectories = sample(policy, [prompt] * n, cfg, seeds=list(range(n)))
+    assert {t.block_offset for t in trajectories} == {1}
+    counts = Counter(path_key(t) for t in trajectories)
+    expected = {key: path_probability(block_model, key, cfg, offset=1, prompt=prompt) for key in counts}
+    assert all(p > 0 for p in expected.values()), "the sampler took a path the rule gives probability 0"
+    frequent = {k: c for k, c in counts.items() if n * expected[k] >= 5}
+    observed = [*frequent.values(), n - sum(frequent.values())]
+    predicted = [n * expected[k] for k in frequent] + [n * (1 - sum(expected[k] for k in frequent))]
+    assert len(observed) > 5 and chisquare(observed, predicted).pvalue > 1e-3
+    assert any(len(k[0][1]) == 1 and k[0][1][0][0] == 0 for k in counts)  # the first block holds one slot
+    keys = sorted(counts, key=counts.get, reverse=True)[:100]
+    example = {}
+    for t in trajectories:
+        example.setdefault(path_key(t), t)
+    replayed = replay(policy, [example[k] for k in keys], cfg)
+    for key, tokens, selection in zip(keys, replayed.token_logp, replayed.selection_logp):
+        assert float(torch.exp(tokens.detach().sum() + selection.detach().sum())) == pytest.approx(expected[key], rel=1e-4), key

@@ -64,7 +64,7 @@ class TrajectoryObjective(Objective):
         """Stale samples, and samples drawn through an approximate KV cache (decoding.cache): their
         recorded log-probs are the cached forwards', while the replay attends to the full canvas."""
         stale = set(batch.stale())
-        return [i for i, t in enumerate(batch.trajectories) if i in stale or t.cache != "none"]
+        return [i for i, t in enumerate(batch.trajectories) if i in stale or not t.exact_behaviour]
 
     def recorded_log_probs(self, batch, hints: HintTokens):
         """Per sample: its commits' behaviour log-probs, then (train_hints: entropy) its trained hint

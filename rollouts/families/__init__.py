@@ -83,8 +83,9 @@ def detect(config: dict, path: str = "") -> str:
 
 
 def load_pretrained(path: str, dtype: torch.dtype = torch.float32, family: str = "auto",
-                    trust_remote_code: bool = False) -> torch.nn.Module:
-    """A model directory loaded as a DLM of `family` (default: detected from config.json)."""
+                    trust_remote_code: bool = False, block_length: int | None = None) -> torch.nn.Module:
+    """A model directory loaded as a DLM of `family` (default: detected from config.json).
+    `block_length`: a block-diffusion model's attention block length (None: the family's own)."""
     if family != "auto" and family not in FAMILIES:
         raise ModelLoadError(f"config key 'model.family': unknown family '{family}' "
                              f"(expected auto, {', '.join(FAMILIES)})")
@@ -124,6 +125,13 @@ def load_pretrained(path: str, dtype: torch.dtype = torch.float32, family: str =
         model.config.dlm_family = family
     if getattr(model.config, "mask_token_id", None) is None and config.get("mask_token_id") is not None:
         model.config.mask_token_id = config["mask_token_id"]
+    if block_length is not None:
+        if not hasattr(model, "attention_block_length"):
+            raise ModelLoadError(f"config key 'model.block_length': only block-diffusion families (sdar, llada2) have "
+                                 f"attention blocks; '{path}' is a {family} model (leave it null)")
+        if block_length < 1:
+            raise ModelLoadError(f"config key 'model.block_length': expected a positive length, got {block_length}")
+        model.config.block_length = block_length
     return model
 
 

@@ -137,6 +137,9 @@ def load_native(path: str, family: str, model_class, config, to_native, dtype: t
     mapping = check_weights(path, family, model_class, config, to_native)
     key_mapping = {"^" + re.escape(upstream) + "$": native for upstream, native in mapping.items()}
     model = model_class.from_pretrained(path, config=config, key_mapping=key_mapping, dtype=dtype)
+    # transformers would undo `key_mapping` in save_pretrained (writing the regexes' "^…$" into the
+    # names): a dlmrl checkpoint of this model is a stock one, under the native names
+    model._weight_conversions = []
     model.config.dlm_family = family
     return model
 

@@ -30,7 +30,8 @@ REQUIRED = {"use_sliding_window": False, "attention_bias": False, "hidden_act": 
 
 
 def matches(config: dict) -> bool:
-    return config.get("model_type") == "sdar" or "SDARForCausalLM" in (config.get("architectures") or [])
+    return (config.get("model_type") == "sdar" or "SDARForCausalLM" in (config.get("architectures") or [])
+            or config.get("dlm_family") == NAME)  # a tiny block model dlmrl built and saved (Qwen3 layout)
 
 
 def to_native(name: str) -> str | None:
@@ -62,7 +63,8 @@ def native_config(config: dict, where: str = "config.json") -> Qwen3Config:
             num_key_value_heads=int(config.get("num_key_value_heads") or heads),
             head_dim=int(config.get("head_dim") or hidden // heads),
             max_position_embeddings=int(config.get("max_position_embeddings", 32768)),
-            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)), rope_theta=float(config.get("rope_theta", 1e6)),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta", 1e6)),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)), attention_dropout=0.0,
             pad_token_id=config.get("pad_token_id"), eos_token_id=config.get("eos_token_id"),
             bos_token_id=config.get("bos_token_id"))
