@@ -24,9 +24,6 @@ def reward_change(tmp_path, name, objective):
     return sum(rewards[-3:]) / 3 - sum(rewards[:3]) / 3
 
 
-# Only the default objective so far: in this 10-step run the answer-token objectives (mean_field,
-# coupled, spg, wd1 at μ 1) moved the reward by less than ±0.006 either way, too little to tell a
-# direction (measured 2026-12-06); each needs a run it learns in, which is issue 24's next step.
 @pytest.mark.parametrize("objective", ["trajectory"])
 def test_the_loop_raises_a_learnable_reward_and_the_flipped_sign_lowers_it(tmp_path, monkeypatch, objective):
     assert reward_change(tmp_path, "forward", objective) > 0.01
@@ -37,3 +34,56 @@ def test_the_loop_raises_a_learnable_reward_and_the_flipped_sign_lowers_it(tmp_p
 
     monkeypatch.setattr(reasoning.rl, "group_advantages", flipped)
     assert reward_change(tmp_path, "flipped", objective) < -0.01
+
+
+# The answer-token objectives score the final answer's tokens from masked canvases; in 10 steps of the
+# run above their sampled reward moved by less than its noise (±0.006 to ±0.03, either way). What they
+# train directly is measured instead: the model's digit probability at a fully masked answer (the
+# reward counts digits), deterministic given the weights. With 128 answers a step (8 prompts × 16) and
+# no KL, 4 steps move it by about ±0.012 for each (measured 2026-12-06). SPG is not here: its masks
+# keep most of the answer clean, and its digit probability at a fully masked answer fell in both
+# directions (−0.012 / −0.013, ELBO-only too), so this measure cannot tell its direction.
+DIGITS_RUN = [*TINY, "rewards=[{fn: 'reward_fns:digit_fraction'}]", "trainer.steps=4", "trainer.lr=0.05",
+              "trainer.prompts_per_step=8", "rollout.group_size=16", "trainer.micro_batch_size=128", "eval.n=4",
+              "trainer.kl_coef=0", "trainer.normalize_std=true", "trainer.inner_steps=1"]
+
+
+def digit_probability_change(tmp_path, name, objective) -> float:
+    import os
+
+    import torch
+
+    from reasoning.checkpoint import complete_checkpoints, load_checkpoint
+    from reasoning.data import encode_prompt
+    from reasoning.tasks import get_task
+    from rollouts import load_pretrained, make_policy
+    from rollouts.decoding import left_pad
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", f"name={name}", *DIGITS_RUN, f"trainer.objective={objective}"])
+    run_rl(cfg)
+    trained, tokenizer, _ = load_checkpoint(complete_checkpoints(cfg.run_dir)[-1])
+    base = load_pretrained(os.path.join(cfg.run_dir, "base_model"))
+    prompts = [encode_prompt(tokenizer, p) for p in get_task("sudoku4").build(cfg.data)["test"]["prompt"][:8]]
+    digits = tokenizer.convert_tokens_to_ids(list("0123456789"))
+
+    def mass(model) -> float:
+        policy = make_policy(model.eval(), tokenizer)
+        ids, mask = left_pad(prompts, policy.ids.pad)
+        with torch.no_grad():
+            logp = policy.step_log_probs(ids, mask, torch.full((len(prompts), 20), policy.ids.mask), 1.0)
+        return float(logp.exp()[..., digits].sum(-1).mean())
+
+    return mass(trained) - mass(base)
+
+
+@pytest.mark.parametrize("objective", ["mean_field", "coupled", "wd1"])
+def test_answer_token_objectives_raise_what_the_reward_counts_and_the_flipped_sign_lowers_it(tmp_path, monkeypatch,
+                                                                                          objective):
+    assert digit_probability_change(tmp_path, "forward", objective) > 0.005
+
+    def flipped(*args, **kwargs) -> Advantages:
+        adv = group_advantages(*args, **kwargs)
+        return Advantages(-adv.values, adv.keep, adv.frac_zero_std)
+
+    monkeypatch.setattr(reasoning.rl, "group_advantages", flipped)
+    assert digit_probability_change(tmp_path, "flipped", objective) < -0.005
