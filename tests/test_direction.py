@@ -16,6 +16,12 @@ LEARNABLE = [*TINY, "rewards=[{fn: 'reward_fns:digit_fraction'}]", "trainer.step
              "trainer.prompts_per_step=4", "rollout.group_size=8", "trainer.micro_batch_size=32", "eval.n=4"]
 
 
+def flipped(*args, **kwargs) -> Advantages:
+    """group_advantages with the sign flipped: patched into reasoning.rl, where the loop uses it."""
+    adv = group_advantages(*args, **kwargs)
+    return Advantages(-adv.values, adv.keep, adv.frac_zero_std)
+
+
 def reward_change(tmp_path, name, objective):
     cfg = load_config(None, [f"output_dir={tmp_path}", f"name={name}", *LEARNABLE, f"trainer.objective={objective}",
                              "trainer.inner_steps=1"])
@@ -27,10 +33,6 @@ def reward_change(tmp_path, name, objective):
 @pytest.mark.parametrize("objective", ["trajectory"])
 def test_the_loop_raises_a_learnable_reward_and_the_flipped_sign_lowers_it(tmp_path, monkeypatch, objective):
     assert reward_change(tmp_path, "forward", objective) > 0.01
-
-    def flipped(*args, **kwargs) -> Advantages:
-        adv = group_advantages(*args, **kwargs)
-        return Advantages(-adv.values, adv.keep, adv.frac_zero_std)
 
     monkeypatch.setattr(reasoning.rl, "group_advantages", flipped)
     assert reward_change(tmp_path, "flipped", objective) < -0.01
@@ -80,10 +82,6 @@ def digit_probability_change(tmp_path, name, objective) -> float:
 def test_answer_token_objectives_raise_what_the_reward_counts_and_the_flipped_sign_lowers_it(tmp_path, monkeypatch,
                                                                                           objective):
     assert digit_probability_change(tmp_path, "forward", objective) > 0.005
-
-    def flipped(*args, **kwargs) -> Advantages:
-        adv = group_advantages(*args, **kwargs)
-        return Advantages(-adv.values, adv.keep, adv.frac_zero_std)
 
     monkeypatch.setattr(reasoning.rl, "group_advantages", flipped)
     assert digit_probability_change(tmp_path, "flipped", objective) < -0.005
