@@ -14,7 +14,7 @@
 4. `--tune`: first, on the tuning seed (`--tune-seed`, not one of `--seeds`), every objective runs for
    `--tune-budget` seconds at each lr in {1e-5, 3e-5, 1e-4} and each μ (trainer.inner_steps) in {1, 4, 12};
    each objective's best setting by held-out gain is then the one compared on `--seeds`. Trajectory
-   runs there with `--signal` (a variant of benchmarks/signal.py: plain | hints | dynamic | hints+dynamic).
+   runs there with `--signal` (a variant of benchmarks/learning_signal.py: plain | hints | dynamic | hints+dynamic).
    JSON adds tuned.<task>.<objective> = {lr, mu, gain_pts (on the tuning seed)}, tuning (every setting's
    gain) and gain_pts_vs_best_baseline (trajectory minus the best of the other four on sudoku4).
 Last output line, JSON: objectives; by_task.<task>.<objective> = {gain_pts, curve} (mean of the seeds;
@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--tune-seed", type=int, default=100)
     parser.add_argument("--tune-budget", type=float, help="training seconds per tuning run (default --budget)")
     parser.add_argument("--signal", default="plain", choices=list(SIGNAL),
-                        help="trajectory's signal variant in the comparison (benchmarks/signal.py)")
+                        help="trajectory's signal variant in the comparison (benchmarks/learning_signal.py)")
     args = parser.parse_args()
     if args.cost_only:
         args.tasks = []

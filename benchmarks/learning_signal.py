@@ -1,7 +1,7 @@
 """Learning from every rollout: make run's RL with and without hints (IGPO) and dynamic sampling (DAPO),
 from make run's own start, at equal RL time.
 
-    python benchmarks/signal.py [--budget 300] [--seeds 0 1 2] [--variants plain hints dynamic hints+dynamic]
+    python benchmarks/learning_signal.py [--budget 300] [--seeds 0 1 2] [--variants plain hints dynamic hints+dynamic]
                                 [--config configs/default.yaml] [--hard] [--set KEY=VALUE ...] [--tag NAME]
 
 The start is make run's SFT warm start (the config's `sft` block, stopped at its accuracy target —
