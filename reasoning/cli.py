@@ -103,10 +103,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.task:
         data = dataclasses.replace(data, task=args.task)
     if args.data:
-        task_args = {"path": args.data, "answer_field": args.answer_field}
-        if args.prompt_field:
-            task_args["prompt_field"] = args.prompt_field
-        data = dataclasses.replace(data, task=args.task or "gsm8k", task_args=task_args)
+        from reasoning.tasks.files import FileTask
+
+        name = args.task or "gsm8k"
+        if isinstance(get_task(name), FileTask):  # gsm8k, math500: the fields are named on the command line
+            task_args = {"path": args.data, "answer_field": args.answer_field or "answer"}
+            if args.prompt_field:
+                task_args["prompt_field"] = args.prompt_field
+        elif args.prompt_field or args.answer_field:
+            raise ConfigError(f"--prompt-field / --answer-field: task '{name}' reads its own fields from --data "
+                              f"(README, 'Tasks')")
+        else:  # a built-in task reads its fields (and d1's layouts) from the file
+            task_args = {"path": args.data}
+        data = dataclasses.replace(data, task=name, task_args=task_args)
     torch.set_num_threads(cfg.threads)
     task = get_task(data.task)
     test = task.build(dataclasses.replace(data, train_size=0))["test"]
@@ -275,9 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("target", help="a checkpoint (runs/NAME/checkpoints/step_N), a model directory or a YAML config")
     ev.add_argument("overrides", nargs="*", help="key.sub=value overrides (e.g. eval.decoding.steps=10)")
     ev.add_argument("--task", help="task name (default: the run's)")
-    ev.add_argument("--data", help="a JSONL/parquet file of problems (file-backed task, default gsm8k)")
+    ev.add_argument("--data", help="a JSONL/parquet/CSV file of problems: for gsm8k (the default) and math500, or "
+                                   "any built-in task (sudoku4 and countdown also in d1's layouts)")
     ev.add_argument("--prompt-field", help="field holding the problem text (default: question, or problem for math500)")
-    ev.add_argument("--answer-field", default="answer", help="field holding the reference answer")
+    ev.add_argument("--answer-field", help="field holding the reference answer (default: answer)")
     ev.add_argument("--samples", type=_positive, default=1, help="answers per problem (pass@k)")
     ev.add_argument("--n", type=_positive, help="problems to evaluate (default: eval.n)")
     ev.add_argument("--output", help="directory for eval.json / eval.jsonl")

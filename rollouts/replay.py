@@ -164,59 +164,71 @@ def _selection_logp(traj: Trajectory, states: np.ndarray, bounds: np.ndarray, st
     return terms.sum(1), per_event
 
 
-# --- block-diffusion models: every step of a trajectory in one packed forward ---------------------------
+# --- block-diffusion models: the steps of a trajectory in few packed forwards ----------------------------
 
-def _pack_trajectory(traj: Trajectory, width: int) -> Pack:
-    """The clean canvas (prompt + final answer), then one copy of the current block per step."""
+def _pack_steps(traj: Trajectory, steps: range, width: int) -> Pack:
+    """The clean canvas (prompt + final answer), then one copy of the current block per step of `steps`."""
     states, bounds = traj.states(), traj.step_bounds()
-    copies = [(int(traj.block_of(traj.event_position[bounds[t]])), states[t]) for t in range(traj.num_steps)]
+    copies = [(int(traj.block_of(traj.event_position[bounds[t]])), states[t]) for t in steps]
     return pack(traj.prompt_ids, traj.final_tokens, copies, width, traj.block_offset)
 
 
 def _packed_replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: DecodingConfig, measure: str,
                    micro_batch: int) -> Replayed:
-    """Replay for block-diffusion models: one forward per `micro_batch` states' worth of trajectories."""
+    """Replay for block-diffusion models. A packed sequence holds at most as many copy tokens as the
+    canvas has (attention is dense, so its cost grows with the square of the length: at block 32 one
+    sequence of all 256 steps would be 8.6k positions); a forward holds at most `micro_batch` copies."""
     if policy.shift_logits:
         raise ValueError("replay: block-wise packing assumes a model whose position i predicts token i")
     device, width = policy.device, policy.attention_block
-    chunks: list[list[int]] = [[]]
-    for i, traj in enumerate(trajectories):  # at least one trajectory per forward
-        if chunks[-1] and sum(trajectories[j].num_steps for j in chunks[-1]) + traj.num_steps > micro_batch:
+    items: list[tuple[int, range]] = []
+    for i, traj in enumerate(trajectories):
+        per_pack = max(1, (len(traj.prompt_ids) + traj.gen_length) // width)
+        items += [(i, range(t, min(t + per_pack, traj.num_steps))) for t in range(0, traj.num_steps, per_pack)]
+    chunks: list[list[tuple[int, range]]] = [[]]
+    for item in items:  # at least one pack per forward
+        if chunks[-1] and sum(len(s) for _, s in chunks[-1]) + len(item[1]) > micro_batch:
             chunks.append([])
-        chunks[-1].append(i)
-    out = Replayed([None] * len(trajectories), [None] * len(trajectories), 0, [None] * len(trajectories),
-                   [None] * len(trajectories))
+        chunks[-1].append(item)
+    parts = {name: [[] for _ in trajectories] for name in ("token", "entropy", "selection", "event_selection")}
+    out = Replayed([], [], 0)
     for chunk in chunks:
-        packs = [_pack_trajectory(trajectories[i], width) for i in chunk]
+        packs = [_pack_steps(trajectories[i], steps, width) for i, steps in chunk]
         ids, allowed, positions = pack_batch(packs, width, policy.ids.pad)
         logits = policy.model(input_ids=ids.to(device), attention_mask=allowed.to(device),
                               position_ids=positions.to(device)).logits
         out.forward_passes += 1
         out.forward_tokens += ids.numel()
-        for row, (i, packed) in enumerate(zip(chunk, packs)):
+        for row, ((i, steps), packed) in enumerate(zip(chunk, packs)):
             traj = trajectories[i]
             shift = ids.shape[1] - len(packed.ids)  # left padding of this row
-            commit = traj.commits
-            steps = traj.event_step[commit]
-            where = torch.as_tensor(shift + packed.answer_start[steps] + traj.event_position[commit], device=device)
+            bounds = traj.step_bounds()
+            events = np.arange(bounds[steps.start], bounds[steps.stop])
+            events = events[traj.event_token[events] != traj.mask_id]  # the commits of these steps
+            copy = traj.event_step[events] - steps.start
+            where = torch.as_tensor(shift + packed.answer_start[copy] + traj.event_position[events], device=device)
             step = distribution_from_logits(policy, logits[row, where], cfg, measure)
-            tokens = torch.as_tensor(traj.event_token[commit], device=device)
-            out.token_logp[i] = step.logp.gather(-1, tokens[:, None]).squeeze(-1)
+            tokens = torch.as_tensor(traj.event_token[events], device=device)
+            parts["token"][i].append(step.logp.gather(-1, tokens[:, None]).squeeze(-1))
             at = step.logp.detach()
-            out.token_entropy[i] = -(at.exp() * at).sum(-1)
+            parts["entropy"][i].append(-(at.exp() * at).sum(-1))
             if not cfg.stochastic_selection:
-                out.selection_logp[i] = step.logp.new_zeros(traj.num_steps)
-                out.event_selection_logp[i] = step.logp.new_zeros(len(steps))
+                parts["selection"][i].append(step.logp.new_zeros(len(steps)))
+                parts["event_selection"][i].append(step.logp.new_zeros(len(events)))
                 continue
-            states, bounds = traj.states(), traj.step_bounds()
-            per_step, per_event = [], []
-            answer = torch.arange(traj.gen_length)
-            for t in range(traj.num_steps):  # the step's scores at every answer position (only its block's count)
-                rows = (shift + packed.answer_start[t] + answer).clamp(0, ids.shape[1] - 1).to(device)
+            states, answer = traj.states(), torch.arange(traj.gen_length)
+            for t in steps:  # the step's scores at every answer position (only its block's count)
+                rows = (shift + packed.answer_start[t - steps.start] + answer).clamp(0, ids.shape[1] - 1).to(device)
                 full = distribution_from_logits(policy, logits[row, rows], cfg, measure)
-                scores = full.selection_scores(full.confidence())
-                a, b = _selection_logp(traj, states, bounds, range(t, t + 1), scores, device)
-                per_step.append(a)
-                per_event.append(b)
-            out.selection_logp[i], out.event_selection_logp[i] = torch.cat(per_step), torch.cat(per_event)
+                per_step, per_event = _selection_logp(traj, states, bounds, range(t, t + 1),
+                                                      full.selection_scores(full.confidence()), device)
+                parts["selection"][i].append(per_step)
+                parts["event_selection"][i].append(per_event)
+
+    def cat(pieces: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(pieces) if pieces else torch.zeros(0, device=device)
+
+    out.token_logp, out.token_entropy = [cat(p) for p in parts["token"]], [cat(p) for p in parts["entropy"]]
+    out.selection_logp = [cat(p) for p in parts["selection"]]
+    out.event_selection_logp = [cat(p) for p in parts["event_selection"]]
     return out

@@ -152,14 +152,20 @@ def test_sample_eval_and_rl_with_every_objective_by_path(kind, tmp_path, capsys)
         assert main(["train", str(config)]) == 0, objective
         steps = [json.loads(line) for line in open(tmp_path / "runs" / objective / "metrics.jsonl") if '"reward"' in line]
         assert [m["step"] for m in steps] == [1, 2] and steps[-1]["policy_version"] >= 1, objective
-    if kind == "sdar":  # export: the original names; the merged weights reload to the adapted logits
+    if kind == "sdar":  # export: the original names and config; the merged weights give the adapted logits
+        from peft import PeftModel
+
         out = tmp_path / "exported"
-        assert main(["export", str(tmp_path / "runs" / "trajectory"), str(out)]) == 0
+        run = tmp_path / "runs" / "trajectory"
+        assert main(["export", str(run), str(out)]) == 0
         assert json.load(open(out / "config.json")) == json.load(open(os.path.join(path, "config.json")))
+        checkpoint = sorted((run / "checkpoints").iterdir())[-1]
         ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
         with torch.no_grad():
             exported = load_pretrained(str(out)).eval()(input_ids=ids).logits
+            adapted = PeftModel.from_pretrained(load_pretrained(path), str(checkpoint / "adapter")).eval()
             base = load_pretrained(path).eval()(input_ids=ids).logits
+            assert (exported - adapted(input_ids=ids).logits).abs().max() < 1e-5
         assert (exported - base).abs().max() > 1e-4  # RL changed the model
 
 

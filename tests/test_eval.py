@@ -130,3 +130,47 @@ def test_eval_reads_a_run_config_saved_by_another_version(sft_run, tmp_path, cap
     assert "ignoring its keys trainer.save_rollouts" in err
     with pytest.raises(Exception, match="unknown config key 'trainer.save_rollouts'"):
         load_config(str(run_dir / "config.yaml"))
+
+
+def test_eval_scores_a_sudoku_file_in_d1s_csv_layout(sft_run, tmp_path, capsys):
+    """d1's dataset/4x4_test_sudoku.csv layout (header Puzzle,Solution; blanks are 0, so many puzzles
+    start with a 0), holding the run's own held-out puzzles: the same accuracy as its logged eval."""
+    cfg, checkpoint = sft_run
+    from reasoning.tasks import get_task
+
+    test = get_task("sudoku4").build(cfg.data)["test"]
+    path = tmp_path / "4x4_test_sudoku.csv"
+    path.write_text("Puzzle,Solution\n" + "".join(f"{p},{s}\n" for p, s in zip(test["puzzle"], test["solution"])))
+    assert any(p.startswith("0") for p in test["puzzle"])  # the leading zeros must survive the CSV reader
+    summary = run_eval_cli(capsys, checkpoint, "--task", "sudoku4", "--data", str(path), "--n", "64")
+    assert summary["task"] == "sudoku4" and summary["n"] == 64
+    assert summary["accuracy"] == logged_eval(cfg.run_dir, "sudoku4")
+
+
+def test_countdown_and_addition_rows_from_a_users_file(tmp_path):
+    from reasoning.tasks import DataConfig, get_task
+
+    d1 = tmp_path / "countdown_cd3_test.jsonl"  # d1's layout: input "a,b,c", output "target"
+    d1.write_text('{"input": "30,100,93", "output": "23"}\n{"input": "83,18,75", "output": "10"}\n')
+    test = get_task("countdown").build(DataConfig(task="countdown", test_size=2, task_args={"path": str(d1)}))["test"]
+    assert test["prompt"] == ["use 30 100 93 to make 23", "use 83 18 75 to make 10"]
+    assert test["numbers"][0] == [30, 100, 93] and test["target"] == [23, 10]
+    assert eval(test["solution"][0]) == 23  # noqa: S307 — a canonical equation found by search, checked here
+    ours = tmp_path / "addition.jsonl"
+    ours.write_text('{"a": 12, "b": 30}\n')
+    test = get_task("addition").build(DataConfig(task="addition", test_size=1, task_args={"path": str(ours)}))["test"]
+    assert test["prompt"] == ["compute 12+30"] and test["answer"] == ["42"]
+
+
+def test_bad_rows_of_a_task_file_name_the_row_and_field(sft_run, tmp_path, capsys):
+    _, checkpoint = sft_run
+    bad = tmp_path / "puzzles.jsonl"
+    bad.write_text('{"puzzle": "1234341221434321", "solution": "1234341221434321"}\n{"puzzle": "0234341221434321"}\n')
+    assert main(["eval", checkpoint, "--task", "sudoku4", "--data", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"data file '{bad}' row 2: no field 'solution' or 'Solution'" in err
+    bad.write_text('{"puzzle": "12", "solution": "1234341221434321"}\n')
+    assert main(["eval", checkpoint, "--task", "sudoku4", "--data", str(bad)]) == 2
+    assert "row 1: field 'puzzle' = '12': expected 16 digits" in capsys.readouterr().err
+    assert main(["eval", checkpoint, "--task", "sudoku4", "--data", str(bad), "--answer-field", "x"]) == 2
+    assert "reads its own fields" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from reasoning.tasks.base import ANSWER_FORMAT, Task, draw_distinct
+from reasoning.schema import ConfigError
+from reasoning.tasks.base import ANSWER_FORMAT, Task, draw_distinct, row_field
 
 
 class Addition(Task):
@@ -24,6 +25,15 @@ class Addition(Task):
             return {"prompt": self.prompt(a, b, digits), "answer": str(a + b)}
 
         return draw_distinct(make, rng, n, self.key, exclude, self.name)
+
+    def from_row(self, row, where):
+        """`a` and `b` (the addends; the answer is their sum)."""
+        try:
+            a, b = (int(row_field(row, (name,), where, "a non-negative integer")) for name in ("a", "b"))
+        except ValueError:
+            raise ConfigError(f"{where}: fields 'a' and 'b' must be integers, got {row.get('a')!r}, "
+                              f"{row.get('b')!r}") from None
+        return {"prompt": self.prompt(a, b, max(len(str(a)), len(str(b)))), "answer": str(a + b)}
 
     def reference(self, example):
         return ANSWER_FORMAT.format(example["answer"])

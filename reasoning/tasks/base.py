@@ -81,13 +81,45 @@ class Task:
         """Extra per-example eval metrics (averaged by the caller)."""
         return {metric: score_one(reward, completion, example) for metric, reward in self.metric_rewards.items()}
 
+    def from_row(self, row: dict, where: str) -> dict:
+        """One example from a row of a user's data file (`data.task_args.path`, `dlmrl eval --data`);
+        the fields each task reads are in the README. A ConfigError names `where` and the field."""
+        raise ConfigError(f"config key 'data.task_args.path': task '{self.name}' does not read data files")
+
     def build(self, cfg: DataConfig) -> DatasetDict:
-        """Deterministic train/test splits; the test set depends only on the seed and test_size."""
+        """Deterministic train/test splits; the test set depends only on the seed and test_size.
+        With `task_args.path` the rows come from that file instead: the first test_size are the test
+        split, the rest the train split (all rows when the file is smaller)."""
+        if "path" in cfg.task_args:
+            return self.build_from_file(cfg)
         check_task_args(self, cfg.task_args)
         test = self.generate(random.Random(f"{cfg.seed}-test"), cfg.test_size, "test", set(), **cfg.task_args)
         held_out = {self.key(ex) for ex in test}
         train = self.generate(random.Random(f"{cfg.seed}-train"), cfg.train_size, "train", held_out, **cfg.task_args)
         return DatasetDict(train=Dataset.from_list(train), test=Dataset.from_list(test))
+
+
+    def build_from_file(self, cfg: DataConfig) -> DatasetDict:
+        from reasoning.tasks.files import read_file  # files.py builds on this module
+
+        path = cfg.task_args["path"]
+        extra = sorted(set(cfg.task_args) - {"path"})
+        if extra:
+            raise ConfigError(f"config key 'data.task_args.{extra[0]}': task '{self.name}' takes only 'path' when it "
+                              f"reads a file (the fields it reads are in the README)")
+        examples = [self.from_row(row, f"data file '{path}' row {i + 1}") for i, row in enumerate(read_file(path))]
+        n_test = min(cfg.test_size, len(examples))
+        train = examples[n_test:] if n_test < len(examples) else examples
+        return DatasetDict(train=Dataset.from_list(train), test=Dataset.from_list(examples[:n_test]))
+
+
+def row_field(row: dict, names: tuple[str, ...], where: str, expected: str):
+    """The first of `names` the row has (a file may use our field name or the layout it comes in)."""
+    for name in names:
+        if row.get(name) is not None:
+            return row[name]
+    raise ConfigError(f"{where}: no field {' or '.join(repr(n) for n in names)} ({expected}); "
+                      f"its fields are {sorted(row)}")
 
 
 def check_task_args(task: Task, task_args: dict) -> None:

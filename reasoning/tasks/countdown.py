@@ -7,7 +7,8 @@ from __future__ import annotations
 import itertools
 import operator
 
-from reasoning.tasks.base import ANSWER_FORMAT, Task, draw_distinct
+from reasoning.schema import ConfigError
+from reasoning.tasks.base import ANSWER_FORMAT, Task, draw_distinct, row_field
 
 # symbol, function, precedence (integer arithmetic: division is only taken when exact)
 _OPS = [("+", operator.add, 1), ("-", operator.sub, 1), ("*", operator.mul, 2), ("/", operator.floordiv, 2)]
@@ -65,6 +66,22 @@ class Countdown(Task):
                     "numbers": numbers, "target": target, "solution": solutions[target]}
 
         return draw_distinct(make, rng, n, self.key, exclude, "countdown")
+
+    def from_row(self, row, where):
+        """`numbers` (a list) and `target`, or d1's JSONL `input` ("30,100,93") and `output` ("23");
+        `solution` (an equation, the SFT target) when given, else one found by search (or none)."""
+        numbers = row_field(row, ("numbers", "input"), where, "the numbers, a list or '30,100,93'")
+        target = row_field(row, ("target", "output"), where, "the target number")
+        try:
+            numbers = [int(n) for n in (numbers.split(",") if isinstance(numbers, str) else numbers)]
+            target = int(str(target).strip())
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: numbers {numbers!r} and target {target!r} must be integers") from None
+        if len(numbers) not in (3, 4):
+            raise ConfigError(f"{where}: expected 3 or 4 numbers, got {numbers}")
+        solution = row.get("solution") or canonical_solutions(numbers, max(target, 0)).get(target, "")
+        return {"prompt": f"use {' '.join(map(str, numbers))} to make {target}", "numbers": numbers,
+                "target": target, "solution": solution}
 
     def key(self, example):
         return (tuple(sorted(example["numbers"])), example["target"])

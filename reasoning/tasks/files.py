@@ -33,7 +33,7 @@ def read_file(path: str, key: str = "data.task_args.path") -> Dataset:
         if kind == "json" and path.lower().endswith(".jsonl"):
             check_jsonl(path)
         try:
-            rows = load_dataset(kind, data_files=path, split="train")
+            rows = load_dataset(kind, data_files=path, split="train", **csv_as_strings(path, kind))
         except Exception as exc:  # noqa: BLE001 — datasets/pyarrow raise many types for a bad file
             cause = exc.__cause__ or exc
             raise ConfigError(f"data file '{path}' could not be read as {kind}: {type(cause).__name__}: "
@@ -45,6 +45,20 @@ def read_file(path: str, key: str = "data.task_args.path") -> Dataset:
     if len(rows) == 0:
         raise ConfigError(f"config key '{key}': data file '{path}' has no rows")
     return rows
+
+
+def csv_as_strings(path: str, kind: str) -> dict:
+    """CSV has no types: read every column as a string (d1's sudoku puzzles start with a 0, which a
+    number would lose)."""
+    if kind != "csv":
+        return {}
+    import csv
+
+    from datasets import Features, Value
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        header = next(csv.reader(fh), [])
+    return {"features": Features({name: Value("string") for name in header})} if header else {}
 
 
 def check_jsonl(path: str) -> None:

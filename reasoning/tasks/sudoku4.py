@@ -11,7 +11,8 @@ import random
 from functools import lru_cache
 
 from rewards.verifiers import SUDOKU_UNITS
-from reasoning.tasks.base import ANSWER_FORMAT, Task, draw_distinct
+from reasoning.schema import ConfigError
+from reasoning.tasks.base import ANSWER_FORMAT, Task, draw_distinct, row_field
 
 
 @lru_cache(maxsize=1)
@@ -68,6 +69,18 @@ class Sudoku4(Task):
     def build(self, cfg):
         self.seed = cfg.seed
         return super().build(cfg)
+
+    def from_row(self, row, where):
+        """`puzzle` and `solution` (16 digits, 0 for a blank), or d1's CSV columns `Puzzle`, `Solution`."""
+        cells = {}
+        for names, digits in ((("puzzle", "Puzzle"), "01234"), (("solution", "Solution"), "1234")):
+            value = str(row_field(row, names, where, "16 digits, row by row")).strip()
+            if len(value) != 16 or set(value) - set(digits):
+                raise ConfigError(f"{where}: field '{names[0]}' = {value!r}: expected 16 digits of {digits}")
+            cells[names[0]] = value
+        if any(p != "0" and p != s for p, s in zip(cells["puzzle"], cells["solution"])):
+            raise ConfigError(f"{where}: the solution does not keep the puzzle's givens")
+        return {"prompt": f"sudoku {cells['puzzle']}", **cells}
 
     def key(self, example):
         return example["puzzle"]
