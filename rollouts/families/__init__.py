@@ -163,13 +163,14 @@ def shifts_logits(model: torch.nn.Module) -> bool:
 def export(model: torch.nn.Module, source: str, out_dir: str) -> list[str]:
     """Merged weights of a native-family model written in `source`'s original format (names, shards, dtype)."""
     family = native_family_for(read_config(source))
-    if family is not None and not hasattr(FAMILIES[family], "to_upstream"):
-        raise ModelLoadError(f"export: writing a {family} snapshot back in its original format is not supported yet "
-                             f"(save_pretrained the merged model instead)")
     if family is None:
-        raise ModelLoadError(f"export: '{source}' is not a llada or dream snapshot; only those have an original "
-                             f"format to write back (other models: save_pretrained)")
-    return export_weights(model, source, out_dir, FAMILIES[family].to_upstream)
+        raise ModelLoadError(f"export: '{source}' is not a {', '.join(NATIVE)} snapshot; only those have an "
+                             f"original format to write back (other models: save_pretrained)")
+    module = FAMILIES[family]
+    if hasattr(module, "to_upstream_state"):  # tensors fused / stacked differently upstream (llada2)
+        return export_weights(model, source, out_dir, to_upstream_state=lambda state: module.to_upstream_state(
+            state, model.config))
+    return export_weights(model, source, out_dir, module.to_upstream)
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):

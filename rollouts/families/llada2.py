@@ -141,6 +141,29 @@ def to_native_state(upstream: dict[str, torch.Tensor], native: Glm4MoeConfig, wh
     return out
 
 
+def to_upstream_state(state: dict[str, torch.Tensor], native: Glm4MoeConfig) -> dict[str, torch.Tensor]:
+    """The inverse of `to_native_state`: q/k/v fused again, the stacked experts one tensor each."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if (match := re.match(r"^model\.layers\.(\d+)\.self_attn\.q_proj\.weight$", name)) is not None:
+            prefix = f"model.layers.{match.group(1)}.self_attn"
+            out[f"model.layers.{match.group(1)}.attention.query_key_value.weight"] = torch.cat(
+                [state[f"{prefix}.{part}.weight"] for part in ("q_proj", "k_proj", "v_proj")], 0)
+        elif (match := re.match(r"^model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$", name)) is not None:
+            layer, size = match.group(1), native.moe_intermediate_size
+            parts = ({"gate_proj": tensor[:, :size], "up_proj": tensor[:, size:]} if match.group(2) == "gate_up_proj"
+                     else {"down_proj": tensor})
+            for proj, stacked in parts.items():
+                for e in range(stacked.shape[0]):
+                    out[f"model.layers.{layer}.mlp.experts.{e}.{proj}.weight"] = stacked[e]
+        elif re.match(r"^model\.layers\.\d+\.self_attn\.[kv]_proj\.weight$", name) is None:
+            upstream = rename(name, RENAMES, 1)
+            if upstream is None:
+                raise ModelLoadError(f"export: no original name for tensor '{name}'")
+            out[upstream] = tensor
+    return out
+
+
 def load_snapshot(path: str, native: Glm4MoeConfig, dtype: torch.dtype) -> torch.nn.Module:
     """Read every tensor (headers checked first), convert, and load strictly: a missing, extra or
     misshapen tensor is a ModelLoadError naming it."""
