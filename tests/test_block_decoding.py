@@ -142,3 +142,45 @@ def test_the_exact_cache_is_refused_for_a_bidirectional_model(tiny_model, tiny_t
     policy = make_policy(tiny_model, tiny_tokenizer)
     with pytest.raises(ValueError, match="'cache': block is the exact cache of block-diffusion models"):
         sample(policy, [[5, 6]], DecodingConfig(gen_length=8, block_length=4, cache="block"), seeds=[0])
+
+
+def test_moe_routing_is_the_same_for_the_same_state_in_sampling_and_replay():
+    """LLaDA2's router picks the same experts for a block's tokens whether the state is run as the
+    whole canvas, through the exact cache (block fed alone against the stored prefix), or packed as
+    replay packs it."""
+    from rollouts.block_packing import pack, pack_batch
+    from rollouts.kv_cache import FinishedBlocksCache
+
+    block, prompts = CASES["llada2"]
+    policy = fixture_policy("llada2", block)
+    prompt = prompts[1]  # 3 tokens: the answer's first block holds 5 answer slots
+    trajectory = sample(policy, [prompt], DecodingConfig(gen_length=3 * block, temperature=1.0), seeds=[4])[0]
+    t = next(t for t in range(trajectory.num_steps)
+             if trajectory.block_of(trajectory.event_position[trajectory.step_bounds()[t]]) == 1)
+    state = torch.as_tensor(trajectory.states()[t])
+    lo = len(prompt) + block - trajectory.block_offset  # canvas index of block 1
+    chosen = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: chosen.append(out[2]))
+             for name, m in policy.model.named_modules() if name.endswith("mlp.gate")]
+
+    def experts_at(run, first) -> list[torch.Tensor]:
+        chosen.clear()
+        with torch.no_grad():
+            run()
+        return [c.view(-1, c.shape[-1])[first:first + block].sort(-1).values for c in chosen]
+
+    canvas = torch.cat([torch.tensor(prompt), state]).unsqueeze(0)
+    whole = experts_at(lambda: policy.model(input_ids=canvas), lo)
+    cache = FinishedBlocksCache(policy, torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long), block,
+                                torch.tensor([trajectory.block_offset]))
+    one = torch.tensor([1])
+    cache.logits(torch.tensor([0]), state.unsqueeze(0), one, torch.tensor([0]))  # stores prompt + block 0
+    cached = experts_at(lambda: cache.logits(torch.tensor([0]), state.unsqueeze(0), one, torch.tensor([1])), 0)
+    packed_seq = pack(prompt, trajectory.final_tokens, [(1, state.numpy())], block, trajectory.block_offset)
+    ids, allowed, positions = pack_batch([packed_seq], block, policy.ids.pad)
+    packed = experts_at(lambda: policy.model(input_ids=ids, attention_mask=allowed, position_ids=positions),
+                        len(prompt) + trajectory.gen_length)
+    for hook in hooks:
+        hook.remove()
+    assert len(whole) == len(cached) == len(packed) == 1  # one MoE layer in the fixture
+    assert torch.equal(whole[0], cached[0]) and torch.equal(whole[0], packed[0])
