@@ -1,9 +1,12 @@
-"""Memory a LoRA RL job on LLaDA-8B-Instruct / Dream-v0-Instruct-7B needs, per process.
+"""Memory a LoRA RL job on LLaDA-8B-Instruct / Dream-v0-Instruct-7B / SDAR-8B-Chat / LLaDA2.0-mini
+needs, per process.
 
-    python benchmarks/memory.py [--prompt 256] [--gen 256] [--rank 16]
+    python benchmarks/memory.py [--prompt 256] [--gen 256] [--rank 16] [--kinds llada dream sdar llada2]
 
-From the full-size upstream manifests (tests/fixtures/realarch/*.manifest.json), nothing
-downloaded:
+From the full-size upstream manifests (tests/fixtures/{realarch,blockarch}/*.manifest.json), nothing
+downloaded. Block-diffusion models (sdar, llada2) are replayed in packed sequences of up to twice
+prompt + gen tokens (rollouts/block_packing.py), so their activations are measured at that length;
+LLaDA2's layer is measured as an MoE layer (its first layer is a smaller dense one).
   weights_gib        every parameter in bf16 (exact count from the manifest)
   lora_params        LoRA parameters on q/k/v/o (peft on the native model built on the meta device)
   lora_train_gib     LoRA weights bf16 + fp32 master copy + fp32 gradient + Adam's two fp32
@@ -34,7 +37,9 @@ import torch  # noqa: E402
 from rollouts.families import FAMILIES  # noqa: E402
 
 GIB = 2 ** 30
-MANIFESTS = {"llada": "llada-8b-instruct.manifest.json", "dream": "dream-v0-instruct-7b.manifest.json"}
+MANIFESTS = {"llada": "realarch/llada-8b-instruct.manifest.json", "dream": "realarch/dream-v0-instruct-7b.manifest.json",
+             "sdar": "blockarch/sdar-8b-chat.manifest.json", "llada2": "blockarch/llada2.0-mini.manifest.json"}
+BLOCK = ("sdar", "llada2")  # replayed in packed sequences of up to 2 x (prompt + gen)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
@@ -59,7 +64,7 @@ def saved_bytes(fn, weights) -> int:
 def measure(kind: str, prompt: int, gen: int, rank: int) -> dict:
     from peft import LoraConfig, get_peft_model
 
-    manifest = json.load(open(os.path.join(ROOT, "tests", "fixtures", "realarch", MANIFESTS[kind])))
+    manifest = json.load(open(os.path.join(ROOT, "tests", "fixtures", MANIFESTS[kind])))
     family = FAMILIES[kind]
     config = family.native_config(manifest["config"])
     lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS)
@@ -71,11 +76,11 @@ def measure(kind: str, prompt: int, gen: int, rank: int) -> dict:
 
     # one decoder layer at real width, bf16, LoRA on, base frozen: what does backward keep?
     one = family.native_config({**manifest["config"], **({"n_layers": 1} if kind == "llada" else
-                                                         {"num_hidden_layers": 1})})
+                                                         {"num_hidden_layers": 1, "first_k_dense_replace": 0})})
     one.vocab_size, one.pad_token_id = 8, None  # the embedding and head are measured separately below
     torch.manual_seed(0)
     layer_model = get_peft_model(family.MODEL_CLASS(one).to(torch.bfloat16), lora)
-    seq = prompt + gen
+    seq = (prompt + gen) * (2 if kind in BLOCK else 1)
     hidden = torch.randn(1, seq, one.hidden_size, dtype=torch.bfloat16, requires_grad=True)
     decoder = layer_model.base_model.model.model
     positions = torch.arange(seq).unsqueeze(0)
@@ -85,7 +90,7 @@ def measure(kind: str, prompt: int, gen: int, rank: int) -> dict:
                             list(layer_model.parameters()))
     layer_input = seq * one.hidden_size * 2
     # the answer positions' head: logits -> fp32 log-softmax over the full vocabulary
-    vocab, width = manifest["state_dict"]["lm_head.weight" if kind == "dream" else "model.transformer.ff_out.weight"]
+    vocab, width = manifest["state_dict"]["model.transformer.ff_out.weight" if kind == "llada" else "lm_head.weight"]
     states = torch.randn(1, gen, width, dtype=torch.bfloat16, requires_grad=True)
     head_weight = torch.zeros(vocab, width, dtype=torch.bfloat16)
     head = saved_bytes(lambda: torch.nn.functional.linear(states, head_weight).float().log_softmax(-1), [head_weight])
@@ -105,9 +110,10 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=256)
     parser.add_argument("--gen", type=int, default=256)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--kinds", nargs="+", default=list(MANIFESTS), choices=list(MANIFESTS))
     args = parser.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 1)))
-    out = {kind: measure(kind, args.prompt, args.gen, args.rank) for kind in MANIFESTS}
+    out = {kind: measure(kind, args.prompt, args.gen, args.rank) for kind in args.kinds}
     for kind, row in out.items():
         total = row["weights_gib"] + row["lora_train_gib"] + row["activations_ckpt_gib"]
         row["total_ckpt_gib"] = round(total, 2)

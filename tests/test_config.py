@@ -107,15 +107,17 @@ def test_gpu_configs_use_native_families_whose_lora_targets_exist_at_full_size(t
 
     here = os.path.dirname(__file__)
     gpu = os.path.join(here, "..", "configs", "gpu")
-    manifests = {"llada8b": "llada", "dream7b": "dream"}
+    manifests = {"llada8b": ("llada", "realarch/llada-8b-instruct"), "dream7b": ("dream", "realarch/dream-v0-instruct-7b"),
+                 "sdar8b": ("sdar", "blockarch/sdar-8b-chat"), "llada2mini": ("llada2", "blockarch/llada2.0-mini")}
     for name in sorted(os.listdir(gpu)):
         cfg = load_config(os.path.join(gpu, name), [f"model.path={tmp_path}"])
         assert cfg.model.family == "auto" and not cfg.model.trust_remote_code and cfg.model.dtype == "bfloat16"
         assert cfg.model.lora.enabled and cfg.trainer.deepspeed == "zero2" and cfg.model.gradient_checkpointing
-        kind = manifests[name.split("_")[0]]
-        manifest = json.load(open(os.path.join(here, "fixtures", "realarch", f"{'llada-8b-instruct' if kind == 'llada' else 'dream-v0-instruct-7b'}.manifest.json")))
+        kind, manifest_file = manifests[name.split("_")[0]]
+        manifest = json.load(open(os.path.join(here, "fixtures", f"{manifest_file}.manifest.json")))
         family = FAMILIES[kind]
         with torch.device("meta"):
             model = apply_lora(family.MODEL_CLASS(family.native_config(manifest["config"])), cfg.model.lora, kind)
         wrapped = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_A" in n}
         assert wrapped == set(cfg.model.lora.target_modules)
+
