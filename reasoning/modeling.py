@@ -56,6 +56,9 @@ class LoraConfig:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # parameters that are not Linear layers, by name suffix — an MoE's stacked experts, e.g.
+    # [mlp.experts.gate_up_proj, mlp.experts.down_proj] for llada2 (peft's target_parameters)
+    target_parameters: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -170,6 +173,7 @@ def peft_lora_config(cfg: LoraConfig, family: str = "bidirectional"):
 
     return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                           target_modules=list(cfg.target_modules), exclude_modules=lora_exclude(family),
+                          target_parameters=list(cfg.target_parameters) or None,
                           bias="none")
 
 
@@ -181,12 +185,29 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     model.enable_input_require_grads()
 
 
+def check_lora_targets(model: torch.nn.Module, cfg: LoraConfig) -> None:
+    """Before anything is written: the LoRA targets name modules / parameters the model has."""
+    if not cfg.enabled:
+        return
+    names = [n for n, _ in model.named_modules() if n]
+    if not any(n == t or n.endswith("." + t) for n in names for t in cfg.target_modules):
+        short = sorted({n.rsplit(".", 1)[-1] for n in names if not n[-1].isdigit()})
+        raise ConfigError(f"config key 'model.lora.target_modules': {list(cfg.target_modules)} match no module "
+                          f"of the model (its module names include: {', '.join(short[:12])})")
+    stacked = sorted({n.split(".", 3)[-1] for n, p in model.named_parameters() if p.dim() == 3})  # MoE experts
+    for target in cfg.target_parameters:  # peft skips a name that matches nothing; we do not
+        if not any(n.endswith(target) for n, _ in model.named_parameters()):
+            raise ConfigError(f"config key 'model.lora.target_parameters': '{target}' is no parameter of the model "
+                              f"(stacked ones it has: {', '.join(stacked[:6]) or 'none'})")
+
+
 def apply_lora(model: torch.nn.Module, cfg: LoraConfig, family: str = "bidirectional") -> torch.nn.Module:
     """Wrap with a peft LoRA adapter when enabled (only adapter weights then train)."""
     if not cfg.enabled:
         return model
     from peft import get_peft_model
 
+    check_lora_targets(model, cfg)
     try:
         return get_peft_model(model, peft_lora_config(cfg, family))
     except ValueError as exc:

@@ -52,7 +52,7 @@ from reasoning.engine import build_engine, zero_stage
 from reasoning.evaluate import evaluate_and_log
 from reasoning.groups import Group, GroupCollector, StepGroups, split_groups
 from reasoning.metrics import rollout_metrics
-from reasoning.modeling import count_parameters, load_model, peft_lora_config
+from reasoning.modeling import check_lora_targets, count_parameters, load_model, peft_lora_config
 from reasoning.objectives import RolloutBatch, build_objective
 from reasoning.preflight import check_prompt_lengths, check_rl_inputs
 from reasoning.rundir import claim_run_dir
@@ -75,6 +75,7 @@ def run_rl(cfg: Config) -> dict:
     task, splits, reward_cfg = check_rl_inputs(cfg)
     warm = cfg.trainer.sft_warm_start and cfg.model.path is None
     model, tokenizer = load_model(cfg.model)
+    check_lora_targets(model, cfg.model.lora)
     if not warm:
         check_prompt_lengths(cfg, tokenizer, model, splits)
     resume_from = find_resume(cfg.trainer.resume, cfg.run_dir)  # checked before the directory is claimed

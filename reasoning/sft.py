@@ -30,7 +30,7 @@ from reasoning.data import SFTBatch, collate_sft, tokenize_sft
 from reasoning.engine import build_engine, engine_step, zero_stage
 from reasoning.evaluate import evaluate_and_log
 from reasoning.metrics import MetricsLogger
-from reasoning.modeling import count_parameters, load_model
+from reasoning.modeling import check_lora_targets, count_parameters, load_model
 from reasoning.preflight import check_prompt_lengths, require_training_rows
 from reasoning.recipe import base_weights, begin, make_trainable
 from reasoning.rundir import claim_run_dir
@@ -111,6 +111,7 @@ def run_sft(cfg: Config) -> dict:
         raise ConfigError(f"config key 'sft.micro_batch_size': {micro} must divide sft.batch_size={sft.batch_size}")
     require_training_rows(cfg)
     model, tokenizer = load_model(cfg.model)
+    check_lora_targets(model, cfg.model.lora)
     if sft.objective == "block_diffusion" and not hasattr(model, "attention_block_length"):
         raise ConfigError("config key 'sft.objective': block_diffusion trains a block-diffusion model (model.family "
                           "sdar, or an sdar / llada2 checkpoint); this model attends over the whole canvas (use llada)")

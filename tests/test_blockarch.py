@@ -181,3 +181,39 @@ def test_block_length_on_a_model_without_blocks_is_named(tmp_path, capsys):
     assert main(["sample", llada, "--prompt", "x", "model.block_length=4", "--output", str(tmp_path)]) == 2
     assert "config key 'model.block_length': only block-diffusion families" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
+
+
+def test_lora_on_the_moe_experts_trains_syncs_and_exports(tmp_path):
+    """`model.lora.target_parameters` puts LoRA on LLaDA2's stacked experts (peft's parameter
+    targeting): RL updates them, and the export writes the merged experts back one tensor each."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from reasoning.cli import main
+
+    path, _ = fixture("llada2")
+    reward = os.path.join(os.path.dirname(os.path.dirname(HERE)), "reward_fns.py") + ":digit_fraction"
+    config = tmp_path / "moe.yaml"
+    config.write_text(RL.format(name="moe", out=tmp_path / "runs", model=path, block=4, reward=reward,
+                                objective="trajectory").replace(
+        "lora: {enabled: true, r: 4}",
+        "lora: {enabled: true, r: 4, target_parameters: [mlp.experts.gate_up_proj, mlp.experts.down_proj]}"))
+    assert main(["train", str(config)]) == 0
+    run = tmp_path / "runs" / "moe"
+    checkpoint = sorted((run / "checkpoints").iterdir())[-1]
+    adapter = load_file(str(checkpoint / "adapter" / "adapter_model.safetensors"))
+    assert any("experts" in name for name in adapter)
+    assert main(["export", str(run), str(tmp_path / "out")]) == 0
+    exported, base = load_file(str(tmp_path / "out" / "model.safetensors")), load_file(os.path.join(path, "model.safetensors"))
+    name = "model.layers.1.mlp.experts.3.up_proj.weight"
+    assert exported[name].shape == base[name].shape and (exported[name] - base[name]).abs().max() > 0
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        adapted = PeftModel.from_pretrained(load_pretrained(path, block_length=4), str(checkpoint / "adapter")).eval()
+        merged = load_pretrained(str(tmp_path / "out"), block_length=4).eval()
+        assert (merged(input_ids=ids).logits - adapted(input_ids=ids).logits).abs().max() < 1e-4
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config.read_text().replace("mlp.experts.down_proj", "mlp.experts.nothing").replace("name: moe",
+                                                                                                   "name: bad"))
+    assert main(["train", str(bad)]) == 2
+    assert not (tmp_path / "runs" / "bad").exists()
