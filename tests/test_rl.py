@@ -244,24 +244,34 @@ def test_two_trainer_processes_with_zero2(tmp_path):
     assert (ds / "rng_rank0.pt").exists() and (ds / "rng_rank1.pt").exists()
 
 
-def test_zero3_lora_sync_gathers_the_partitioned_adapter(tmp_path):
+@pytest.mark.parametrize("model", ["tiny", "llada2_moe"])
+def test_zero3_lora_sync_gathers_the_partitioned_adapter(tmp_path, model):
     """torchrun --nproc_per_node 2 with ZeRO-3 (every tensor partitioned): after one update and a
     sync, each rank's rollout worker holds exactly the trainer's full adapter and gives its logits.
-    Without gathering, the shipped tensors are empty shards and the worker cannot load them."""
+    Without gathering, the shipped tensors are empty shards and the worker cannot load them.
+    llada2_moe: the LLaDA2 fixture with LoRA on its stacked experts too (model.lora.target_parameters)."""
+    import re
+
     from reasoning.modeling import TinyModelConfig, build_char_tokenizer, build_tiny_model
 
     base = tmp_path / "base"
-    tokenizer = build_char_tokenizer()
-    build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                                     max_positions=64), tokenizer).save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    if model == "tiny":
+        tokenizer = build_char_tokenizer()
+        build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                                         max_positions=64), tokenizer).save_pretrained(base)
+        tokenizer.save_pretrained(base)
+    else:
+        base = os.path.join(ROOT, "tests", "fixtures", "blockarch", "llada2", "ckpt")
     launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in launcher}
     env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     done = subprocess.run([torchrun, "--nproc_per_node", "2", os.path.join(ROOT, "tests", "zero3_sync_check.py"),
-                           str(base), str(tmp_path)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"rank"')]
+                           str(base), str(tmp_path), *(["moe"] if model != "tiny" else [])],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    reports = [json.loads(r) for r in re.findall(r'\{"rank"[^{}]*\}', done.stdout)]  # the ranks' lines may interleave
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert sorted(r["rank"] for r in reports) == [0, 1]
     assert all(r["ok"] and r["max_weight_diff"] == 0.0 and r["max_abs_lora_B"] > 0 for r in reports)
+    if model != "tiny":
+        assert all(r["tensors"] > 8 for r in reports)  # q/v of 2 layers (8) plus the experts' adapters

@@ -20,7 +20,9 @@ from rollouts.workers import PolicySpec, WorkerPool, policy_weights
 torch.set_num_threads(1)
 base = sys.argv[1]
 model, tokenizer = load_model(ModelConfig(path=base))
-lora = LoraConfig(enabled=True, r=4, target_modules=["q_proj", "v_proj"])
+moe = len(sys.argv) > 3 and sys.argv[3] == "moe"  # LLaDA2: LoRA on the stacked experts too
+lora = LoraConfig(enabled=True, r=4, target_modules=["q_proj", "v_proj"],
+                  target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"] if moe else [])
 model = apply_lora(model, lora)
 # the zero3 preset, with every parameter partitioned: by default ZeRO-3 keeps tensors under
 # 1e5 elements whole on each rank, which would hide a sync that forgets to gather
@@ -39,8 +41,9 @@ loss = engine(input_ids=ids, attention_mask=mask).logits.float().pow(2).mean()
 engine.backward(loss)
 engine.step()
 
-group = WorkerPool(PolicySpec(path=base, lora=peft_lora_config(lora)), DecodingConfig(gen_length=4),
-                     num_workers=1, use_ray=False)
+group = WorkerPool(PolicySpec(path=base, lora=peft_lora_config(lora, "llada2" if moe else "bidirectional")),
+                   DecodingConfig(gen_length=4),
+                   num_workers=1, use_ray=False)
 group.sync(trainer_weights(engine.module, zero_stage(engine)), version=1)
 worker_state = policy_weights(group.workers[0].policy.model)
 
