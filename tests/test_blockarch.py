@@ -217,3 +217,23 @@ def test_lora_on_the_moe_experts_trains_syncs_and_exports(tmp_path):
                                                                                                    "name: bad"))
     assert main(["train", str(bad)]) == 2
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+@pytest.mark.parametrize("kind", ["sdar", "llada2"])
+def test_bf16_sharded_copy_loads(kind, tmp_path):
+    """As real snapshots ship: bf16, several shards and an index. The same logits as the single fp32
+    file loaded in bf16, and within a few % of the upstream fp32 logits (LLaDA2's router stays fp32)."""
+    from test_realarch import write_bf16_sharded
+
+    path, ref = fixture(kind)
+    write_bf16_sharded(path, tmp_path / "snap")
+    block = ref["block_length"]
+    model = load_pretrained(str(tmp_path / "snap"), dtype=torch.bfloat16, block_length=block).eval()
+    kinds = {p.dtype for n, p in model.named_parameters() if ".mlp.gate." not in n}
+    assert kinds == {torch.bfloat16}
+    with torch.no_grad():
+        logits = model(input_ids=ref["input_ids"]).logits.float()
+        single = load_pretrained(path, dtype=torch.bfloat16, block_length=block).eval()(input_ids=ref["input_ids"])
+    assert torch.equal(logits, single.logits.float())
+    diff, scale = (logits - ref["logits"]).abs().max(), ref["logits"].abs().max()
+    assert diff <= 0.05 * scale, (float(diff), float(scale))
