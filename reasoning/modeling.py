@@ -194,9 +194,9 @@ def check_lora_targets(model: torch.nn.Module, cfg: LoraConfig) -> None:
         short = sorted({n.rsplit(".", 1)[-1] for n in names if not n[-1].isdigit()})
         raise ConfigError(f"config key 'model.lora.target_modules': {list(cfg.target_modules)} match no module "
                           f"of the model (its module names include: {', '.join(short[:12])})")
-    stacked = sorted({n.split(".", 3)[-1] for n, p in model.named_parameters() if p.dim() == 3})  # MoE experts
     for target in cfg.target_parameters:  # peft skips a name that matches nothing; we do not
         if not any(n.endswith(target) for n, _ in model.named_parameters()):
+            stacked = sorted({n.split(".", 3)[-1] for n, p in model.named_parameters() if p.dim() == 3})  # MoE experts
             raise ConfigError(f"config key 'model.lora.target_parameters': '{target}' is no parameter of the model "
                               f"(stacked ones it has: {', '.join(stacked[:6]) or 'none'})")
 
@@ -210,12 +210,11 @@ def apply_lora(model: torch.nn.Module, cfg: LoraConfig, family: str = "bidirecti
     check_lora_targets(model, cfg)
     try:
         return get_peft_model(model, peft_lora_config(cfg, family))
-    except ValueError as exc:
+    except ValueError as exc:  # what check_lora_targets cannot see, e.g. every match excluded by the family
         if "target" not in str(exc).lower():
             raise
-        names = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n and not n[-1].isdigit()})
-        raise ConfigError(f"config key 'model.lora.target_modules': {list(cfg.target_modules)} match no module "
-                          f"of the model (its module names include: {', '.join(names[:12])})") from None
+        raise ConfigError(f"config key 'model.lora.target_modules': {list(cfg.target_modules)}: "
+                          f"{str(exc).splitlines()[0][:300]}") from None
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -24,7 +24,6 @@ CommitRule = Literal["low_confidence", "random", "threshold"]
 ConfidenceMeasure = Literal["auto", "chosen_prob", "max_prob", "margin", "entropy"]
 RemaskRule = Literal["none", "running_confidence"]
 CacheMode = Literal["none", "prefix", "dual", "block"]
-EXACT_CACHES = ("none", "block")  # the sampler's log-probs are the policy's own (no off-policy correction)
 
 
 @dataclass

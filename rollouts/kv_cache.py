@@ -135,10 +135,7 @@ class FinishedBlocksCache:
     prompt's complete blocks and the finished answer blocks — all exact."""
 
     def __init__(self, policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, width: int, offset: torch.Tensor):
-        if policy.attention_block is None or not policy.supports_kv_cache:
-            raise ValueError("decoding setting 'cache': block is the exact cache of block-diffusion models (sdar, "
-                             f"llada2); {type(policy.model).__name__} attends over the whole canvas (use none, prefix "
-                             f"or dual)")
+        """For a block-diffusion policy (rollouts/decoding.py `block_decoding` refuses `cache: block` otherwise)."""
         self.policy, self.width, self.offset = policy, width, offset
         self.prompt_ids, self.prompt_mask = prompt_ids, prompt_mask
         self.cached = torch.zeros(len(prompt_ids), dtype=torch.long, device=prompt_ids.device)
@@ -163,7 +160,7 @@ class FinishedBlocksCache:
         canvas = torch.cat([self.prompt_ids[rows], answer], 1)
         attention = torch.cat([self.prompt_mask[rows], torch.ones_like(answer)], 1)
         end = min(start + self.width, canvas.shape[1])
-        cache = stored_cache([(k[rows][:, :, :cached], v[rows][:, :, :cached]) for k, v in self.layers]) \
+        cache = stored_cache([(k[rows, :, :cached], v[rows, :, :cached]) for k, v in self.layers]) \
             if cached else None
         logits, grown = self.policy.cached_forward(canvas[:, cached:end], attention[:, :end],
                                                    position_ids(attention)[:, cached:end], keep=end - cached,

@@ -15,9 +15,9 @@ Only s = 1 reproduces the behaviour log-probs exactly (docs/architecture.md, inv
 
 Block-diffusion models (SDAR, LLaDA2: attention causal across blocks) are replayed by block-wise
 packing (rollouts/block_packing.py), as TraceRL does: the steps of block b only change block b, and
-everything before it is final by then, so one sequence per trajectory — the prompt and final answer,
-then one copy of the current block per step — scores every step in one forward, with the same
-numbers as one forward per state.
+everything before it is final by then, so a packed sequence — the prompt and final answer, then one
+copy of the current block per step — scores many steps in one forward, with the same numbers as one
+forward per state.
 """
 
 from __future__ import annotations
@@ -166,9 +166,8 @@ def _selection_logp(traj: Trajectory, states: np.ndarray, bounds: np.ndarray, st
 
 # --- block-diffusion models: the steps of a trajectory in few packed forwards ----------------------------
 
-def _pack_steps(traj: Trajectory, steps: range, width: int) -> Pack:
+def _pack_steps(traj: Trajectory, states: np.ndarray, bounds: np.ndarray, steps: range, width: int) -> Pack:
     """The clean canvas (prompt + final answer), then one copy of the current block per step of `steps`."""
-    states, bounds = traj.states(), traj.step_bounds()
     copies = [(int(traj.block_of(traj.event_position[bounds[t]])), states[t]) for t in steps]
     return pack(traj.prompt_ids, traj.final_tokens, copies, width, traj.block_offset)
 
@@ -181,6 +180,8 @@ def _packed_replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg:
     if policy.shift_logits:
         raise ValueError("replay: block-wise packing assumes a model whose position i predicts token i")
     device, width = policy.device, policy.attention_block
+    states = [traj.states() for traj in trajectories]  # each trajectory's canvases, rebuilt once
+    bounds = [traj.step_bounds() for traj in trajectories]
     items: list[tuple[int, range]] = []
     for i, traj in enumerate(trajectories):
         per_pack = max(1, (len(traj.prompt_ids) + traj.gen_length) // width)
@@ -193,7 +194,7 @@ def _packed_replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg:
     parts = {name: [[] for _ in trajectories] for name in ("token", "entropy", "selection", "event_selection")}
     out = Replayed([], [], 0)
     for chunk in chunks:
-        packs = [_pack_steps(trajectories[i], steps, width) for i, steps in chunk]
+        packs = [_pack_steps(trajectories[i], states[i], bounds[i], steps, width) for i, steps in chunk]
         ids, allowed, positions = pack_batch(packs, width, policy.ids.pad)
         logits = policy.model(input_ids=ids.to(device), attention_mask=allowed.to(device),
                               position_ids=positions.to(device)).logits
@@ -202,8 +203,7 @@ def _packed_replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg:
         for row, ((i, steps), packed) in enumerate(zip(chunk, packs)):
             traj = trajectories[i]
             shift = ids.shape[1] - len(packed.ids)  # left padding of this row
-            bounds = traj.step_bounds()
-            events = np.arange(bounds[steps.start], bounds[steps.stop])
+            events = np.arange(bounds[i][steps.start], bounds[i][steps.stop])
             events = events[traj.event_token[events] != traj.mask_id]  # the commits of these steps
             copy = traj.event_step[events] - steps.start
             where = torch.as_tensor(shift + packed.answer_start[copy] + traj.event_position[events], device=device)
@@ -216,11 +216,11 @@ def _packed_replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg:
                 parts["selection"][i].append(step.logp.new_zeros(len(steps)))
                 parts["event_selection"][i].append(step.logp.new_zeros(len(events)))
                 continue
-            states, answer = traj.states(), torch.arange(traj.gen_length)
+            answer = torch.arange(traj.gen_length)
             for t in steps:  # the step's scores at every answer position (only its block's count)
                 rows = (shift + packed.answer_start[t - steps.start] + answer).clamp(0, ids.shape[1] - 1).to(device)
                 full = distribution_from_logits(policy, logits[row, rows], cfg, measure)
-                per_step, per_event = _selection_logp(traj, states, bounds, range(t, t + 1),
+                per_step, per_event = _selection_logp(traj, states[i], bounds[i], range(t, t + 1),
                                                       full.selection_scores(full.confidence()), device)
                 parts["selection"][i].append(per_step)
                 parts["event_selection"][i].append(per_event)

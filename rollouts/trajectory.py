@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+EXACT_CACHES = ("none", "block")  # caches whose log-probs are the policy's own (rollouts/kv_cache.py)
+
+
 @dataclass
 class Trajectory:
     """One sampled answer. Positions index the answer canvas (0 .. gen_length-1)."""
@@ -48,7 +51,7 @@ class Trajectory:
     @property
     def exact_behaviour(self) -> bool:
         """event_logp is the policy's own log-prob (no approximate KV cache was used)."""
-        return self.cache in ("none", "block")
+        return self.cache in EXACT_CACHES
 
     def block_of(self, positions: np.ndarray) -> np.ndarray:
         """The decoding block of answer positions."""

@@ -98,7 +98,6 @@ class Task:
         train = self.generate(random.Random(f"{cfg.seed}-train"), cfg.train_size, "train", held_out, **cfg.task_args)
         return DatasetDict(train=Dataset.from_list(train), test=Dataset.from_list(test))
 
-
     def build_from_file(self, cfg: DataConfig) -> DatasetDict:
         from reasoning.tasks.files import read_file  # files.py builds on this module
 

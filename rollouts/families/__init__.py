@@ -29,7 +29,7 @@ import torch
 
 from rollouts.families import bidirectional, diffusion_gemma, dream, llada, llada2, masked_lm, remote, sdar
 from rollouts.families.native import (INDEX_FILE, SINGLE_FILE, ModelLoadError, checkpoint_tensors, export as export_weights,
-                                     load_native, read_config)
+                                     load_native, read_config, renamed_state)
 
 # auto-detection tries them in this order
 FAMILIES: dict[str, ModuleType] = {module.NAME: module for module in
@@ -168,9 +168,8 @@ def export(model: torch.nn.Module, source: str, out_dir: str) -> list[str]:
                              f"original format to write back (other models: save_pretrained)")
     module = FAMILIES[family]
     if hasattr(module, "to_upstream_state"):  # tensors fused / stacked differently upstream (llada2)
-        return export_weights(model, source, out_dir, to_upstream_state=lambda state: module.to_upstream_state(
-            state, model.config))
-    return export_weights(model, source, out_dir, module.to_upstream)
+        return export_weights(model, source, out_dir, lambda state: module.to_upstream_state(state, model.config))
+    return export_weights(model, source, out_dir, lambda state: renamed_state(state, module.to_upstream))
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):

@@ -144,26 +144,26 @@ def load_native(path: str, family: str, model_class, config, to_native, dtype: t
     return model
 
 
-def export(model: torch.nn.Module, source: str, out_dir: str, to_upstream: Callable[[str], str | None] | None = None,
-           to_upstream_state: Callable[[dict], dict] | None = None) -> list[str]:
+def renamed_state(state: dict[str, torch.Tensor], to_upstream: Callable[[str], str | None]) -> dict:
+    """A state dict under the snapshot's names, for families whose tensors map one to one."""
+    out = {}
+    for native, tensor in state.items():
+        upstream = to_upstream(native)
+        if upstream is None:
+            raise ModelLoadError(f"export: no original name for tensor '{native}'")
+        out[upstream] = tensor
+    return out
+
+
+def export(model: torch.nn.Module, source: str, out_dir: str, to_upstream_state: Callable[[dict], dict]) -> list[str]:
     """Write `model`'s weights under the snapshot's original names, sharded and typed like `source`,
-    with every non-weight file of `source` (config, tokenizer, template) copied unchanged. Names map
-    one to one (`to_upstream`), or the family converts the whole state dict (`to_upstream_state`:
-    tensors fused or split differently upstream)."""
+    with every non-weight file of `source` (config, tokenizer, template) copied unchanged.
+    `to_upstream_state` converts the state dict: `renamed_state` for one-to-one names, or the
+    family's own conversion where tensors are fused or split differently upstream (llada2)."""
     from safetensors.torch import save_file
 
     layout = checkpoint_tensors(source)
-    state = model.state_dict()
-    if to_upstream_state is not None:
-        by_upstream = {name: t for name, t in to_upstream_state(state).items() if name in layout}
-    else:
-        by_upstream = {}
-        for native, tensor in state.items():
-            upstream = to_upstream(native)
-            if upstream is None:
-                raise ModelLoadError(f"export: no original name for tensor '{native}'")
-            if upstream in layout:
-                by_upstream[upstream] = tensor
+    by_upstream = {name: t for name, t in to_upstream_state(model.state_dict()).items() if name in layout}
     missing = sorted(set(layout) - set(by_upstream))
     if missing:
         raise ModelLoadError(f"export: the model has no tensor for '{missing[0]}' of {source}")
