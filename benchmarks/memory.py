@@ -17,6 +17,15 @@ LLaDA2's layer is measured as an MoE layer (its first layer is a smaller dense o
                      layer count, plus the answer positions' logits/log-softmax (fp32, gen x vocab)
   activations_ckpt_gib the same with gradient checkpointing (the configs' setting): every layer
                      keeps only its input, one layer's activations are live during recompute
+With --eval: what one row of `dlmrl eval --protocol d1` needs (no gradients, --eval-batch answers
+decoded together, d1's steps = gen / 2 forwards per block-decoded batch, every step over the whole
+prompt + gen canvas):
+  eval_gib           weights + per answer (one layer's working set, bounded by what the layer saves
+                     for backward above, + the answer positions' logits: bf16, fp32 copy, masked
+                     copy, log-softmax = 14 bytes x gen x vocab) x eval batch
+  eval_forwards      problems / batch x gen / 2 (an upper bound: answers stop at [EOS] blocks)
+  eval_hours         2 x parameters x batch x (prompt + gen) FLOPs per forward, at --tflops
+                     sustained (an assumption, default 400: about 40 % of an H100's dense bf16)
 Attention runs through SDPA on the CPU here; a GPU kernel saves about the same (no S x S matrix
 for the memory-efficient/flash kernels, which the CPU math path would show up as larger).
 Last line: JSON.
@@ -95,7 +104,8 @@ def measure(kind: str, prompt: int, gen: int, rank: int) -> dict:
     head_weight = torch.zeros(vocab, width, dtype=torch.bfloat16)
     head = saved_bytes(lambda: torch.nn.functional.linear(states, head_weight).float().log_softmax(-1), [head_weight])
     layers = config.num_hidden_layers
-    return {
+    eval_per_answer = per_layer + gen * vocab * 14
+    return {"eval_per_answer_gib": round(eval_per_answer / GIB, 3), "vocab": vocab,
         "parameters": base_params, "weights_gib": round(base_params * 2 / GIB, 2),
         "lora_params": lora_params, "lora_train_gib": round(lora_params * (2 + 4 + 4 + 8) / GIB, 3),
         "activation_per_layer_mib": round(per_layer / 2 ** 20, 1), "head_mib": round(head / 2 ** 20, 1),
@@ -111,14 +121,25 @@ def main() -> None:
     parser.add_argument("--gen", type=int, default=256)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--kinds", nargs="+", default=list(MANIFESTS), choices=list(MANIFESTS))
+    parser.add_argument("--eval", action="store_true", help="also: memory and time of one d1 protocol row")
+    parser.add_argument("--eval-batch", type=int, default=8, help="answers decoded together (d1: 8, 4 at gen 512)")
+    parser.add_argument("--eval-problems", type=int, default=1319, help="problems in the split (GSM8K test: 1319)")
+    parser.add_argument("--tflops", type=float, default=400.0, help="assumed sustained bf16 TFLOP/s")
     args = parser.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 1)))
     out = {kind: measure(kind, args.prompt, args.gen, args.rank) for kind in args.kinds}
     for kind, row in out.items():
         total = row["weights_gib"] + row["lora_train_gib"] + row["activations_ckpt_gib"]
         row["total_ckpt_gib"] = round(total, 2)
+        per_answer = row.pop("eval_per_answer_gib")
+        if args.eval:
+            forwards = -(-args.eval_problems // args.eval_batch) * (args.gen // 2)
+            flops = 2 * row["parameters"] * args.eval_batch * (args.prompt + args.gen) * forwards
+            row.update(eval_gib=round(row["weights_gib"] + per_answer * args.eval_batch, 2), eval_forwards=forwards,
+                       eval_hours=round(flops / (args.tflops * 1e12) / 3600, 2))
     print(json.dumps({"prompt_tokens": args.prompt, "gen_length": args.gen, "lora_rank": args.rank,
-                      "micro_batch": 1, **out}))
+                      "micro_batch": 1, **({"eval_batch": args.eval_batch, "eval_problems": args.eval_problems,
+                                            "assumed_tflops": args.tflops} if args.eval else {}), **out}))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob
 import json
 import os
@@ -11,7 +10,9 @@ import re
 import sys
 
 from reasoning import interrupts
+from reasoning.eval_command import cmd_eval
 from reasoning.schema import ConfigError
+from reasoning.targets import load_run_checkpoint, load_target
 
 
 def _quiet_environment() -> None:
@@ -39,116 +40,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_run_checkpoint(path: str, overrides: list[str]):
-    """(config, model, tokenizer, run_dir) for a checkpoint: the config is its run's config.yaml
-    (runs/NAME/checkpoints/step_N -> runs/NAME/config.yaml) with the command-line overrides."""
-    import torch
-
-    from reasoning.checkpoint import is_checkpoint, load_checkpoint
-    from reasoning.config import load_config
-    from rollouts.families import ModelLoadError
-
-    if not (os.path.isdir(path) and is_checkpoint(path)):
-        raise ConfigError(f"'{path}' is not a dlmrl checkpoint directory (no trainer_state.json)")
-    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    run_config = os.path.join(run_dir, "config.yaml")
-    cfg = load_config(run_config if os.path.isfile(run_config) else None, overrides, saved_by_run=True)
-    try:
-        model, tokenizer, _ = load_checkpoint(path, getattr(torch, cfg.model.dtype), cfg.model.family,
-                                              cfg.model.trust_remote_code)
-    except ModelLoadError as exc:
-        raise ConfigError(str(exc)) from None
-    return cfg, model, tokenizer, run_dir
-
-
-def _load_target(target: str, overrides: list[str]):
-    """(config, model, tokenizer, output base dir) for what `eval`/`sample` was pointed at: a dlmrl
-    checkpoint (its run's config), a plain model directory (e.g. a LLaDA or Dream snapshot: the
-    default config with model.path set to it), or — for eval — a YAML config."""
-    from reasoning.checkpoint import is_checkpoint
-    from reasoning.config import load_config
-    from reasoning.modeling import load_model
-
-    if os.path.isdir(target) and is_checkpoint(target):
-        cfg, model, tokenizer, run_dir = _load_run_checkpoint(target, overrides)
-        return cfg, model, tokenizer, run_dir
-    if os.path.isdir(target):
-        if not os.path.isfile(os.path.join(target, "config.json")):
-            raise ConfigError(f"'{target}' is neither a dlmrl checkpoint (trainer_state.json) nor a model directory "
-                              f"(config.json)")
-        cfg = load_config(None, overrides)
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=target))
-        model, tokenizer = load_model(cfg.model)
-        return cfg, model, tokenizer, os.path.join(cfg.output_dir, os.path.basename(os.path.normpath(target)))
-    if os.path.isfile(target):
-        cfg = load_config(target, overrides)
-        model, tokenizer = load_model(cfg.model)
-        return cfg, model, tokenizer, cfg.run_dir
-    raise ConfigError(f"'{target}' does not exist (expected a checkpoint, a model directory or a config file)")
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a checkpoint (or a config's model) on held-out problems with the task's own scorer."""
-    import torch
-
-    from reasoning.evaluate import evaluate
-    from reasoning.tasks import get_task
-    from rollouts import make_policy
-
-    target = args.target
-    cfg, model, tokenizer, base = _load_target(target, args.overrides)
-    name = os.path.basename(os.path.normpath(target)) if os.path.isdir(target) else "model"
-    out_dir = args.output or os.path.join(base, "eval", name)
-    data = cfg.data
-    if args.task:
-        data = dataclasses.replace(data, task=args.task)
-    if args.data:
-        from reasoning.tasks.files import FileTask
-
-        name = args.task or "gsm8k"
-        if isinstance(get_task(name), FileTask):  # gsm8k, math500: the fields are named on the command line
-            task_args = {"path": args.data, "answer_field": args.answer_field or "answer"}
-            if args.prompt_field:
-                task_args["prompt_field"] = args.prompt_field
-        elif args.prompt_field or args.answer_field:
-            raise ConfigError(f"--prompt-field / --answer-field: task '{name}' reads its own fields from --data "
-                              f"(README, 'Tasks')")
-        else:  # a built-in task reads its fields (and d1's layouts) from the file
-            task_args = {"path": args.data}
-        data = dataclasses.replace(data, task=name, task_args=task_args)
-    torch.set_num_threads(cfg.threads)
-    task = get_task(data.task)
-    test = task.build(dataclasses.replace(data, train_size=0))["test"]
-    from reasoning.evaluate import MAX_ANSWERS
-
-    answers = min(args.n or cfg.eval.n, len(test)) * args.samples
-    if answers > MAX_ANSWERS:
-        raise ConfigError(f"--samples {args.samples}: {answers:,} answers exceed the {MAX_ANSWERS:,} an evaluation "
-                          f"keeps a record of; lower --samples or --n")
-    decoding = cfg.eval_decoding()
-    if args.samples > 1 and decoding.temperature == 0:
-        print("note: --samples > 1 with temperature 0 decodes identical answers; "
-              "set eval.decoding.temperature=...", file=sys.stderr)
-    policy = make_policy(model.eval(), tokenizer, cfg.model.shift_logits)
-    result = evaluate(policy, tokenizer, task, test, decoding, n=args.n or cfg.eval.n,
-                      batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=True, samples=args.samples,
-                      chat_template=data.chat_template)
-    summary = {"task": task.name, "n": result.n, "accuracy": result.accuracy,
-               **{f"pass@{k}": v for k, v in result.pass_at_k.items()},
-               "mean_steps": result.mean_steps, "tokens_per_s": result.tokens_per_s, "samples": args.samples,
-               "decoding": dataclasses.asdict(decoding), "checkpoint": os.path.abspath(target), **result.metrics}
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "eval.json"), "w") as fh:
-        json.dump(summary, fh, indent=2)
-    with open(os.path.join(out_dir, "eval.jsonl"), "w") as fh:
-        for record in result.records:
-            fh.write(json.dumps(record) + "\n")
-    print(f"{task.name}: accuracy {result.accuracy:.4f} on {result.n} problems "
-          f"({result.mean_steps:.1f} forwards per answer); wrote {out_dir}/eval.json", file=sys.stderr)
-    print(json.dumps(summary))
-    return 0
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     """One answer from a checkpoint or a model directory, with its trajectory saved as JSONL + pictures."""
     import torch
@@ -161,7 +52,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"'{args.checkpoint}' is not a directory (expected a dlmrl checkpoint or a model directory)")
     if not 0 <= args.seed < 2 ** 63:
         raise ConfigError(f"--seed: expected an integer in [0, 2**63), got {args.seed}")
-    cfg, model, tokenizer, base = _load_target(args.checkpoint, args.overrides)
+    cfg, model, tokenizer, base = load_target(args.checkpoint, args.overrides)
     torch.set_num_threads(cfg.threads)
     policy = make_policy(model.eval(), tokenizer, cfg.model.shift_logits)
     try:
@@ -194,7 +85,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not found:
             raise ConfigError(f"'{source}' has no complete checkpoint (checkpoints/step_*/trainer_state.json)")
         source = found[-1]
-    cfg, model, _, _ = _load_run_checkpoint(source, args.overrides)
+    cfg, model, _, _ = load_run_checkpoint(source, args.overrides)
     from reasoning.checkpoint import read_state
 
     base = read_state(source).get("base_model") or cfg.model.path
@@ -288,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "any built-in task (sudoku4 and countdown also in d1's layouts)")
     ev.add_argument("--prompt-field", help="field holding the problem text (default: question, or problem for math500)")
     ev.add_argument("--answer-field", help="field holding the reference answer (default: answer)")
+    ev.add_argument("--protocol", help="a paper's evaluation: d1 (its benchmarks, splits, prompts, parsers and "
+                                       "decoding; --data DIR holds the splits; README, 'd1 protocol')")
+    ev.add_argument("--benchmarks", nargs="+", default=["gsm8k", "math500", "countdown", "sudoku"],
+                    help="with --protocol d1: which of its benchmarks")
+    ev.add_argument("--gen-lengths", type=_positive, nargs="+", default=[128, 256, 512],
+                    help="with --protocol d1: the generation lengths (block 32, steps = length / 2)")
     ev.add_argument("--samples", type=_positive, default=1, help="answers per problem (pass@k)")
     ev.add_argument("--n", type=_positive, help="problems to evaluate (default: eval.n)")
     ev.add_argument("--output", help="directory for eval.json / eval.jsonl")
@@ -304,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("output", help="a new directory for the exported snapshot")
     exp.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     exp.set_defaults(func=cmd_export)
+    verbs.add_parser("lm-eval", help="lm-evaluation-harness with the dlmrl model: lm-eval's own arguments "
+                                     "(README, 'lm-evaluation-harness')")
     show = verbs.add_parser("show", help="pictures: a denoising trajectory, a run's curves")
     show.add_argument("target", help="a run directory or a rollouts .jsonl file")
     show.add_argument("--index", type=int, default=0, help="which trajectory of the file")
@@ -348,11 +247,36 @@ def expected_failure(exc: BaseException) -> str | None:
     return None
 
 
+def lm_eval_command(argv: list[str], show_trace: bool) -> int:
+    """`dlmrl lm-eval ARGS`: lm-eval's own command line with the `dlmrl` model registered
+    (reasoning/harness.py); ARGS are lm-eval's, passed through untouched."""
+    try:
+        import lm_eval.__main__ as lm_eval_main
+    except ImportError:
+        print("dlmrl lm-eval: error: lm-evaluation-harness is not installed (pip install 'dlmrl[eval]')",
+              file=sys.stderr)
+        return 2
+    import reasoning.harness  # noqa: F401 — registers the `dlmrl` model
+
+    sys.argv = ["lm-eval", *argv]
+    try:
+        lm_eval_main.cli_evaluate()
+    except Exception as exc:  # noqa: BLE001 — a bad model arg or path is one line, like every verb
+        message = expected_failure(exc)
+        if message is None or show_trace:
+            raise
+        print(f"dlmrl lm-eval: error: {' '.join(message.split())} (--traceback for details)", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
     argv = sys.argv[1:] if argv is None else list(argv)
     show_trace = "--traceback" in argv
     argv = [a for a in argv if a != "--traceback"]
+    if argv[:1] == ["lm-eval"]:
+        return lm_eval_command(argv[1:], show_trace)
     parser = build_parser()
     rest, overrides = split_overrides(argv, parser)
     args = parser.parse_args(rest)

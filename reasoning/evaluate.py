@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from datasets import Dataset
@@ -47,15 +48,21 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
 
 
-def evaluate(policy: DiffusionPolicy, tokenizer, task, dataset: Dataset, decoding: DecodingConfig,
+def evaluate(policy: DiffusionPolicy, tokenizer, task, dataset: Dataset | list[dict], decoding: DecodingConfig,
              n: int, batch_size: int, seed: int = 0, progress: bool = False, samples: int = 1,
-             chat_template: str = "auto") -> EvalResult:
-    """Decode the first `n` examples (`samples` answers each); accuracy = mean task score
-    over all answers, pass@k over each example's samples. Sample k of example i always uses
-    the seed `sample_seed(seed, i, k)`, so results do not depend on the batch size."""
+             chat_template: str = "auto", encode: Callable[[dict], list[int]] | None = None,
+             decode: Callable[[torch.Tensor], str] | None = None) -> EvalResult:
+    """Decode the first `n` examples (`samples` answers each); accuracy = fraction of answers
+    the task scores 1.0, pass@k over each example's samples. Sample k of example i always uses
+    the seed `sample_seed(seed, i, k)`, so results do not depend on the batch size.
+    `encode` (row -> prompt ids) and `decode` (answer ids -> the text scored) replace the
+    defaults (the row's prompt through the chat template; the text before the stop token),
+    for protocols that prompt and parse their own way (reasoning/protocols.py)."""
     was_training = policy.model.training
     policy.model.eval()
-    examples = dataset.select(range(min(n, len(dataset))))
+    examples = dataset[:n] if isinstance(dataset, list) else dataset.select(range(min(n, len(dataset))))
+    encode = encode or (lambda row: encode_prompt(tokenizer, row["prompt"], chat_template))
+    decode = decode or (lambda answer: decode_completion(tokenizer, answer, policy.ids.stop))
     total = len(examples) * samples
     if total > MAX_ANSWERS:
         raise ValueError(f"an evaluation of {len(examples)} problems x {samples} samples = {total:,} answers exceeds "
@@ -66,17 +73,18 @@ def evaluate(policy: DiffusionPolicy, tokenizer, task, dataset: Dataset, decodin
     for lo in range(0, total, batch_size):
         chunk = [divmod(j, samples) for j in range(lo, min(lo + batch_size, total))]  # (example, sample), lazily
         rows = [examples[i] for i, _ in chunk]
-        prompts = [encode_prompt(tokenizer, row["prompt"], chat_template) for row in rows]
+        prompts = [encode(row) for row in rows]
         seeds = [sample_seed(seed, i, k) for i, k in chunk]
         for (index, k), row, traj in zip(chunk, rows, sample(policy, prompts, decoding, seeds)):
             answer = torch.as_tensor(traj.final_tokens)
             passes += traj.forward_passes
-            completion = decode_completion(tokenizer, answer, policy.ids.stop)
+            completion = decode(answer)
             reward = task.score(completion, row)
             for key, value in task.metrics(completion, row).items():
                 extras[key] = extras.get(key, 0.0) + value
             tokens += answer_length(answer, policy.ids.stop)
-            records.append({"index": index, "sample": k, "prompt": row["prompt"], "completion": completion,
+            records.append({"index": index, "sample": k, "prompt": row.get("prompt", row.get("question")),
+                            "completion": completion,
                             "reward": reward, "correct": reward >= 1.0, "steps": traj.forward_passes})
         bar.update(len(rows))
     bar.close()

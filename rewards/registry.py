@@ -141,6 +141,7 @@ def _load_file(path: str):
 
 def _load_builtins() -> None:
     """Register the built-in verifiers (rewards/builtin.py), once."""
+    import rewards.d1  # noqa: F401 — d1's parsers add themselves to BUILTINS
     from rewards.builtin import BUILTINS
 
     for name, fn, in_process in BUILTINS:
