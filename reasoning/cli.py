@@ -12,7 +12,7 @@ import sys
 from reasoning import interrupts
 from reasoning.eval_command import cmd_eval
 from reasoning.schema import ConfigError
-from reasoning.targets import load_run_checkpoint, load_target
+from reasoning.targets import load_run_checkpoint, load_target, to_accelerator
 
 
 def _quiet_environment() -> None:
@@ -54,7 +54,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seed: expected an integer in [0, 2**63), got {args.seed}")
     cfg, model, tokenizer, base = load_target(args.checkpoint, args.overrides)
     torch.set_num_threads(cfg.threads)
-    policy = make_policy(model.eval(), tokenizer, cfg.model.shift_logits)
+    policy = make_policy(to_accelerator(model).eval(), tokenizer, cfg.model.shift_logits)
     try:
         prompt = encode_prompt(tokenizer, args.prompt, cfg.data.chat_template)
         trajectory = sample(policy, [prompt], cfg.eval_decoding(), seeds=[args.seed])[0]

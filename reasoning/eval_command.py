@@ -11,7 +11,7 @@ import os
 import sys
 
 from reasoning.schema import ConfigError
-from reasoning.targets import load_target
+from reasoning.targets import load_target, to_accelerator
 
 
 def eval_protocol(args: argparse.Namespace) -> int:
@@ -33,9 +33,9 @@ def eval_protocol(args: argparse.Namespace) -> int:
     sampled = any(o.startswith("eval.decoding.temperature=") for o in args.overrides)
     name = os.path.basename(os.path.normpath(args.target)) if os.path.isdir(args.target) else "model"
     out_dir = args.output or os.path.join(base, "eval", f"{args.protocol}_{name}")
-    summary = run_protocol(args.protocol, make_policy(model.eval(), tokenizer, cfg.model.shift_logits), tokenizer,
-                           splits, out_dir, gen_lengths=args.gen_lengths, n=args.n, samples=args.samples,
-                           temperature=cfg.eval_decoding().temperature if sampled else 0.0,
+    policy = make_policy(to_accelerator(model).eval(), tokenizer, cfg.model.shift_logits)
+    summary = run_protocol(args.protocol, policy, tokenizer, splits, out_dir, gen_lengths=args.gen_lengths, n=args.n,
+                           samples=args.samples, temperature=cfg.eval_decoding().temperature if sampled else 0.0,
                            batch_size=cfg.eval.batch_size, seed=cfg.seed, model=os.path.abspath(args.target))
     with open(os.path.join(out_dir, f"{args.protocol}.md")) as fh:
         print(fh.read(), file=sys.stderr)
@@ -89,7 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.samples > 1 and decoding.temperature == 0:
         print("note: --samples > 1 with temperature 0 decodes identical answers; "
               "set eval.decoding.temperature=...", file=sys.stderr)
-    policy = make_policy(model.eval(), tokenizer, cfg.model.shift_logits)
+    policy = make_policy(to_accelerator(model).eval(), tokenizer, cfg.model.shift_logits)
     result = evaluate(policy, tokenizer, task, test, decoding, n=args.n or cfg.eval.n,
                       batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=True, samples=args.samples,
                       chat_template=data.chat_template)

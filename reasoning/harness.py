@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from reasoning.data import decode_completion
 from reasoning.likelihood import is_greedy, mc_log_likelihood
 from reasoning.schema import ConfigError, suggest
-from reasoning.targets import load_target
+from reasoning.targets import load_target, to_accelerator
 from rollouts import DecodingConfig, make_policy, sample, sample_seed
 
 ALIASES = {"remasking": "commit"}  # LLaDA's / d1's name -> ours
@@ -70,8 +70,7 @@ class DlmrlLM(TemplateLM):
         torch.set_num_threads(int(threads or cfg.threads))
         if device and str(device).startswith("cuda") and not torch.cuda.is_available():
             logging.getLogger(__name__).warning("device %s: no CUDA device here; the model stays on the CPU", device)
-        elif device:
-            model = model.to(device)
+        model = model.to(device) if device and torch.cuda.is_available() else to_accelerator(model)
         self.decoding = dataclasses.replace(cfg.eval_decoding(), **decoding)
         self.policy = make_policy(model.eval(), tokenizer, cfg.model.shift_logits)
         self.tokenizer = tokenizer

@@ -56,3 +56,11 @@ def load_target(target: str, overrides: list[str]):
         model, tokenizer = load_model(cfg.model)
         return cfg, model, tokenizer, cfg.run_dir
     raise ConfigError(f"'{target}' does not exist (expected a checkpoint, a model directory or a config file)")
+
+
+def to_accelerator(model):
+    """The decoding verbs (eval, sample, the lm-eval model) run on the GPU when there is one;
+    models load on the CPU."""
+    import torch
+
+    return model.to("cuda") if torch.cuda.is_available() else model

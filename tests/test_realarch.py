@@ -292,6 +292,15 @@ def test_sample_eval_train_export_by_path(kind, tmp_path, capsys):
     assert (exported - logits_of(adapted, ids)).abs().max() < 1e-5
     assert (exported - logits_of(load_pretrained(ckpt(kind)), ids)).abs().max() > 1e-4  # RL changed the model
 
+    # the lm-eval model takes all three: the run checkpoint (adapter applied) scores as its export does
+    from reasoning.harness import DlmrlLM
+
+    request = [(None, [5, 6, 7], [8, 9, 10])]
+    scores = {name: DlmrlLM(pretrained=path, mc_num=8, mc_batch_size=8, check_greedy=False)
+              ._loglikelihood_tokens(request)[0][0]
+              for name, path in (("run", str(checkpoint)), ("export", str(out)), ("base", ckpt(kind)))}
+    assert abs(scores["run"] - scores["export"]) < 1e-3 and abs(scores["run"] - scores["base"]) > 1e-3, scores
+
 
 def test_remote_code_that_fails_to_import_names_the_native_family(tmp_path):
     """`remote` stays an explicit opt-in; LLaDA's own code fails under transformers 5 (measured:
