@@ -146,7 +146,7 @@ class DlmrlLM(TemplateLM):
 
     def _fit(self, prompt: list[int], room: int) -> list[int]:
         """The prompt's last tokens that leave `room` positions in the model's context."""
-        return prompt[-(self.max_length - room):] if len(prompt) + room > self.max_length else prompt
+        return prompt[-max(self.max_length - room, 1):] if len(prompt) + room > self.max_length else prompt
 
     # --- likelihoods
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:

@@ -26,6 +26,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -119,7 +120,7 @@ class Benchmark:
     system_prompt: str
     reward: str  # rewards/d1.py
     subsample: int | None  # d1 evaluates this many, drawn with numpy seed 42 (None: all)
-    read: callable
+    read: Callable[[dict, str], dict]  # a row of the file and where it is -> our example (errors name both)
 
     def rows(self, data_dir: str | None) -> list[dict]:
         source, raw = self._load(data_dir)
@@ -150,7 +151,7 @@ class Benchmark:
 
 
 BENCHMARKS = {b.name: b for b in (
-    Benchmark("gsm8k", ("gsm8k_test.jsonl", "gsm8k_test.parquet"), ("gsm8k", "main"), GSM_SYSTEM_PROMPT,
+    Benchmark("gsm8k", ("gsm8k_test.jsonl", "gsm8k_test.parquet"), ("openai/gsm8k", "main"), GSM_SYSTEM_PROMPT,
               "d1_gsm8k", None, _gsm8k),
     Benchmark("math500", ("math500_test.jsonl", "math500_test.parquet"), ("HuggingFaceH4/MATH-500", None),
               MATH_SYSTEM_PROMPT, "d1_math", None, _math),
@@ -177,8 +178,9 @@ def d1_prompt(tokenizer, benchmark: Benchmark, question: str) -> list[int]:
     return tokenizer(text)["input_ids"]
 
 
-def d1_decoding(gen_length: int, temperature: float = 0.0) -> DecodingConfig:
-    return DecodingConfig(gen_length=gen_length, block_length=BLOCK_LENGTH, steps=gen_length // 2,
+def d1_decoding(gen_length: int, temperature: float = 0.0, block_length: int | None = BLOCK_LENGTH) -> DecodingConfig:
+    """d1's decoding; a block-diffusion model (SDAR, LLaDA2) decodes in its own attention blocks."""
+    return DecodingConfig(gen_length=gen_length, block_length=block_length, steps=gen_length // 2,
                           temperature=temperature, commit="low_confidence", confidence="auto")
 
 
@@ -214,7 +216,7 @@ def run_protocol(name: str, policy, tokenizer, splits: dict[str, list[dict]], ou
         benchmark, rows = BENCHMARKS[bench], rows[:n]
         encode = lambda row, b=benchmark: d1_prompt(tokenizer, b, row["question"])  # noqa: E731
         for length in gen_lengths:
-            decoding = d1_decoding(length, temperature)
+            decoding = d1_decoding(length, temperature, policy.attention_block or BLOCK_LENGTH)
             start = time.perf_counter()
             result = evaluate(policy, tokenizer, ScoredBy(benchmark), rows, decoding, n=len(rows),
                               batch_size=batch_size, seed=seed, samples=samples, progress=True, encode=encode,

@@ -106,6 +106,7 @@ def test_d1_protocol_writes_one_table_row_per_benchmark_and_gen_length(tmp_path,
     (["--protocol", "d1", "--data", "MISSING_SPLIT"], ["gsm8k_test.jsonl", "--data"]),
     (["--protocol", "d1", "--data", "BAD_FIELD", "--benchmarks", "countdown"], ["countdown_cd3_test.jsonl", "'input'"]),
     (["--protocol", "d1", "--benchmarks", "sudoku"], ["sudoku", "--data"]),
+    (["--protocol", "d1", "--benchmarks", "gsm8k"], ["openai/gsm8k", "--data"]),  # the hub is off in tests
     (["--protocol", "d1", "--gen-lengths", "100"], ["--gen-lengths", "100"]),
 ])
 def test_bad_protocol_input_is_one_line_naming_it(tmp_path, capsys, args, names):
@@ -118,3 +119,11 @@ def test_bad_protocol_input_is_one_line_naming_it(tmp_path, capsys, args, names)
     assert len(err) == 1 and err[0].startswith("dlmrl eval: error:")  # (datasets' progress bar aside)
     for name in names:
         assert name in err[0]
+
+
+def test_a_block_diffusion_model_runs_the_protocol_in_its_own_blocks(tmp_path):
+    out = tmp_path / "d1"
+    assert main(["eval", "configs/block_sudoku4.yaml", "--protocol", "d1", "--data", D1, "--gen-lengths", "32",
+                 "--n", "1", "--benchmarks", "sudoku", "--output", str(out), "model.path=null", *TINY]) == 0
+    row, = json.load(open(out / "d1.json"))["rows"]
+    assert (row["decoding"]["block_length"], row["decoding"]["steps"]) == (4, 16)  # the model's block, d1's steps
