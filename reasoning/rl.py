@@ -136,7 +136,7 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
                        block_length=cfg.model.block_length),
             run.decoding, num_workers=cfg.ray.num_workers if cfg.ray.enabled else 1,
             use_ray=cfg.ray.enabled, address=cfg.ray.address, threads=cfg.ray.threads_per_worker,
-            placement=cfg.ray.placement, connect_timeout_s=cfg.ray.connect_timeout_s)
+            placement=cfg.ray.placement, connect_timeout_s=cfg.ray.connect_timeout_s, gpus=cfg.ray.gpus_per_worker)
         interrupts.install()  # ray.init may have put its own SIGTERM handler in place
     print(f"train {task.name} with {tr.objective}: {count_parameters(engine.module) / 1e6:.2f} M parameters "
           f"({count_parameters(engine.module, trainable_only=True) / 1e6:.3f} M trainable), "

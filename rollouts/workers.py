@@ -43,10 +43,14 @@ class PolicySpec:
     trust_remote_code: bool = False
     dtype: str = "float32"
     block_length: int | None = None  # block-diffusion families: attention block length (None = the family's)
+    # auto: the GPU when this process sees one (a Ray actor sees only the GPUs it was given:
+    # ray.gpus_per_worker), else the CPU
+    device: str = "auto"
 
     def build(self) -> DiffusionPolicy:
         model = load_pretrained(self.path, getattr(torch, self.dtype), self.family, self.trust_remote_code,
                                 self.block_length)
+        model = model.to(self.resolved_device())
         if self.lora is not None:
             from peft import get_peft_model
 
@@ -54,6 +58,11 @@ class PolicySpec:
         model.eval().requires_grad_(False)
         tokenizer = load_tokenizer(self.path, self.trust_remote_code)
         return make_policy(model, tokenizer, self.shift_logits)
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def policy_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -142,9 +151,9 @@ class RolloutWorker:
     def log_probs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
         """The worker's per-position log-probs on a canvas (to check it agrees with the trainer)."""
         with torch.no_grad():
-            d = self.decoding
-            return self.policy.step_log_probs(prompt_ids, prompt_mask, answer, d.temperature,
-                                              d.latent_steps, d.latent_mix)
+            d, device = self.decoding, self.policy.device
+            return self.policy.step_log_probs(prompt_ids.to(device), prompt_mask.to(device), answer.to(device),
+                                              d.temperature, d.latent_steps, d.latent_mix).cpu()
 
     def pid(self) -> int:
         return os.getpid()
@@ -178,12 +187,20 @@ def connect_ray(address: str = "local", num_cpus: int | None = None, timeout_s: 
                               f"(start one with `ray start --head`, or use address local): {exc}") from None
 
 
+def check_gpus(cluster_gpus: float, num_workers: int, gpus: float) -> None:
+    """Refuse at once (not after the placement timeout) workers that ask for more GPUs than the
+    cluster has."""
+    if gpus and cluster_gpus < gpus * num_workers:
+        raise RuntimeError(f"config key 'ray.gpus_per_worker': {num_workers} workers x {gpus} GPU(s) need "
+                           f"{gpus * num_workers:g} GPUs; the Ray cluster has {cluster_gpus:g}")
+
+
 class WorkerPool:
     """`num_workers` rollout workers that sample together and follow the trainer's weights."""
 
     def __init__(self, spec: PolicySpec, decoding: DecodingConfig, num_workers: int = 2, use_ray: bool = True,
                  address: str = "local", threads: int = 1, max_batch: int = 256, max_attempts: int = 3,
-                 placement: str = "spread", connect_timeout_s: float = 30.0):
+                 placement: str = "spread", connect_timeout_s: float = 30.0, gpus: float = 0.0):
         if num_workers < 1:
             raise ValueError(f"config key 'ray.num_workers' must be >= 1, got {num_workers}")
         self.use_ray = use_ray
@@ -206,7 +223,9 @@ class WorkerPool:
         connect_ray(address, num_cpus=max(os.cpu_count() or 1, num_workers * threads), timeout_s=connect_timeout_s)
         # one bundle per worker, over as many nodes as possible (spread) or as few (pack); a bundle on a
         # lost node is re-placed by Ray on a live one, and the actor restarts there (max_restarts=-1)
-        self.placement_group = placement_group([{"CPU": threads}] * num_workers, strategy=placement.upper())
+        check_gpus(ray.cluster_resources().get("GPU", 0.0), num_workers, gpus)
+        bundle = {"CPU": threads, **({"GPU": gpus} if gpus else {})}
+        self.placement_group = placement_group([bundle] * num_workers, strategy=placement.upper())
         try:
             ray.get(self.placement_group.ready(), timeout=max(connect_timeout_s, 60.0))
         except ray.exceptions.GetTimeoutError:
@@ -216,7 +235,7 @@ class WorkerPool:
                                f"free CPUs: {ray.available_resources().get('CPU', 0)}") from None
         self.workers = [
             ray.remote(RolloutWorker).options(
-                num_cpus=threads, max_restarts=-1, max_task_retries=0,
+                num_cpus=threads, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, w)).remote(*args)
             for w in range(num_workers)]
         ray.get([w.policy_version.remote() for w in self.workers])  # wait until every copy is built

@@ -91,6 +91,7 @@ def test_resolved_config_round_trips(tmp_path):
     (["rollout.commit=topk"], "rollout.commit"),
     (["ray.address=localhost"], "ray.address"),
     (["ray.num_workers=0"], "ray.num_workers"),
+    (["ray.gpus_per_worker=-1"], "ray.gpus_per_worker"),
 ])
 def test_bad_rollout_and_ray_settings_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):

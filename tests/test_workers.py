@@ -13,7 +13,7 @@ import torch
 
 from rollouts import DecodingConfig
 from rollouts.sampler import left_pad
-from rollouts.workers import PolicySpec, WorkerPool, policy_weights, state_bytes
+from rollouts.workers import PolicySpec, WorkerPool, check_gpus, policy_weights, state_bytes
 
 ray = pytest.importorskip("ray")
 DECODING = DecodingConfig(gen_length=8, temperature=1.0, selection_temperature=0.2, latent_steps=1)
@@ -81,6 +81,16 @@ def assert_same(a, b):
         assert np.array_equal(x.final_tokens, y.final_tokens)
         assert np.array_equal(x.event_position, y.event_position) and np.array_equal(x.event_token, y.event_token)
         assert np.allclose(x.event_logp, y.event_logp, atol=1e-4)
+
+
+def test_workers_decode_on_a_gpu_they_see_and_ask_ray_only_for_gpus_it_has(spec):
+    """(This machine has no GPU: what can be checked here is the CPU side and the refusal.)"""
+    assert spec.resolved_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert PolicySpec(path=spec.path, device="cpu").resolved_device() == "cpu"
+    check_gpus(cluster_gpus=1, num_workers=2, gpus=0.5)  # two workers share one GPU
+    check_gpus(cluster_gpus=0, num_workers=2, gpus=0)  # CPU workers
+    with pytest.raises(RuntimeError, match=r"ray.gpus_per_worker.*need 4 GPUs; the Ray cluster has 1"):
+        check_gpus(cluster_gpus=1, num_workers=2, gpus=2)
 
 
 def test_in_process_group_orders_and_syncs(spec, trainer_policy):
