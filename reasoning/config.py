@@ -240,18 +240,14 @@ class RayConfig:
     threads_per_worker: int = 1  # torch threads per worker; 1 is fastest when workers share cores
     placement: Literal["spread", "pack"] = "spread"  # workers over as many nodes as possible, or few
     connect_timeout_s: float = 30.0  # `address` that answers nothing: a clear error after this long
-    # GPUs each worker asks Ray for (fractions share one: 0.5 = two workers a GPU); 0 = CPU workers.
-    # A worker decodes on a GPU it was given (PolicySpec.device auto)
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: float = 0.0  # GPUs each worker asks Ray for (0.5: two share one); 0 = CPU workers
 
     def __post_init__(self) -> None:
-        if self.gpus_per_worker < 0:
-            raise ConfigError(f"config key 'ray.gpus_per_worker': expected >= 0, got {self.gpus_per_worker}")
         if self.address not in ("local", "auto") and not self.address.startswith("ray://"):
             raise ConfigError(f"config key 'ray.address': expected local, auto or ray://host:port, got {self.address!r}")
-        for key in ("num_workers", "threads_per_worker"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"config key 'ray.{key}': expected >= 1, got {getattr(self, key)}")
+        for key, least in (("num_workers", 1), ("threads_per_worker", 1), ("gpus_per_worker", 0)):
+            if getattr(self, key) < least:
+                raise ConfigError(f"config key 'ray.{key}': expected >= {least}, got {getattr(self, key)}")
 
 
 @dataclass

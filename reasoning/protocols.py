@@ -125,7 +125,8 @@ class Benchmark:
     def rows(self, data_dir: str | None) -> list[dict]:
         source, raw = self._load(data_dir)
         rows = [self.read(row, f"{source} row {i + 1}") for i, row in enumerate(raw)]
-        if self.subsample and len(rows) > self.subsample:  # as d1: np.random.seed(42) then choice
+        if self.subsample and len(rows) >= self.subsample:  # as d1: np.random.seed(42) then choice (a permutation
+            # when the file has exactly that many rows, as Countdown's 256)
             rows = [rows[i] for i in np.random.RandomState(42).choice(len(rows), self.subsample, replace=False)]
         return rows
 
@@ -136,7 +137,7 @@ class Benchmark:
                 if os.path.isfile(path):
                     return f"data file '{path}'", read_file(path, key="--data")
             raise ConfigError(f"--data '{data_dir}': no {self.name} split (expected {' or '.join(self.files)}; "
-                              f"README, 'd1 protocol')")
+                              f"docs/evaluation.md)")
         if self.hub is None:
             raise ConfigError(f"{self.name}: d1's split is the file dataset/{self.files[0]} of "
                               f"github.com/dllm-reasoning/d1 (not on the hub); put it in a directory and pass --data DIR")

@@ -43,9 +43,7 @@ class PolicySpec:
     trust_remote_code: bool = False
     dtype: str = "float32"
     block_length: int | None = None  # block-diffusion families: attention block length (None = the family's)
-    # auto: the GPU when this process sees one (a Ray actor sees only the GPUs it was given:
-    # ray.gpus_per_worker), else the CPU
-    device: str = "auto"
+    device: str = "auto"  # auto: a GPU this process sees (a Ray actor: those it was given), else the CPU
 
     def build(self) -> DiffusionPolicy:
         model = load_pretrained(self.path, getattr(torch, self.dtype), self.family, self.trust_remote_code,
@@ -60,9 +58,7 @@ class PolicySpec:
         return make_policy(model, tokenizer, self.shift_logits)
 
     def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device if self.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def policy_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -188,8 +184,7 @@ def connect_ray(address: str = "local", num_cpus: int | None = None, timeout_s: 
 
 
 def check_gpus(cluster_gpus: float, num_workers: int, gpus: float) -> None:
-    """Refuse at once (not after the placement timeout) workers that ask for more GPUs than the
-    cluster has."""
+    """Workers that ask for more GPUs than the cluster has: refused now, not at the placement timeout."""
     if gpus and cluster_gpus < gpus * num_workers:
         raise RuntimeError(f"config key 'ray.gpus_per_worker': {num_workers} workers x {gpus} GPU(s) need "
                            f"{gpus * num_workers:g} GPUs; the Ray cluster has {cluster_gpus:g}")
