@@ -127,3 +127,14 @@ def test_a_block_diffusion_model_runs_the_protocol_in_its_own_blocks(tmp_path):
                  "--n", "1", "--benchmarks", "sudoku", "--output", str(out), "model.path=null", *TINY]) == 0
     row, = json.load(open(out / "d1.json"))["rows"]
     assert (row["decoding"]["block_length"], row["decoding"]["steps"]) == (4, 16)  # the model's block, d1's steps
+
+
+def test_sampled_answers_give_pass_at_k_columns(tmp_path):
+    out = tmp_path / "d1"
+    assert main(["eval", "configs/sudoku4_tiny_sft.yaml", "--protocol", "d1", "--data", D1, "--gen-lengths", "32",
+                 "--n", "2", "--benchmarks", "countdown", "--samples", "3", "eval.decoding.temperature=0.8",
+                 "--output", str(out), *TINY]) == 0
+    row, = json.load(open(out / "d1.json"))["rows"]
+    assert row["decoding"]["temperature"] == 0.8 and {"pass@1", "pass@3"} <= set(row)
+    assert len(open(out / "d1_countdown_32.jsonl").readlines()) == 6  # 2 problems x 3 answers
+    assert "| pass@1 | pass@3 |" in open(out / "d1.md").read()
