@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rollouts import DecodingConfig, DiffusionPolicy, sample
+from rollouts import DiffusionPolicy
 from rollouts.block_packing import pack, pack_batch
 
 
@@ -92,10 +92,19 @@ def _block_mc_log_likelihood(policy: DiffusionPolicy, context: list[int], target
 
 @torch.no_grad()
 def is_greedy(policy: DiffusionPolicy, context: list[int], target: list[int]) -> bool:
-    """Whether greedy decoding — one token a step, the most confident first, as LLaDA's
-    `suffix_greedy_prediction` — writes exactly `target` after `context`."""
-    if not target:
-        return True
-    decoding = DecodingConfig(gen_length=len(target), steps=len(target), temperature=0.0)
-    decoded = sample(policy, [context], decoding, seeds=[0])[0].final_tokens
-    return [int(t) for t in decoded] == list(target)
+    """Whether greedy decoding — one token a step, the most confident (probability of its argmax)
+    first, as LLaDA's `suffix_greedy_prediction`; a block-diffusion model's blocks in order — writes
+    exactly `target` after `context`."""
+    length, device = len(target), policy.device
+    prompt = torch.tensor([context], device=device)
+    answer = torch.full((1, length), policy.ids.mask, dtype=torch.long, device=device)
+    width, positions = policy.attention_block, torch.arange(length, device=device)
+    block = (positions + len(context) % width) // width if width else torch.zeros_like(positions)
+    for _ in range(length):
+        masked = answer[0] == policy.ids.mask
+        masked &= block == block[masked].min()  # the earliest block with a [MASK] (all of them: one block)
+        probs = policy.step_log_probs(prompt, torch.ones_like(prompt), answer, temperature=1.0)[0].exp()
+        confidence, tokens = probs.max(-1)
+        position = int(confidence.masked_fill(~masked, -1.0).argmax())
+        answer[0, position] = tokens[position]
+    return answer[0].tolist() == list(target)

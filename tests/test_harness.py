@@ -116,13 +116,15 @@ def test_block_models_loglikelihood_is_within_5_percent_of_blocks_in_order_and_o
     assert abs(estimate - exact) <= 0.05 * abs(exact), (estimate, exact)
 
 
-def test_greedy_check_answers_whether_greedy_decoding_writes_the_continuation():
+@pytest.mark.parametrize("path, prompt, length", [(LLADA, [23, 11, 23, 29], 3),  # "7+7=" in its tokenizer
+                                                 (os.path.join(ROOT, "tests", "fixtures", "blockarch", "sdar", "ckpt"),
+                                                  [5, 6, 7, 8], 4)])  # one whole SDAR block
+def test_greedy_check_answers_whether_greedy_decoding_writes_the_continuation(path, prompt, length):
     from rollouts import DecodingConfig, sample
 
-    lm = DlmrlLM(pretrained=LLADA, mc_num=2, mc_batch_size=2)
-    prompt = lm.tok_encode("7+7=")
-    written = [int(t) for t in sample(lm.policy, [prompt], DecodingConfig(gen_length=3, steps=3), seeds=[0])[0]
-               .final_tokens]
+    lm = DlmrlLM(pretrained=path, mc_num=2, mc_batch_size=2)
+    decoding = DecodingConfig(gen_length=length, steps=length, temperature=0.0)  # the sampler, one token a step
+    written = [int(t) for t in sample(lm.policy, [prompt], decoding, seeds=[0])[0].final_tokens]
     (_, yes), = lm._loglikelihood_tokens([(None, prompt, written)])
     other = written[:-1] + [next(t for t in range(10, 40) if t != written[-1])]
     (_, no), = lm._loglikelihood_tokens([(None, prompt, other)])
