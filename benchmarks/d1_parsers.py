@@ -7,7 +7,7 @@ GSM8K, MATH-500, Countdown, Sudoku at gen lengths 128 / 256 / 512). This runs d1
 eval/parse_and_get_acc.py on each (its token counter needs tiktoken, only for a length column; a
 stand-in is used where tiktoken is missing) and our parsers on the same text, and counts
 agreement: correct / not for GSM8K, MATH and Countdown, the number of cells right for Sudoku.
-d1's Countdown parser runs Python's eval() on an equation (after its character whitelist): this
+d1's Countdown parser runs Python's eval on an equation (after its character whitelist): this
 script is for d1's own published answers, never for a model's fresh output (dlmrl's parser uses an
 AST whitelist instead). Also, per setup (benchmark x gen length), the accuracy of those answers by each parser (Sudoku:
 cells right / empty cells). Last line: JSON.
@@ -41,7 +41,7 @@ def d1_module(clone: str):
         stand_in = types.ModuleType("tiktoken")
         stand_in.get_encoding = lambda name: types.SimpleNamespace(encode=str.split)
         sys.modules["tiktoken"] = stand_in
-    return importlib.import_module("parse_and_get_acc")
+    return importlib.import_module("parse_and_get_acc")  # sandbox-ok: d1's code, run on d1's published answers
 
 
 def our_verdict(benchmark: str, item: dict):

@@ -247,26 +247,17 @@ def expected_failure(exc: BaseException) -> str | None:
     return None
 
 
-def lm_eval_command(argv: list[str], show_trace: bool) -> int:
+def lm_eval_command(argv: list[str]) -> int:
     """`dlmrl lm-eval ARGS`: lm-eval's own command line with the `dlmrl` model registered
     (reasoning/harness.py); ARGS are lm-eval's, passed through untouched."""
     try:
         import lm_eval.__main__ as lm_eval_main
     except ImportError:
-        print("dlmrl lm-eval: error: lm-evaluation-harness is not installed (pip install 'dlmrl[eval]')",
-              file=sys.stderr)
-        return 2
+        raise ConfigError("lm-evaluation-harness is not installed (pip install 'dlmrl[eval]')") from None
     import reasoning.harness  # noqa: F401 — registers the `dlmrl` model
 
     sys.argv = ["lm-eval", *argv]
-    try:
-        lm_eval_main.cli_evaluate()
-    except Exception as exc:  # noqa: BLE001 — a bad model arg or path is one line, like every verb
-        message = expected_failure(exc)
-        if message is None or show_trace:
-            raise
-        print(f"dlmrl lm-eval: error: {' '.join(message.split())} (--traceback for details)", file=sys.stderr)
-        return 2
+    lm_eval_main.cli_evaluate()
     return 0
 
 
@@ -275,26 +266,28 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     show_trace = "--traceback" in argv
     argv = [a for a in argv if a != "--traceback"]
-    if argv[:1] == ["lm-eval"]:
-        return lm_eval_command(argv[1:], show_trace)
-    parser = build_parser()
-    rest, overrides = split_overrides(argv, parser)
-    args = parser.parse_args(rest)
-    if getattr(args, "overrides", None):
-        parser.error(f"'{args.overrides[0]}' is not an override (expected key.sub=value)")
-    args.overrides = overrides
+    if argv[:1] == ["lm-eval"]:  # lm-eval parses its own arguments (key=value ones too)
+        verb, run = "lm-eval", lambda: lm_eval_command(argv[1:])
+    else:
+        parser = build_parser()
+        rest, overrides = split_overrides(argv, parser)
+        args = parser.parse_args(rest)
+        if getattr(args, "overrides", None):
+            parser.error(f"'{args.overrides[0]}' is not an override (expected key.sub=value)")
+        args.overrides = overrides
+        verb, run = args.verb, lambda: args.func(args)
     interrupts.install()
     try:
-        return args.func(args)
+        return run()
     except (interrupts.Interrupted, KeyboardInterrupt) as exc:  # one line, no traceback
         stop = interrupts.as_interrupted(exc)
-        print(f"dlmrl {args.verb}: {stop.message}", file=sys.stderr)
+        print(f"dlmrl {verb}: {stop.message}", file=sys.stderr)
         return stop.code
     except Exception as exc:  # noqa: BLE001 — expected failures become one line; bugs keep their traceback
         message = expected_failure(exc)
         if message is None or show_trace:
             raise
-        print(f"dlmrl {args.verb}: error: {' '.join(message.split())} (--traceback for details)", file=sys.stderr)
+        print(f"dlmrl {verb}: error: {' '.join(message.split())} (--traceback for details)", file=sys.stderr)
         return 2
 
 

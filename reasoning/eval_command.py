@@ -19,7 +19,7 @@ def eval_protocol(args: argparse.Namespace) -> int:
     (reasoning/protocols.py) -> one table, a row per benchmark x gen length."""
     import torch
 
-    from reasoning.protocols import check_protocol, read_splits, run_protocol
+    from reasoning.protocols import check_protocol, markdown, read_splits, run_protocol
     from rollouts import make_policy
 
     for flag in ("task", "prompt_field", "answer_field"):
@@ -37,8 +37,7 @@ def eval_protocol(args: argparse.Namespace) -> int:
     summary = run_protocol(args.protocol, policy, tokenizer, splits, out_dir, gen_lengths=args.gen_lengths, n=args.n,
                            samples=args.samples, temperature=cfg.eval_decoding().temperature if sampled else 0.0,
                            batch_size=cfg.eval.batch_size, seed=cfg.seed, model=os.path.abspath(args.target))
-    with open(os.path.join(out_dir, f"{args.protocol}.md")) as fh:
-        print(fh.read(), file=sys.stderr)
+    print(markdown(summary["rows"]), file=sys.stderr)
     print(f"wrote {out_dir}/{args.protocol}.md and {args.protocol}.json", file=sys.stderr)
     print(json.dumps(summary))
     return 0
@@ -46,10 +45,9 @@ def eval_protocol(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint (or a config's model) on held-out problems with the task's own scorer."""
-    import torch
-
     if args.protocol:
         return eval_protocol(args)
+    import torch
 
     from reasoning.evaluate import evaluate
     from reasoning.tasks import get_task

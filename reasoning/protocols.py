@@ -16,7 +16,7 @@ What d1 does, and so what this does:
 Splits come from `--data DIR` (the file names below) or, for GSM8K and MATH-500, from the hub
 through `datasets` (HF_HUB_OFFLINE=0). Differences from d1 that a reader should know: an answer
 whose decoded blocks hold [EOS] stops there (d1 decodes every block; the text up to [EOS] is the
-same, NFE is lower), and Countdown equations are evaluated by an AST whitelist, not eval().
+same, NFE is lower), and Countdown equations are evaluated by an AST whitelist, not Python's eval.
 '''
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ included (written anew, not copied):
   Hendrycks MATH normalisation (`normalize_math`); a normalisation that fails compares raw text.
 - countdown: the last \\boxed{...} — the whole text when there is none — with LaTeX operators
   replaced and a trailing "= N" cut; it must use the given numbers exactly once and hit the
-  target within 1e-5. Evaluated by the AST whitelist of rewards.verifiers, never by eval().
+  target within 1e-5. Evaluated by the AST whitelist of rewards.verifiers, never by Python's eval.
 - sudoku: the 16-digit grid after <answer> (d1's five patterns in order), padded / cut to 16;
   the score is the fraction of the puzzle's empty cells filled as in the solution. d1's table
   reports cells correct / cells empty over all puzzles (the protocol weights by empty cells).
@@ -170,8 +170,8 @@ def math_answer(completion: str) -> str | None:
 def countdown_equation(completion: str) -> str:
     boxed = last_boxed(completion)
     if boxed is None:  # a \boxed{ that never closes: the <answer> text, else everything
-        tagged = re.search(r"<answer>(.*?)</answer>", completion, re.DOTALL)
-        equation = tagged.group(1).strip() if tagged else completion
+        tagged = answer_tag(completion)
+        equation = completion if tagged is None else tagged
     else:
         equation = unbox(boxed)
     equation = equation.replace("\\div", "/").replace("\\times", "*").replace("\\cdot", "*")
