@@ -40,38 +40,55 @@ from typing import Callable
 import numpy as np
 import torch
 
+from reasoning.credit import right_then_lost
 from reasoning.data import decode_completion, encode_prompt
 from rollouts import Trajectory
+from rollouts.branching import sample_tree
 from rollouts.sampler import sample_seed
 from rollouts.seeding import EXTRA_PROMPTS, HINTS, derive_seed
-from rollouts.workers import SampleJob, make_jobs
+from rollouts.jobs import SampleJob, make_jobs
 
 Sampler = Callable[[list[SampleJob]], list[Trajectory]]  # jobs -> trajectories, in the jobs' order
 
 
 @dataclass
 class Group:
-    """One prompt's G answers, made once where the samples come back and carried to the update:
-    stale groups are dropped, rewards scored, hints swapped in and advantages set on it."""
+    """One prompt's answers (G, or G roots and their branches), made once where the samples come
+    back and carried to the update: stale groups are dropped, rewards scored, hints swapped in and
+    advantages set on it."""
 
     index: int  # the prompt's row in the train split
-    trajectories: list[Trajectory]  # its G answers (each knows its prompt ids and sample index)
+    trajectories: list[Trajectory]  # its answers (each knows its prompt ids, sample index and branch lineage)
     rewards: list[float] = field(default_factory=list)  # total reward per answer, once scored
     completions: list = field(default_factory=list)  # the decoded answers the rewards saw
-    advantages: torch.Tensor | None = None  # (G,) group-relative, once set (reasoning/rl.py)
+    advantages: torch.Tensor | None = None  # (N,) group-relative, once set (reasoning/rl.py)
+    step_advantages: list[np.ndarray] | None = None  # [i]: (T_i,) per denoising step (reasoning/credit.py)
+    step_rewards: np.ndarray | None = None  # (N, K) rewards of ŷ_t at rewards.intermediate.at (nan: path shorter)
     staleness: int = 0  # policy versions its oldest answer is behind the trainer
     hinted: int = 0  # how many answers are hinted ones
 
     @property
     def varied(self) -> bool:
-        return max(self.rewards) - min(self.rewards) > 1e-8
+        """The rewards differ, or (intermediate rewards) some chosen step's rewards do."""
+        if max(self.rewards) - min(self.rewards) > 1e-8:
+            return True
+        if self.step_rewards is None or not self.step_rewards.size:
+            return False
+        columns = [c[np.isfinite(c)] for c in self.step_rewards.T]
+        return any(len(c) and c.max() - c.min() > 1e-8 for c in columns)
 
 
 def split_groups(indices: list[int], trajectories: list[Trajectory], group_size: int) -> list[Group]:
-    """The groups of a batch of rollouts ordered prompt-major (prompt 0: samples 0..G-1, ...)."""
-    if len(trajectories) != len(indices) * group_size:
-        raise ValueError(f"{len(trajectories)} trajectories do not make {len(indices)} groups of {group_size}")
-    return [Group(index, trajectories[k * group_size:(k + 1) * group_size]) for k, index in enumerate(indices)]
+    """The groups of a batch of rollouts: prompt k's answers are those with the k-th smallest
+    prompt_index (G each, more with branches), in sample order."""
+    by_prompt: dict[int, list[Trajectory]] = {}
+    for traj in trajectories:
+        by_prompt.setdefault(traj.prompt_index, []).append(traj)
+    if len(by_prompt) != len(indices) or any(len(v) < group_size for v in by_prompt.values()):
+        raise ValueError(f"{len(trajectories)} trajectories do not make {len(indices)} groups of at least "
+                         f"{group_size}")
+    return [Group(index, sorted(by_prompt[key], key=lambda t: t.sample_index))
+            for index, key in zip(indices, sorted(by_prompt))]
 
 
 @dataclass
@@ -110,6 +127,7 @@ class GroupCollector:
         self.cfg, self.task, self.train, self.tokenizer, self.rewarder = cfg, task, train, tokenizer, rewarder
         self.stop, self.sample, self.rank, self.world = stop, sample, rank, world
         self.hints = cfg.rollout.hints if cfg.rollout.hints.enabled else None
+        self.intermediate = cfg.rewards.intermediate
         self.dynamic = cfg.rollout.dynamic_sampling
         self.group_size = cfg.rollout.group_size
         self._references: dict[int, list[int] | None] = {}
@@ -127,24 +145,45 @@ class GroupCollector:
 
     # --- scoring ---------------------------------------------------------------------------
 
-    def score(self, rows: list[int], trajectories: list[Trajectory]):
+    def score(self, rows: list[int], trajectories: list[Trajectory], tokens: list | None = None):
         """(the configured rewards of each trajectory, their decoded completions); `rows[i]` is
-        trajectory i's train row."""
+        trajectory i's train row. `tokens` (default: the final answers) are what gets scored."""
         data = self.train.select(rows)
-        completions = [decode_completion(self.tokenizer, t.final_tokens, self.stop) for t in trajectories]
+        tokens = [t.final_tokens for t in trajectories] if tokens is None else tokens
+        completions = [decode_completion(self.tokenizer, ids, self.stop) for ids in tokens]
         columns = {c: data[c] for c in data.column_names if c != "prompt"}
-        return self.rewarder(data["prompt"], completions, [t.final_tokens.tolist() for t in trajectories],
-                             **columns), completions
+        return self.rewarder(data["prompt"], completions, [list(map(int, ids)) for ids in tokens],
+                             trajectories=trajectories, **columns), completions
 
     def score_groups(self, groups: list[Group]) -> dict[str, float]:
-        """Fill each group's rewards and completions; returns the reward functions' metrics."""
-        g = self.group_size
-        scored, completions = self.score([grp.index for grp in groups for _ in range(g)],
+        """Fill each group's rewards and completions (and intermediate rewards, when configured);
+        returns the reward functions' metrics."""
+        scored, completions = self.score([grp.index for grp in groups for _ in grp.trajectories],
                                          [t for grp in groups for t in grp.trajectories])
-        for k, grp in enumerate(groups):
-            grp.rewards = list(scored.total[k * g:(k + 1) * g])
-            grp.completions = completions[k * g:(k + 1) * g]
+        lo = 0
+        for grp in groups:
+            hi = lo + len(grp.trajectories)
+            grp.rewards, grp.completions = list(scored.total[lo:hi]), completions[lo:hi]
+            lo = hi
+        if self.intermediate.enabled:
+            self.score_intermediate(groups)
         return scored.metrics
+
+    def score_intermediate(self, groups: list[Group]) -> None:
+        """rewards.intermediate: each answer's one-forward completion ŷ_t at the chosen steps, scored
+        by the same rewards (nan where the path has fewer steps)."""
+        at = self.intermediate.at
+        where = [(g, i, k) for g, grp in enumerate(groups) for i, t in enumerate(grp.trajectories)
+                 for k, step in enumerate(at) if step < t.num_steps]
+        for grp in groups:
+            grp.step_rewards = np.full((len(grp.trajectories), len(at)), np.nan)
+        if not where:
+            return
+        trajectories = [groups[g].trajectories[i] for g, i, _ in where]
+        tokens = [t.step_prediction[at[k]] for t, (_, _, k) in zip(trajectories, where)]
+        scored, _ = self.score([groups[g].index for g, _, _ in where], trajectories, tokens)
+        for value, (g, i, k) in zip(scored.total, where):
+            groups[g].step_rewards[i, k] = value
 
     def failed(self, group: Group) -> bool:
         fail = self.hints.fail_reward if self.hints else 0.0
@@ -181,6 +220,12 @@ class GroupCollector:
                             "hints/success_rate": stats["hint_better"] / drawn,
                             "hints/replaced": float(stats["hint_replaced"]),
                             "timing_s/hints": stats["timing_hints"]})
+        if self.intermediate.enabled:
+            scored = [g for g in groups if g.step_rewards is not None]
+            values = np.concatenate([g.step_rewards.ravel() for g in scored]) if scored else np.zeros(0)
+            lost = [right_then_lost(g.rewards, g.step_rewards) * len(g.rewards) for g in scored]
+            metrics.update({"intermediate/reward_mean": float(np.nanmean(values)) if np.isfinite(values).any() else 0.0,
+                            "intermediate/right_then_lost": sum(lost) / max(sum(len(g.rewards) for g in scored), 1)})
         if self.dynamic.enabled:
             metrics.update({"dynamic/draw_factor": len(groups) / max(target, 1), "dynamic/rounds": float(stats["rounds"]),
                             "timing_s/dynamic": stats["timing_dynamic"]})
@@ -216,7 +261,8 @@ class GroupCollector:
             jobs = make_jobs(prompts, self.group_size, derive_seed(self.cfg.seed, step, EXTRA_PROMPTS, self.rank, rnd))
             for job in jobs:  # unique (prompt, sample) ids over rounds and ranks
                 job.prompt_index = rnd * total + job.prompt_index * self.world + self.rank
-            new = split_groups(indices, self.sample(jobs), self.group_size)
+            new = split_groups(indices, sample_tree(self.sample, jobs, self.cfg.rollout.branching, self.group_size),
+                               self.group_size)
             self.score_groups(new)
             self._count(new, stats)
             if self.hints:
@@ -272,3 +318,5 @@ class GroupCollector:
                 grp.completions[slot] = completions[f * n + s]
             grp.hinted = len(better)
             stats["hint_replaced"] += len(better)
+        if self.intermediate.enabled:  # the hinted answers' own intermediate completions
+            self.score_intermediate([grp for _, grp in failed if grp.hinted])

@@ -59,11 +59,32 @@ def check_rl_inputs(cfg: Config):
     reward_cfg = cfg.rewards if cfg.rewards.functions else dataclasses.replace(
         cfg.rewards, functions=[RewardSpec(name=task.reward)])
     check_rewards(reward_cfg, task, splits["train"])
+    check_credit(cfg, reward_cfg)
     if cfg.ray.enabled and cfg.ray.address != "local" and int(os.environ.get("RANK", "0")) == 0:
         from rollouts.workers import connect_ray  # a cluster that is not there: a clear error now, not a hang
 
         connect_ray(cfg.ray.address, timeout_s=cfg.ray.connect_timeout_s)
     return task, splits, reward_cfg
+
+
+def check_credit(cfg: Config, reward_cfg) -> None:
+    """Branching, intermediate rewards and trajectory rewards fit the rollout they read."""
+    from rewards.registry import get
+
+    steps = cfg.rollout.total_steps
+    past = [t for t in cfg.rewards.intermediate.at if t >= steps]
+    if past:
+        raise ConfigError(f"config key 'rewards.intermediate.at': step(s) {past} are past the rollout's path of "
+                          f"{steps} steps (rollout.steps; steps are numbered 0 .. {steps - 1})")
+    if cfg.rollout.branching.enabled and cfg.trainer.leave_one_out:
+        raise ConfigError("config key 'trainer.leave_one_out': a branching tree baselines each segment by its "
+                          "parent node's mean (reasoning/credit.py); set leave_one_out false with rollout.branching")
+    for spec in reward_cfg.functions:
+        if getattr(get(spec.reference, spec.args), "needs_step_predictions", False) and \
+                not (cfg.rollout.record_predictions or cfg.rewards.intermediate.enabled):
+            raise ConfigError(f"config key 'rollout.record_predictions': reward '{spec.label}' reads each step's "
+                              f"one-forward completion from the trajectories, which this config does not record; "
+                              f"set rollout.record_predictions: true")
 
 
 def check_rewards(reward_cfg, task, train) -> None:

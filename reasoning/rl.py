@@ -42,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reasoning import interrupts
-from reasoning.advantages import group_advantages
+from reasoning.credit import assign_credit, branch_metrics
 from reasoning.rollout_sources import AsyncRollouts, PromptSchedule, Rollouts, SyncRollouts
 from reasoning.checkpoint import check_resume_fits, complete_checkpoints, find_resume
 from reasoning.config import Config, deepspeed_config_path, write_resolved
@@ -53,7 +53,7 @@ from reasoning.evaluate import evaluate_and_log
 from reasoning.groups import Group, GroupCollector, StepGroups, split_groups
 from reasoning.metrics import rollout_metrics
 from reasoning.modeling import check_lora_targets, count_parameters, load_model, peft_lora_config
-from reasoning.objectives import RolloutBatch, build_objective
+from reasoning.objectives import StepBatch, build_objective
 from reasoning.preflight import check_prompt_lengths, check_rl_inputs
 from reasoning.rundir import claim_run_dir
 from reasoning.recipe import base_weights, begin, make_trainable
@@ -62,6 +62,7 @@ from reasoning.update import Learner, UpdateResult, update
 from rewards import RewardRunner
 from rollouts import Trajectory, make_policy, save_jsonl
 from rollouts.seeding import ROLLOUT, UPDATE, derive_seed
+from rollouts.branching import sample_tree
 from rollouts.workers import PolicySpec, WorkerPool, SampleJob, make_jobs, sample_jobs
 from reasoning.rl_run import Budget, Progress, RLRun, checkpoint, finish, restore
 
@@ -168,6 +169,9 @@ def start_rollouts(run: RLRun) -> None:
             return workers.sample_jobs(jobs)
         return trainer_sample(run, jobs)
 
+    def grown(sample):  # each prompt's tree (rollout.branching), grown by whoever samples its roots
+        return lambda jobs: sample_tree(sample, jobs, cfg.rollout.branching, cfg.rollout.group_size)
+
     run.collector = GroupCollector(cfg, run.task, run.train, run.tokenizer, run.rewarder,
                                    run.learner.policy.ids.stop, sample_now, run.rank, run.world)
     engine = run.learner.engine
@@ -188,15 +192,17 @@ def start_rollouts(run: RLRun) -> None:
         workers.sync(weights, version, tolerate_failures=tolerate)
 
     if not asynchronous.enabled:
-        run.source = SyncRollouts(plan, workers.sample_jobs, sync, run.clock)
+        run.source = SyncRollouts(plan, grown(workers.sample_jobs), sync, run.clock)
         return
 
     def waiting_trainer(jobs: list[SampleJob]) -> list[Trajectory]:  # the waiting trainer, its own newer weights
         return trainer_sample(run, jobs)
 
     chunks = max(1, min(8, cfg.trainer.prompts_per_step // 2))  # >= 2 prompts' groups per chunk
-    run.source = AsyncRollouts(plan, workers.sample_jobs, sync, asynchronous.max_staleness, run.progress.step + 1,
-                               cfg.trainer.steps, run.clock, waiting_trainer if run.trainer_samples else None, chunks)
+    run.source = AsyncRollouts(plan, grown(workers.sample_jobs), sync, asynchronous.max_staleness,
+                               run.progress.step + 1, cfg.trainer.steps, run.clock,
+                               grown(waiting_trainer) if run.trainer_samples else None, chunks,
+                               align=cfg.rollout.group_size)
 
 
 # --- the loop: rollout -> reward -> advantage -> update -> sync -> log -> eval -> save -----------------
@@ -251,7 +257,7 @@ def rl_step(run: RLRun, step: int) -> dict:
     t0 = time.perf_counter()
     collected = run.collector.collect(step, groups, target=len(sampled))
     timing["reward"] = time.perf_counter() - t0 - collected.extra_seconds
-    assign_advantages(collected.trained, run.cfg.trainer)
+    credit = assign_advantages(run, collected.trained)
     # update, then the new weights to the workers
     t0 = run.clock()
     result = update(run.learner, training_batch(run, collected.trained),
@@ -260,7 +266,7 @@ def rl_step(run: RLRun, step: int) -> dict:
     timing.update(result.timing, **publish(run, result, timeline))
     if run.source is not None:
         run.source.step_done(step)
-    metrics = step_metrics(run, step, collected, result, rollouts, stale, timing, timeline)
+    metrics = step_metrics(run, step, collected, result, rollouts, {**stale, **credit}, timing, timeline)
     metrics["perf/tokens_per_s"] = metrics["completions/total_tokens"] / max(time.perf_counter() - started, 1e-9)
     save_rollouts(run, step, collected)
     return metrics
@@ -273,19 +279,22 @@ def spans(timeline: dict[str, float], **intervals: tuple[float, float] | None) -
             timeline[f"{name}_start"], timeline[f"{name}_end"] = interval
 
 
-def assign_advantages(groups: list[Group], tr) -> None:
-    """Group-relative advantages of each group's answers (reasoning/advantages.py)."""
-    for group in groups:
-        group.advantages = group_advantages(group.rewards, len(group.rewards), tr.normalize_std,
-                                            tr.leave_one_out).values
+def assign_advantages(run: RLRun, groups: list[Group]) -> dict[str, float]:
+    """Group-relative advantages of each group's answers; with branches or intermediate rewards
+    also per denoising step (reasoning/credit.py). Returns the step-level metrics."""
+    cfg = run.cfg
+    return assign_credit(groups, cfg.trainer.normalize_std, cfg.trainer.leave_one_out, run.step_level_credit,
+                         cfg.rewards.intermediate)
 
 
-def training_batch(run: RLRun, groups: list[Group]) -> RolloutBatch:
-    """The answers of the groups the step trains on, with their advantages."""
+def training_batch(run: RLRun, groups: list[Group]) -> StepBatch:
+    """The answers of the groups the step trains on, with the advantages set where they were scored."""
     trajectories = [t for g in groups for t in g.trajectories]
     advantages = torch.cat([g.advantages for g in groups]) if groups else torch.zeros(0)
-    return RolloutBatch(trajectories, advantages, run.decoding, run.learner.policy.ids.stop,
-                        policy_version=run.progress.version)
+    steps = [a for g in groups for a in g.step_advantages] if run.step_level_credit else None
+    return StepBatch(trajectories, advantages, run.decoding, run.learner.policy.ids.stop,
+                     policy_version=run.progress.version, step_advantages=steps,
+                     rewards=[r for g in groups for r in g.rewards])
 
 
 def publish(run: RLRun, result: UpdateResult, timeline: dict[str, float]) -> dict[str, float]:
@@ -310,6 +319,7 @@ def step_metrics(run: RLRun, step: int, collected: StepGroups, result: UpdateRes
     workers = run.workers
     metrics = {**collected.reward_metrics, **collected.metrics, **result.metrics,
                **rollout_metrics(rollouts.trajectories, run.learner.policy.ids.stop), **stale,
+               **(branch_metrics(collected.sampled) if run.cfg.rollout.branching.enabled else {}),
                "frac_reward_zero_std": 1.0 - collected.metrics["train/informative_fraction"],
                "policy_version": run.progress.version,
                "rollout/worker_restarts": float(workers.restarts if workers is not None else 0),

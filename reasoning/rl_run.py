@@ -88,7 +88,13 @@ class RLRun:
     decoding: DecodingConfig = field(init=False)  # the rollout block's DecodingConfig, built once
 
     def __post_init__(self) -> None:
-        self.decoding = self.cfg.rollout_decoding()
+        record = self.cfg.rollout.record_predictions or self.cfg.rewards.intermediate.enabled
+        self.decoding = self.cfg.rollout_decoding(record_predictions=record)
+
+    @property
+    def step_level_credit(self) -> bool:
+        """Advantages per denoising step (branches or intermediate rewards; reasoning/credit.py)."""
+        return self.cfg.rollout.branching.enabled or self.cfg.rewards.intermediate.enabled
 
     def clock(self) -> float:
         """Seconds since the loop's start (the timeline of rollout / update / sync)."""

@@ -124,11 +124,14 @@ class _PendingStep:
         return all(r is not None for r in self.results)
 
 
-def split(jobs: list[SampleJob], chunks: int) -> list[list[SampleJob]]:
-    """`jobs` in `chunks` contiguous, near-equal parts (each job has its own seed, so a group may
-    be split between two parts, and two samplers, without changing any draw)."""
-    chunks = max(1, min(chunks, len(jobs)))
-    bounds = [round(i * len(jobs) / chunks) for i in range(chunks + 1)]
+def split(jobs: list[SampleJob], chunks: int, align: int = 1) -> list[list[SampleJob]]:
+    """`jobs` in `chunks` contiguous, near-equal parts of whole multiples of `align` jobs (each job has
+    its own seed, so a group may be split between two parts, and two samplers, without changing any
+    draw; with branching, align = G keeps each prompt's tree, and its budget, in one part)."""
+    units = len(jobs) // align if align > 1 and len(jobs) % align == 0 else len(jobs)
+    size = len(jobs) // units if units else 1
+    chunks = max(1, min(chunks, units))
+    bounds = [round(i * units / chunks) * size for i in range(chunks + 1)]
     return [jobs[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
 
 
@@ -140,9 +143,10 @@ class AsyncRollouts:
 
     def __init__(self, plan: Plan, sample: SampleFn, sync: Callable[[dict, int], object], max_staleness: int,
                  first_step: int, last_step: int, clock: Callable[[], float], trainer_sample: SampleFn | None = None,
-                 chunks: int = 1):
+                 chunks: int = 1, align: int = 1):
         self._plan, self._sample, self._sync, self._clock = plan, sample, sync, clock
         self._trainer_sample, self._chunks = trainer_sample, chunks if trainer_sample else 1
+        self._align = align
         self.max_staleness = max_staleness
         self._cond = threading.Condition()
         self._done = first_step - 1  # the last step the trainer finished
@@ -170,7 +174,7 @@ class AsyncRollouts:
                     synced = (start, self._clock())
                 indices, jobs = self._plan(step)
                 start = self._clock()
-                chunks = split(jobs, self._chunks)
+                chunks = split(jobs, self._chunks, self._align)
                 batch = _PendingStep(step, chunks, [None] * len(chunks))
                 with self._cond:
                     self._batch = batch

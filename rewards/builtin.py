@@ -18,6 +18,7 @@ from rewards.verifiers import (
     math_correct,
     sudoku4_cell_accuracy,
     sudoku4_solved,
+    temporal_self_consistency,
 )
 
 BUILTINS: list[tuple[str, Callable, bool]] = []  # (name, function, safe to run in-process); rewards/registry.py
@@ -96,3 +97,19 @@ def code(prompts, completions, tests, entry_point=None, **kwargs) -> list[float]
     with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), CODE_POOL))) as pool:
         return list(pool.map(lambda job: code_pass_rate(_text(job[0]), job[1], entry_points=[job[2]] if job[2] else None),
                              jobs))
+
+
+@register("temporal_consistency", in_process=True)
+def temporal_consistency(prompts, completions, trajectories=None, **kwargs) -> list[float | None]:
+    """TCR's temporal self-consistency (arXiv 2508.09138) as a reward in [0, 1]: 1 − TSE / log S, TSE
+    the entropy of how the S per-step one-forward completions ŷ_s cluster (identical answers, up to
+    the first stop token, form one cluster). 1 = every step already predicted the final answer.
+    Reads `Trajectory.step_prediction` (rollout.record_predictions: true); no opinion (None) for an
+    answer without it, as in the preflight call on reference answers, which have no trajectory."""
+    if trajectories is None:
+        return [None] * len(completions)
+    return [temporal_self_consistency(t.step_prediction) if t.step_prediction is not None else None
+            for t in trajectories]
+
+
+temporal_consistency.needs_step_predictions = True  # the preflight asks for rollout.record_predictions

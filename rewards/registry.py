@@ -178,10 +178,35 @@ class RewardSpec:
 
 
 @dataclass
+class IntermediateConfig:
+    """`rewards.intermediate`: at the chosen denoising steps, the canvas's one-forward completion ŷ_t
+    (every [MASK] filled with the argmax, committed tokens kept) is scored by the same rewards, and
+    the step's advantage is set from it (reasoning/credit.py: EGSPO-SA's step value or MDPO's adv-v4)."""
+
+    at: list[int] = field(default_factory=list)  # steps t (0 = the fully masked canvas); empty = off
+    weight: float = 0.5  # λ: EGSPO-SA's mix of r and r - r(ŷ_t); MDPO's weight next to the outcome advantage
+    mode: Literal["egspo", "mdpo"] = "egspo"
+
+    def __post_init__(self) -> None:
+        if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in self.at) or len(set(self.at)) != len(self.at):
+            raise ValueError(f"config key 'rewards.intermediate.at': expected distinct step numbers >= 0, got {self.at}")
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"config key 'rewards.intermediate.weight': expected a number >= 0, got {self.weight}")
+        if self.mode not in ("egspo", "mdpo"):
+            raise ValueError(f"config key 'rewards.intermediate.mode': expected egspo or mdpo, got {self.mode!r}")
+        self.at = sorted(self.at)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.at)
+
+
+@dataclass
 class RewardsConfig:
     """The `rewards` config block. A plain YAML list is read as `functions`."""
 
     functions: list[RewardSpec] = field(default_factory=list)
+    intermediate: IntermediateConfig = field(default_factory=IntermediateConfig)
     timeout_s: float = 30.0  # per call of one function on one batch
     on_error: Literal["zero", "skip", "raise"] = "zero"  # a raising / hanging / malformed reward
     workers: int = 2  # processes that run user reward functions (killed and restarted on a hang)

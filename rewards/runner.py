@@ -152,7 +152,9 @@ class RewardRunner:
         self.close()
 
     def __call__(self, prompts: list, completions: list, completion_ids: list | None = None,
-                 **columns) -> RewardBatch:
+                 trajectories: list | None = None, **columns) -> RewardBatch:
+        """Score a batch. `trajectories` (the answers' rollouts.Trajectory) reach the functions that
+        declare a `trajectories` parameter, the way TRL passes `completion_ids`."""
         start = time.perf_counter()
         n = len(completions)
         for name, values in columns.items():
@@ -163,13 +165,14 @@ class RewardRunner:
         pending = {}
         for i, (spec, fn) in enumerate(zip(self.specs, self.fns)):
             self._check_columns(spec.label, fn, columns)
+            own = {**columns, "trajectories": trajectories} if reads_trajectories(fn) else columns
             chat = spec.conversational or bool(prompts and isinstance(prompts[0], list))  # TRL: chat in, chat out
             shown = [[{"role": "assistant", "content": c}] for c in completions] if chat else completions
             if self.pooled[i]:
-                pending[i] = self._get_pool().apply_async(_call_in_child, (i, prompts, shown, completion_ids, columns))
+                pending[i] = self._get_pool().apply_async(_call_in_child, (i, prompts, shown, completion_ids, own))
             else:
                 try:
-                    raw[i] = call_reward(fn, prompts, shown, completion_ids, columns)
+                    raw[i] = call_reward(fn, prompts, shown, completion_ids, own)
                 except Exception as exc:  # noqa: BLE001 — any failure of user code is reported, not fatal
                     failures[i] = f"reward '{spec.label}' raised {type(exc).__name__}: {exc}"
         deadline = time.monotonic() + self.cfg.timeout_s
@@ -223,11 +226,20 @@ class RewardRunner:
             params = inspect.signature(fn).parameters.values()
         except (TypeError, ValueError):
             return
-        provided = {"prompts", "completions", "completion_ids", *columns}
+        provided = {"prompts", "completions", "completion_ids", "trajectories", *columns}
         missing = [p.name for p in params if p.default is inspect.Parameter.empty
                    and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in provided]
         if missing:
             raise ValueError(f"reward '{label}' needs column(s) {missing}; the data has columns {sorted(columns)}")
+
+
+def reads_trajectories(fn) -> bool:
+    """Whether a reward function declares a `trajectories` parameter (it is then passed the answers'
+    trajectories; a function taking only **kwargs is not, as TRL's are not)."""
+    try:
+        return "trajectories" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _std(values: list[float], mean: float) -> float:

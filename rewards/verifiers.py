@@ -7,6 +7,7 @@ evaluation metric both call them, so the two can never disagree.
 from __future__ import annotations
 
 import ast
+import math
 import re
 from fractions import Fraction
 from typing import Sequence
@@ -202,3 +203,16 @@ def code_pass_rate(completion: str, tests: Sequence[str], limits=None, entry_poi
         return 0.0
     passed = sum(judge(extract_code(completion), tests, limits, entry_points))
     return min(max(passed / len(tests), 0.0), 1.0)
+
+
+def temporal_self_consistency(predictions) -> float:
+    """1 − H / log S for S per-step predicted answers (rows of `predictions`), H the entropy of the
+    distribution of distinct rows: 1 when all agree, 0 when all differ (TCR's −TSE, rescaled)."""
+    import numpy as np
+
+    rows = np.asarray(predictions)
+    if len(rows) < 2:
+        return 1.0
+    _, counts = np.unique(rows, axis=0, return_counts=True)
+    p = counts / counts.sum()
+    return float(1.0 - (-(p * np.log(p)).sum()) / math.log(len(rows)))

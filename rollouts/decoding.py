@@ -50,6 +50,9 @@ class DecodingConfig:
     # KV cache (rollouts/kv_cache.py): none | prefix, dual (approximate, Fast-dLLM) | block (exact, for
     # block-diffusion models: finished attention blocks cached)
     cache: CacheMode = "none"
+    # record each step's one-forward completion ŷ_t in the trajectory (step_prediction): what
+    # intermediate rewards and the temporal_consistency reward read; costs (steps x gen_length) ints
+    record_predictions: bool = False
 
     def __post_init__(self) -> None:
         if self.confidence == "prob":  # the name before chosen_prob existed

@@ -72,8 +72,14 @@ def pin_tokens(answer: torch.Tensor, pinned: list[dict[int, int]] | None, mask_i
 
 @torch.no_grad()
 def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfig, seeds: list[int],
-           pinned: list[dict[int, int]] | None = None) -> list[Trajectory]:
-    """Decode one answer per prompt and return its trajectory (events + behaviour log-probs)."""
+           pinned: list[dict[int, int]] | None = None,
+           starts: list[tuple[Trajectory, int] | None] | None = None) -> list[Trajectory]:
+    """Decode one answer per prompt and return its trajectory (events + behaviour log-probs).
+
+    `starts[r] = (trajectory, s)`: answer r continues that recorded trajectory from the canvas it
+    entered step s with (a branch, rollouts/branching.py): its first s steps' events and log-probs
+    are the trajectory's own, its pins are the trajectory's, and the block schedule, step count and
+    re-mask budget resume where the trajectory was; only the draws from step s on are new (`seeds[r]`)."""
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
     check_prompts(policy, prompts, cfg)
@@ -93,6 +99,9 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
     remask_left = torch.full((n,), cfg.remask_budget, dtype=torch.long, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     log = [_EventLog() for _ in range(n)]
+    for r, start in enumerate(starts or []):
+        if start is not None:
+            _resume(r, *start, answer, is_pinned, block, steps_in_block, remask_left, log[r])
     offsets = torch.arange(width, device=device)
     stop = torch.tensor(ids.stop, device=device)  # EOS and end-of-turn: an answer holding one is done
 
@@ -106,14 +115,18 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
         valid = (raw >= 0) & (raw < length)
         positions = raw.clamp(0, length - 1)  # invalid slots read a valid slot of the same block
         if cache is None:
-            step = step_distribution(policy, prompt_ids[rows], prompt_mask[rows], answer[rows], cfg,
-                                     measure).at(positions)  # (R, W, V)
+            canvas = step_distribution(policy, prompt_ids[rows], prompt_mask[rows], answer[rows], cfg, measure)
+            step = canvas.at(positions)  # (R, W, V)
             fed[rows] += (prompt_ids.shape[1] + length) * (1 + cfg.latent_steps)
         else:
+            canvas = None
             step = _cached_block_distribution(policy, cache, rows, answer, block, steps_in_block, cfg, measure, fed)
         logp = step.logp
         current = answer[rows].gather(1, positions)
         masked = (current == ids.mask) & valid
+        entropy = torch.special.entr(logp.exp()).sum(-1)  # (R, W) nats; truncated tokens contribute 0
+        prediction = (_one_forward_completion(answer[rows], canvas, step, positions, valid, ids)
+                      if cfg.record_predictions else None)
         row_generators = [generators[r] for r in rows.tolist()]
 
         # 1. revision: committed tokens the model no longer believes go back to [MASK]
@@ -154,7 +167,8 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
         updated = torch.where(chosen, tokens, current.masked_fill(remasked, ids.mask))
         updated = updated.gather(1, positions - start[:, None])  # invalid slots repeat the valid slot they read
         answer[rows] = answer[rows].scatter(1, positions, updated)
-        _record(log, rows, positions, remasked, order, count, tokens, token_logp, event_selection_logp, ids.mask)
+        _record(log, rows, positions, remasked, order, count, tokens, token_logp, event_selection_logp, ids.mask,
+                entropy, block, prediction)
 
         # block and answer bookkeeping
         steps_in_block[rows] += 1
@@ -171,6 +185,41 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
                               int(offset[r])) for r in range(n)]
 
 
+def _resume(r: int, parent: Trajectory, step: int, answer: torch.Tensor, is_pinned: torch.Tensor, block: torch.Tensor,
+            steps_in_block: torch.Tensor, remask_left: torch.Tensor, log: "_EventLog") -> None:
+    """Row r starts where `parent` entered `step`: its canvas, pins, block, steps spent in that
+    block and re-masks left; its log holds the parent's events before `step`."""
+    if parent.step_block is None:
+        raise ValueError("a branch needs the block schedule of its parent trajectory (step_block), which "
+                         "trajectories recorded before branching existed do not have")
+    if not 0 < step < parent.num_steps:
+        raise ValueError(f"a branch starts inside its parent's path: step {step} is not in 1..{parent.num_steps - 1}")
+    answer[r] = torch.as_tensor(parent.state_at(step), device=answer.device)
+    is_pinned[r] = False
+    is_pinned[r, torch.as_tensor(parent.pinned_position, dtype=torch.long, device=answer.device)] = True
+    block[r] = int(parent.step_block[step])
+    steps_in_block[r] = int((parent.step_block[:step] == parent.step_block[step]).sum())
+    upto = parent.step_bounds()[step]
+    remask_left[r] -= int((parent.event_token[:upto] == parent.mask_id).sum())
+    log.prefill(parent, step)
+
+
+def _one_forward_completion(answer: torch.Tensor, canvas, step: StepDistribution, positions: torch.Tensor,
+                            valid: torch.Tensor, ids) -> torch.Tensor:
+    """(R, L) ŷ_t: every [MASK] filled with the step distribution's argmax, committed tokens kept,
+    [EOS] after the first stop token. Through a KV cache only the current block is predicted; the
+    blocks after it read as [EOS]."""
+    if canvas is not None:
+        argmax = canvas.logp.argmax(-1)
+    else:
+        argmax = torch.full_like(answer, ids.eos)
+        argmax.scatter_(1, positions, torch.where(valid, step.logp.argmax(-1), ids.eos))
+    filled = torch.where(answer == ids.mask, argmax, answer)
+    is_stop = torch.isin(filled, torch.tensor(ids.stop, device=filled.device))
+    after = is_stop.long().cumsum(1) - is_stop.long()
+    return filled.masked_fill(after > 0, ids.eos)
+
+
 def _cached_block_distribution(policy: DiffusionPolicy, cache, rows: torch.Tensor, answer: torch.Tensor,
                                block: torch.Tensor, steps_in_block: torch.Tensor, cfg: DecodingConfig, measure: str,
                                fed: torch.Tensor) -> StepDistribution:
@@ -185,10 +234,12 @@ class _EventLog:
 
     def __init__(self) -> None:
         self.step, self.position, self.token, self.logp = [], [], [], []
-        self.event_selection_logp, self.selection = [], []
+        self.event_selection_logp, self.selection, self.entropy, self.block, self.prediction = [], [], [], [], []
+        self.lineage = (np.zeros(0, np.int64), np.zeros(0, np.int32))
 
     def add_step(self, positions: np.ndarray, tokens: np.ndarray, logps: np.ndarray,
-                 event_selection_logp: np.ndarray) -> None:
+                 event_selection_logp: np.ndarray, entropy: np.ndarray, block: int,
+                 prediction: np.ndarray | None) -> None:
         t = len(self.selection)
         self.step.append(np.full(len(positions), t, np.int32))
         self.position.append(positions.astype(np.int32))
@@ -196,6 +247,23 @@ class _EventLog:
         self.logp.append(logps.astype(np.float32))
         self.event_selection_logp.append(event_selection_logp.astype(np.float32))
         self.selection.append(float(np.nansum(event_selection_logp)))
+        self.entropy.append(entropy.astype(np.float32))
+        self.block.append(block)
+        if prediction is not None:
+            self.prediction.append(prediction.astype(np.int64))
+
+    def prefill(self, parent: Trajectory, step: int) -> None:
+        """The parent's first `step` steps, as recorded (a branch shares them)."""
+        upto = parent.step_bounds()[step]
+        self.step, self.position = [parent.event_step[:upto]], [parent.event_position[:upto]]
+        self.token, self.logp = [parent.event_token[:upto]], [parent.event_logp[:upto]]
+        self.event_selection_logp = [parent.event_selection_logp[:upto]]
+        entropy = parent.event_entropy if parent.event_entropy is not None else np.full(len(parent.event_step), np.nan)
+        self.entropy = [entropy[:upto].astype(np.float32)]
+        self.selection, self.block = list(parent.selection_logp[:step]), list(parent.step_block[:step])
+        if parent.step_prediction is not None:
+            self.prediction = list(parent.step_prediction[:step])
+        self.lineage = parent.lineage_until(step)
 
     def trajectory(self, prompt: list[int], cfg: DecodingConfig, mask_id: int, final: np.ndarray,
                    pinned: torch.Tensor, seed: int, forward_tokens: int = 0, block_offset: int = 0) -> Trajectory:
@@ -203,6 +271,7 @@ class _EventLog:
             return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
         where = pinned.nonzero().squeeze(1).numpy()
+        prediction = np.stack(self.prediction).astype(np.int64) if self.prediction else None
         return Trajectory(
             prompt_ids=list(prompt), gen_length=cfg.gen_length, block_length=cfg.block, mask_id=mask_id,
             event_step=cat(self.step, np.int32), event_position=cat(self.position, np.int32),
@@ -210,17 +279,21 @@ class _EventLog:
             event_selection_logp=cat(self.event_selection_logp, np.float32), selection_logp=np.asarray(self.selection, np.float32), final_tokens=final.astype(np.int64),
             forward_passes=len(self.selection) * (1 + cfg.latent_steps), pinned_position=where.astype(np.int32),
             pinned_token=final[where].astype(np.int64), seed=seed, cache=cfg.cache, forward_tokens=forward_tokens,
-            block_offset=block_offset,
+            block_offset=block_offset, step_block=np.asarray(self.block, np.int32),
+            event_entropy=cat(self.entropy, np.float32), step_prediction=prediction,
+            branch_seeds=self.lineage[0], branch_steps=self.lineage[1],
         )
 
 
 def _record(log: list[_EventLog], rows, positions, remasked, order, count, tokens, token_logp,
-            event_selection_logp, mask_id: int) -> None:
+            event_selection_logp, mask_id: int, entropy, block, prediction) -> None:
     """Append this step's events: re-masks first, then commits in selection order, each commit
-    with its token's log-prob and its pick's Plackett–Luce factor."""
+    with its token's log-prob, its pick's Plackett–Luce factor and its position's entropy."""
     positions, remasked, order = positions.cpu().numpy(), remasked.cpu().numpy(), order.cpu().numpy()
     count, tokens = count.cpu().numpy(), tokens.cpu().numpy()
     token_logp, event_selection_logp = token_logp.float().cpu().numpy(), event_selection_logp.float().cpu().numpy()
+    entropy, block = entropy.float().cpu().numpy(), block.cpu().numpy()
+    prediction = prediction.cpu().numpy() if prediction is not None else None
     for i, r in enumerate(rows.tolist()):
         undo = remasked[i].nonzero()[0]
         pick = order[i, :count[i]]
@@ -229,4 +302,6 @@ def _record(log: list[_EventLog], rows, positions, remasked, order, count, token
             tokens=np.concatenate([np.full(len(undo), mask_id), tokens[i, pick]]),
             logps=np.concatenate([np.full(len(undo), np.nan), token_logp[i, pick]]),
             event_selection_logp=np.concatenate([np.full(len(undo), np.nan), event_selection_logp[i, :count[i]]]),
+            entropy=np.concatenate([np.full(len(undo), np.nan), entropy[i, pick]]),
+            block=int(block[r]), prediction=prediction[i] if prediction is not None else None,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 # purposes of a step's draws (the third part of `derive_seed(seed, step, purpose, ...)`)
-ROLLOUT, UPDATE, DATA, HINTS, EXTRA_PROMPTS = 0, 1, 2, 3, 4
+ROLLOUT, UPDATE, DATA, HINTS, EXTRA_PROMPTS, BRANCH = 0, 1, 2, 3, 4, 5
 
 
 def derive_seed(*parts: int) -> int:

@@ -47,6 +47,42 @@ class Trajectory:
     # block-diffusion models: prompt tokens in the answer's first attention block (the prompt's last
     # partial block), so answer position p is in block (p + block_offset) // block_length
     block_offset: int = 0
+    # (T,) int32 the decoding block each step worked on (lets a branch resume the block schedule mid-path)
+    step_block: np.ndarray | None = None
+    # (E,) float32 entropy (nats) of the sampler's distribution at each event's position (branch points by
+    # entropy, EGSPO-SA's rule); nan for revisions
+    event_entropy: np.ndarray | None = None
+    # (T, L) int64, only with rollout.record_predictions: each step's one-forward completion ŷ_t (every
+    # [MASK] filled with the argmax, committed tokens kept, [EOS] after the first stop token)
+    step_prediction: np.ndarray | None = None
+    # a branch (rollout.branching): whose recorded events it shares, run-length encoded. The sample
+    # seeded branch_seeds[i] drew the steps before branch_steps[i] (from branch_steps[i-1], or 0);
+    # this one draws from branch_steps[-1] on. Both empty for a root (an independent sample).
+    branch_seeds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    branch_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+
+    @property
+    def branch_step(self) -> int:
+        """The first step this trajectory drew itself (0 for a root)."""
+        return int(self.branch_steps[-1]) if len(self.branch_steps) else 0
+
+    def owners(self) -> np.ndarray:
+        """(T,) int64: the seed of the sample that drew each step's events. Two trajectories share
+        the canvas entering step s exactly when their owners agree on every step before s."""
+        out = np.full(self.num_steps, self.seed, dtype=np.int64)
+        bounds = list(self.branch_steps) + [self.num_steps]
+        for seed, lo, hi in zip(self.branch_seeds, [0] + bounds[:-2], bounds[:-1]):
+            out[lo:hi] = seed
+        return out
+
+    def lineage_until(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(branch_seeds, branch_steps) of a branch that takes this trajectory's events before `step`."""
+        if step <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int32)
+        owners = self.owners()[:step]
+        change = np.flatnonzero(np.diff(owners)) + 1
+        starts = np.concatenate([[0], change]).astype(np.int32)
+        return owners[starts].astype(np.int64), np.concatenate([starts[1:], [step]]).astype(np.int32)
 
     @property
     def exact_behaviour(self) -> bool:
@@ -107,21 +143,24 @@ class Trajectory:
         out = {}
         for name, value in self.__dict__.items():
             out[name] = value.tolist() if isinstance(value, np.ndarray) else value
-        for name in ("event_logp", "event_selection_logp"):
-            out[name] = [None if np.isnan(v) else v for v in getattr(self, name).tolist()]
+        for name in ("event_logp", "event_selection_logp", "event_entropy"):
+            if getattr(self, name) is not None:
+                out[name] = [None if np.isnan(v) else v for v in getattr(self, name).tolist()]
         return out
 
     @classmethod
     def from_json(cls, row: dict) -> "Trajectory":
         dtypes = {"event_step": np.int32, "event_position": np.int32, "event_token": np.int64,
                   "event_logp": np.float32, "selection_logp": np.float32, "final_tokens": np.int64,
-                  "pinned_position": np.int32, "pinned_token": np.int64, "event_selection_logp": np.float32}
+                  "pinned_position": np.int32, "pinned_token": np.int64, "event_selection_logp": np.float32,
+                  "step_block": np.int32, "event_entropy": np.float32, "step_prediction": np.int64,
+                  "branch_seeds": np.int64, "branch_steps": np.int32}
         row = dict(row)
-        for name in ("event_logp", "event_selection_logp"):
-            if name in row:
+        for name in ("event_logp", "event_selection_logp", "event_entropy"):
+            if row.get(name) is not None:
                 row[name] = [np.nan if v is None else v for v in row[name]]
         for name, dtype in dtypes.items():
-            if name in row:
+            if row.get(name) is not None:
                 row[name] = np.asarray(row[name], dtype=dtype)
         return cls(**row)
 

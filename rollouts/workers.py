@@ -26,7 +26,8 @@ import torch
 from rollouts.families import load_pretrained, load_tokenizer
 from rollouts.policy import DiffusionPolicy, make_policy
 from rollouts.decoding import DecodingConfig
-from rollouts.sampler import sample, sample_seed
+from rollouts.jobs import SampleJob, make_jobs, sample_jobs
+from rollouts.sampler import sample_seed
 from rollouts.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
@@ -78,39 +79,6 @@ def state_bytes(state: dict[str, torch.Tensor]) -> int:
 
 class StaleWeights(RuntimeError):
     """A worker was asked to sample with a policy version it does not hold (e.g. after a restart)."""
-
-
-@dataclass
-class SampleJob:
-    """One answer to sample: which prompt, which of its G samples, and the seed of its draws."""
-
-    prompt_index: int
-    sample_index: int
-    prompt_ids: list[int]
-    seed: int
-    pinned: dict[int, int] | None = None
-
-
-def sample_jobs(policy, decoding: DecodingConfig, jobs: list[SampleJob], version: int,
-                max_batch: int = 256) -> list[Trajectory]:
-    """Sample `jobs` with `policy` (at most `max_batch` per call), each trajectory stamped with
-    its job's prompt/sample index and the policy `version` that sampled it."""
-    out = []
-    for lo in range(0, len(jobs), max_batch):
-        chunk = jobs[lo:lo + max_batch]
-        trajectories = sample(policy, [j.prompt_ids for j in chunk], decoding,
-                              seeds=[j.seed for j in chunk], pinned=[j.pinned for j in chunk])
-        for job, traj in zip(chunk, trajectories):
-            traj.prompt_index, traj.sample_index, traj.policy_version = job.prompt_index, job.sample_index, version
-        out.extend(trajectories)
-    return out
-
-
-def make_jobs(prompts: list[list[int]], group_size: int, seed: int,
-              pinned: list[dict[int, int] | None] | None = None) -> list[SampleJob]:
-    """G jobs per prompt, each with its own seed: whoever samples a job draws the same answer."""
-    return [SampleJob(i, g, prompt, sample_seed(seed, i, g), pinned[i] if pinned else None)
-            for i, prompt in enumerate(prompts) for g in range(group_size)]
 
 
 class RolloutWorker:

@@ -75,3 +75,8 @@ def odd_blanks_digit_fraction(prompts, completions, **kwargs):
     the groups have no reward variance (for the dynamic-sampling tests)."""
     return [sum(ch.isdigit() for ch in c) / max(len(c), 1) if p.split()[-1].count("0") % 2 else 0.0
             for p, c in zip(prompts, completions)]
+
+
+def steps_seen(prompts, completions, trajectories, **kwargs):
+    """A reward that reads the trajectories (passed like TRL's completion_ids): its path's step count."""
+    return [float(t.num_steps) for t in trajectories]

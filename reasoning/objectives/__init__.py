@@ -19,14 +19,14 @@ class with `@register` (objectives/base.py's docstring shows one).
 """
 
 from reasoning.objectives.base import (OBJECTIVES, HintTokens, LossStats, Objective, ObjectiveSettings, Prepared,
-                                       RolloutBatch, build_objective, k3, loss_mask, objective_class, pinned_mask,
+                                       RolloutBatch, StepBatch, build_objective, k3, loss_mask, objective_class, pinned_mask,
                                        register, sample_generators)
 from reasoning.objectives.trajectory import TrajectoryObjective, TrajectorySettings
 from reasoning.objectives.answer_tokens import CoupledObjective, MeanFieldObjective  # noqa: I001 (registry order)
 from reasoning.objectives.ratio_free import SPGObjective, WD1Objective
 
 __all__ = ["OBJECTIVES", "CoupledObjective", "HintTokens", "LossStats", "MeanFieldObjective", "Objective",
-           "ObjectiveSettings", "Prepared", "RolloutBatch", "SPGObjective", "TrajectoryObjective",
+           "ObjectiveSettings", "Prepared", "RolloutBatch", "SPGObjective", "StepBatch", "TrajectoryObjective",
            "TrajectorySettings", "WD1Objective", "build_objective", "k3", "loss_mask", "objective_class",
            "paper_defaults", "pinned_mask", "register", "sample_generators"]
 

@@ -23,26 +23,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from rollouts import DecodingConfig, DiffusionPolicy, Trajectory
-from rollouts.decoding import left_pad
-from rollouts.seeding import derive_seed
+from reasoning.objectives.batch import (RolloutBatch, StepBatch, full_mask_log_probs, loss_mask, pinned_mask,
+                                        sample_generators)
+from rollouts import DecodingConfig, DiffusionPolicy
 
-
-@dataclass
-class RolloutBatch:
-    """The samples an update trains on (zero-variance groups already dropped)."""
-
-    trajectories: list[Trajectory]
-    advantages: torch.Tensor  # (N,)
-    decoding: DecodingConfig
-    stop: tuple[int, ...] = ()  # ids that end an answer (the loss mask runs up to and including the first)
-    policy_version: int | None = None  # the trainer's version at this update (None: every sample is fresh)
-
-    def stale(self) -> list[int]:
-        """Samples drawn by an older policy than the one being updated (asynchronous RL)."""
-        if self.policy_version is None:
-            return []
-        return [i for i, t in enumerate(self.trajectories) if t.policy_version < self.policy_version]
+__all__ = ["OBJECTIVES", "HintTokens", "LossStats", "Objective", "ObjectiveSettings", "Prepared", "RolloutBatch",
+           "StepBatch", "build_objective", "full_mask_log_probs", "k3", "loss_mask", "objective_class", "pinned_mask",
+           "register", "sample_generators"]
 
 
 @dataclass
@@ -112,38 +99,6 @@ class LossStats:
         return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
 
 
-def sample_generators(batch: "RolloutBatch", generator: torch.Generator) -> list[torch.Generator]:
-    """One generator per sample, seeded from the update's generator and the sample's (prompt, sample)
-    index: a sample's masks do not depend on which micro-batch or rank it lands in."""
-    base = int(torch.randint(2 ** 62, (1,), generator=generator))
-    return [torch.Generator().manual_seed(derive_seed(base, t.prompt_index, t.sample_index))
-            for t in batch.trajectories]
-
-
-def loss_mask(trajectory: Trajectory, stop: tuple[int, ...]) -> torch.Tensor:
-    """(L,) bool: the answer up to and including its first stop token (all of it if none)."""
-    final = torch.as_tensor(trajectory.final_tokens)
-    is_stop = torch.isin(final, torch.tensor(stop or (-1,)))
-    after = is_stop.long().cumsum(0) - is_stop.long()  # stops strictly before each position
-    return after == 0
-
-
-def pinned_mask(trajectory: Trajectory) -> torch.Tensor:
-    """(L,) bool: positions pinned before decoding (hints, or pins the caller gave): not the policy's."""
-    out = torch.zeros(trajectory.gen_length, dtype=torch.bool)
-    out[torch.as_tensor(trajectory.pinned_position, dtype=torch.long)] = True
-    return out
-
-
-def full_mask_log_probs(policy: DiffusionPolicy, trajectories: list[Trajectory]) -> torch.Tensor:
-    """(B, L, V) untempered log-probs with each answer canvas fully masked, the prompt visible (d1's
-    one-step canvas, the one IGPO scores hint tokens from)."""
-    prompt_ids, prompt_mask = left_pad([t.prompt_ids for t in trajectories], policy.ids.pad)
-    answers = torch.stack([torch.full((t.gen_length,), t.mask_id) for t in trajectories])
-    device = policy.device
-    return policy.step_log_probs(prompt_ids.to(device), prompt_mask.to(device), answers.to(device), 1.0)
-
-
 class Objective:
     """Base: subclasses say which units they score (`unit_log_probs`), what randomness they need
     (`draw`) and what they support; the PPO-clip loss, the KL term, old log-probs, decoupled
@@ -200,6 +155,11 @@ class Objective:
     def sample_units(self, batch: RolloutBatch, hints: HintTokens, i: int) -> int:
         """How many loss units sample i contributes."""
         return int(self.answer_mask(batch, hints, i).sum())
+
+    def unit_advantages(self, batch: StepBatch, hints: HintTokens, i: int, units: int) -> torch.Tensor:
+        """(units,) the advantage of each of sample i's loss units: its answer's (leaf) advantage.
+        The trajectory objective gives each committed event its step's (reasoning/credit.py)."""
+        return batch.advantages[i].expand(units)
 
     def units(self, batch: RolloutBatch, prep: Prepared) -> int:
         """Loss units of this process's batch (the trainer sums them over ranks)."""
@@ -327,7 +287,7 @@ class Objective:
         device = logp.device
         old_all = prep.old[self._slot(inner)]
         old = torch.cat([old_all[i] for i in indices]).to(device)
-        adv = torch.cat([batch.advantages[i].expand(len(old_all[i])) for i in indices]).to(device)
+        adv = torch.cat([self.unit_advantages(batch, prep.hints, i, len(old_all[i])) for i in indices]).to(device)
         ratio = torch.exp(logp - old)
         low, high = 1 - self.s.clip_eps_low, 1 + self.s.clip_eps_high
         surrogate = torch.minimum(ratio * adv, ratio.clamp(low, high) * adv)

@@ -3,7 +3,8 @@
 Each committed token's log-prob at the state it was committed from, at the rollout temperature
 (the behaviour log-probs, so the first ratio is exactly 1 with merge_steps 1), plus — when the
 position choice was a learned Plackett–Luce draw (selection_temperature > 0, not `random`) — that
-commit's pick factor. One unit per committed token. merge_steps > 1 is TraceRL's shrink
+commit's pick factor. One unit per committed token, weighted by its step's advantage (a branching
+tree's segment, or an intermediate reward's; reasoning/credit.py). merge_steps > 1 is TraceRL's shrink
 approximation (arXiv 2509.06949 §3): several steps scored from one canvas. Rollouts at T = 0
 train only the pick factors (the tokens were never sampled). Stale samples (rollout.async) and
 samples drawn through an approximate KV cache are corrected by decoupled PPO (objectives/base.py).
@@ -51,6 +52,16 @@ class TrajectoryObjective(Objective):
     def sample_units(self, batch, hints: HintTokens, i):
         keep = hints.keep.get(i)
         return int(batch.trajectories[i].commits.sum()) + (int(keep.sum()) if keep is not None else 0)
+
+    def unit_advantages(self, batch, hints: HintTokens, i, units):
+        """Each committed event takes its step's advantage (a tree segment's, or an intermediate
+        reward's: reasoning/credit.py); trained hint tokens take the answer's."""
+        if batch.step_advantages is None:
+            return super().unit_advantages(batch, hints, i, units)
+        traj = batch.trajectories[i]
+        per_step = torch.as_tensor(batch.step_advantages[i], dtype=torch.float32)
+        events = per_step[torch.as_tensor(traj.event_step[traj.commits], dtype=torch.long)]
+        return torch.cat([events, batch.advantages[i].expand(units - len(events))])
 
     def _combine(self, cfg: DecodingConfig, tokens: torch.Tensor, event_selection_logp: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(tokens)
