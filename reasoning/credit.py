@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from reasoning.advantages import group_advantages
 from rollouts import Trajectory
 
 
@@ -122,8 +123,6 @@ def assign_credit(groups, normalize_std: bool, leave_one_out: bool, step_level: 
                   intermediate=None) -> dict[str, float]:
     """Set each group's advantages (and, `step_level`, its per-step advantages); returns the
     step-level metrics. Without branches or intermediate rewards this is GRPO's group advantage."""
-    from reasoning.advantages import group_advantages
-
     segments = nonzero = 0
     spread = []
     for group in groups:

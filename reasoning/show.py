@@ -5,8 +5,10 @@
 
 Trajectory picture: row t is the canvas the model saw at step t (· = [MASK]); a cell
 committed at t is coloured by the probability the model gave that token, a re-mask is
-marked red, a pinned token (a hint from the reference answer, rollout.hints) orange. The
-title says the decoding (latent-thinking passes per step, forwards) and whether it was hinted.
+marked red, a pinned token (a hint from the reference answer, rollout.hints) orange, a branch
+point (rollout.branching) by a magenta dashed line. The title says the decoding (latent-thinking
+passes per step, forwards) and whether it was hinted. With branches, `<file>_<index>_tree.png`
+draws the answer's prompt's whole tree.
 """
 
 from __future__ import annotations
@@ -71,8 +73,13 @@ def plot_trajectory(traj: Trajectory, tokenizer, path_png: str, title: str = "")
     ax.set_xlabel("answer position")
     ax.set_ylabel("denoising step")
     hinted = f", {len(traj.pinned_position)} hint tokens (orange)" if traj.hinted else ""
+    branch = ""
+    for point in traj.branch_steps:  # rows above a dashed line were drawn by an ancestor path (shared)
+        ax.axhline(point - 0.5, color="magenta", linestyle="--", linewidth=1.2)
+    if traj.branch_step:
+        branch = f", branch from step {traj.branch_step} (magenta: branch points)"
     ax.set_title((title + "\n" if title else "") +
-                 f"{steps} steps, {traj.forward_passes} forwards, {traj.num_remasks} re-masks{hinted}")
+                 f"{steps} steps, {traj.forward_passes} forwards, {traj.num_remasks} re-masks{hinted}{branch}")
     fig.colorbar(image, ax=ax, label="p(committed token)")
     fig.tight_layout()
     fig.savefig(path_png, dpi=120)
@@ -100,7 +107,8 @@ def trajectory_html(traj: Trajectory, tokenizer, title: str = "") -> str:
                 style, tip, token = "color:#999", "", grid["states"][t, p]
             text = html.escape(_token_text(tokenizer, token, traj.mask_id))
             cells.append(f'<td style="{style}" title="{tip}">{text}</td>')
-        rows.append(f"<tr><th>{t}</th>{''.join(cells)}</tr>")
+        mark = ' style="border-top:3px dashed magenta"' if t in set(traj.branch_steps.tolist()) else ""
+        rows.append(f"<tr{mark}><th>{t}</th>{''.join(cells)}</tr>")
     head = "".join(f"<th>{p}</th>" for p in range(traj.gen_length))
     prompt = html.escape(tokenizer.decode(traj.prompt_ids) if tokenizer is not None else str(traj.prompt_ids))
     return (
@@ -112,7 +120,8 @@ def trajectory_html(traj: Trajectory, tokenizer, title: str = "") -> str:
         f"{' · hinted: ' + str(len(traj.pinned_position)) + ' hint tokens' if traj.hinted else ''}</p>"
         f"<table><tr><th>step</th>{head}</tr>{''.join(rows)}</table>"
         "<p>bold = committed at that step (blue: the model's probability), red = re-masked, "
-        "orange = hint (pinned), · = [MASK]</p>"
+        "orange = hint (pinned), · = [MASK]; a magenta dashed line = a branch point (the rows above it are "
+        "shared with the path this one branched from)</p>"
         "</body></html>"
     )
 
@@ -148,7 +157,42 @@ def show_trajectories(path: str, tokenizer=None, index: int = 0) -> list[str]:
     plot_trajectory(traj, tokenizer, stem + ".png", title)
     with open(stem + ".html", "w") as fh:
         fh.write(trajectory_html(traj, tokenizer, title))
-    return [stem + ".png", stem + ".html"]
+    written = [stem + ".png", stem + ".html"]
+    tree = [t for t in trajectories if t.prompt_index == traj.prompt_index]
+    if any(t.branch_step for t in tree):
+        written.append(plot_tree(tree, tokenizer, stem + "_tree.png", title))
+    return written
+
+
+def plot_tree(tree: list[Trajectory], tokenizer, path_png: str, title: str = "") -> str:
+    """One prompt's tree (rollout.branching): a line per answer over its denoising steps, starting where
+    it left the path it branched from (a magenta dot, the branch point), labelled with its answer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(tree, key=lambda t: tuple(t.owners().tolist()))  # branches next to their parents
+    row = {t.seed: y for y, t in enumerate(order)}
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.32 * len(order) + 1.2)))
+    for y, t in enumerate(order):
+        start = t.branch_step
+        if start:
+            parent_y = row.get(int(t.branch_seeds[-1]), y)
+            ax.plot([start - 1, start], [parent_y, y], color="magenta", linewidth=1)
+            ax.plot([start - 1], [parent_y], "o", color="magenta", markersize=4)
+        ax.plot([start, t.num_steps], [y, y], color="tab:blue" if not start else "tab:purple", linewidth=2)
+        answer = "".join(_token_text(tokenizer, int(k), t.mask_id) for k in t.final_tokens)
+        ax.text(t.num_steps + 0.2, y, answer, va="center", fontsize=7, family="monospace")
+    ax.set_xlabel("denoising step")
+    ax.set_yticks(range(len(order)), [f"#{t.sample_index}" for t in order], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_title((title + "\n" if title else "") + f"prompt {tree[0].prompt_index}: {len(tree)} answers, "
+                 f"{sum(1 for t in tree if t.branch_step)} branches", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path_png, dpi=110)
+    plt.close(fig)
+    return path_png
 
 
 # (panel title, metric names drawn in it; eval/*/acc = every task's held-out accuracy)

@@ -262,3 +262,45 @@ def test_bad_credit_settings_are_one_clear_line_and_write_nothing(overrides, exp
     assert len(lines) == 1 and expected.lower() in lines[0].lower(), err[-2000:]
     assert "Traceback" not in err
     assert not runs.exists() and set(os.listdir(tmp_path)) == before
+
+
+def test_show_marks_branch_points_and_draws_a_prompts_tree(tiny_model, tiny_tokenizer, tmp_path):
+    from reasoning.show import show_trajectories
+    from rollouts import save_jsonl
+
+    policy = make_policy(tiny_model, tiny_tokenizer)
+    cfg = DecodingConfig(gen_length=8, steps=4, temperature=1.0)
+    tree = grow(policy, cfg, BranchingConfig(enabled=True, branches=2, at=[0.5], budget=100),
+                [tiny_tokenizer("1+2=")["input_ids"]], group=2)
+    path = str(tmp_path / "step_000001.jsonl")
+    save_jsonl(tree, path)
+    branch = next(i for i, t in enumerate(tree) if t.branch_step)
+    written = show_trajectories(path, tiny_tokenizer, branch)
+    assert [os.path.basename(w) for w in written] == [f"step_000001_{branch}.png", f"step_000001_{branch}.html",
+                                                      f"step_000001_{branch}_tree.png"]
+    assert all(os.path.getsize(w) > 0 for w in written)
+    assert "border-top:3px dashed magenta" in open(written[1]).read()
+
+
+def test_branching_with_hints_on_ray_workers_asynchronously(tmp_path):
+    """Trees grown by the Ray workers that sampled their roots, in the asynchronous producer, with
+    hints on: every tree has one policy version, and the step-level metrics are logged."""
+    pytest.importorskip("ray")
+    from test_rl import config, train_steps
+
+    from reasoning.rl import run_rl
+    from rollouts import load_jsonl
+
+    cfg = config(tmp_path, "ray.enabled=true", "ray.num_workers=2", "trainer.steps=3", "trainer.save_rollouts_every=1",
+                 "rollout.async.enabled=true", "rollout.branching.enabled=true", "rollout.hints.enabled=true",
+                 "rollout.hints.fail_reward=0.2")
+    run_rl(cfg)
+    steps = train_steps(cfg.run_dir)
+    assert [m["step"] for m in steps] == [1, 2, 3]
+    assert all(m["branch/extra_forwards"] > 0 and m["branch/trees"] == 2 for m in steps)
+    assert all(0 <= m["credit/step_informative_fraction"] <= 1 for m in steps)
+    for step in (1, 2, 3):
+        saved = load_jsonl(os.path.join(cfg.run_dir, "rollouts", f"step_{step:06d}.jsonl"))
+        for prompt in {t.prompt_index for t in saved}:
+            tree = [t for t in saved if t.prompt_index == prompt and not t.hinted]
+            assert len({t.policy_version for t in tree}) == 1 and any(t.branch_step for t in tree)

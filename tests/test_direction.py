@@ -5,8 +5,9 @@ unit test that reuses the code it checks."""
 
 import pytest
 
-import reasoning.rl
+import reasoning.credit
 from reasoning.advantages import Advantages, group_advantages
+from reasoning.credit import StepCredit, tree_credit
 from reasoning.config import load_config
 from reasoning.rl import run_rl
 
@@ -17,25 +18,40 @@ LEARNABLE = [*TINY, "rewards=[{fn: 'reward_fns:digit_fraction'}]", "trainer.step
 
 
 def flipped(*args, **kwargs) -> Advantages:
-    """group_advantages with the sign flipped: patched into reasoning.rl, where the loop uses it."""
+    """group_advantages with the sign flipped: patched into reasoning.credit, where the loop uses it."""
     adv = group_advantages(*args, **kwargs)
     return Advantages(-adv.values, adv.keep, adv.frac_zero_std)
 
 
-def reward_change(tmp_path, name, objective):
+def flipped_tree(*args, **kwargs) -> StepCredit:
+    """tree_credit (branching: per-step advantages) with the sign flipped."""
+    credit = tree_credit(*args, **kwargs)
+    return StepCredit(-credit.leaf, [-a for a in credit.steps], credit.segments, credit.nonzero_segments)
+
+
+def flip(monkeypatch) -> None:
+    monkeypatch.setattr(reasoning.credit, "group_advantages", flipped)
+    monkeypatch.setattr(reasoning.credit, "tree_credit", flipped_tree)
+
+
+def reward_change(tmp_path, name, objective, *extra):
     cfg = load_config(None, [f"output_dir={tmp_path}", f"name={name}", *LEARNABLE, f"trainer.objective={objective}",
-                             "trainer.inner_steps=1"])
+                             "trainer.inner_steps=1", *extra])
     run_rl(cfg)
     rewards = [m["reward"] for m in train_steps(cfg.run_dir)]
     return sum(rewards[-3:]) / 3 - sum(rewards[:3]) / 3
 
 
-@pytest.mark.parametrize("objective", ["trajectory"])
-def test_the_loop_raises_a_learnable_reward_and_the_flipped_sign_lowers_it(tmp_path, monkeypatch, objective):
-    assert reward_change(tmp_path, "forward", objective) > 0.01
+BRANCHING = ["rollout.branching.enabled=true", "rollout.branching.at=[0.3, 0.6]", "rollout.branching.budget=40"]
 
-    monkeypatch.setattr(reasoning.rl, "group_advantages", flipped)
-    assert reward_change(tmp_path, "flipped", objective) < -0.01
+
+@pytest.mark.parametrize("objective,extra", [("trajectory", []), ("trajectory", BRANCHING)],
+                         ids=["trajectory", "trajectory-branching"])
+def test_the_loop_raises_a_learnable_reward_and_the_flipped_sign_lowers_it(tmp_path, monkeypatch, objective, extra):
+    assert reward_change(tmp_path, "forward", objective, *extra) > 0.01
+
+    flip(monkeypatch)
+    assert reward_change(tmp_path, "flipped", objective, *extra) < -0.01
 
 
 # The answer-token objectives score the final answer's tokens from masked canvases; in 10 steps of the
@@ -88,5 +104,5 @@ def test_answer_token_objectives_raise_what_the_reward_counts_and_the_flipped_si
                                                                                           objective):
     assert digit_probability_change(tmp_path, "forward", objective) > 0.005
 
-    monkeypatch.setattr(reasoning.rl, "group_advantages", flipped)
+    flip(monkeypatch)
     assert digit_probability_change(tmp_path, "flipped", objective) < -0.005

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -180,9 +181,14 @@ def cli(tmp_path, name, *overrides):
     return subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_kill_and_resume_repeats_an_uninterrupted_run(tmp_path):
-    reference = cli(tmp_path, "straight")
-    victim = cli(tmp_path, "killed")
+BRANCHED = ["rollout.branching.enabled=true", "rollout.branching.at=[0.3, 0.6]", "rollout.hints.enabled=true",
+            "rollout.hints.fail_reward=0.2", "trainer.save_rollouts_every=1"]
+
+
+@pytest.mark.parametrize("extra", [[], BRANCHED], ids=["plain", "branching+hints"])
+def test_kill_and_resume_repeats_an_uninterrupted_run(tmp_path, extra):
+    reference = cli(tmp_path, "straight", *extra)
+    victim = cli(tmp_path, "killed", *extra)
     ckpt = tmp_path / "killed" / "checkpoints"
     deadline = time.monotonic() + 240
     while not (ckpt / "step_000002" / "trainer_state.json").exists():
@@ -195,7 +201,7 @@ def test_kill_and_resume_repeats_an_uninterrupted_run(tmp_path):
     (ckpt / "step_000005" / "adapter").mkdir()
     trained_at_kill = json.loads((ckpt / "step_000002" / "trainer_state.json").read_text())["trained_s"]
     assert trained_at_kill > 0
-    resumed = cli(tmp_path, "killed", "trainer.resume=auto")
+    resumed = cli(tmp_path, "killed", "trainer.resume=auto", *extra)
     assert resumed.wait(timeout=240) == 0, resumed.stderr.read()[-2000:]
     assert reference.wait(timeout=240) == 0, reference.stderr.read()[-2000:]
     a, b = train_steps(tmp_path / "straight"), train_steps(tmp_path / "killed")
@@ -208,6 +214,17 @@ def test_kill_and_resume_repeats_an_uninterrupted_run(tmp_path):
     final_a, final_b = adapter(tmp_path / "straight", 6), adapter(tmp_path / "killed", 6)
     for key in final_a:
         assert torch.allclose(final_a[key], final_b[key], atol=1e-6)
+    if extra:  # the trees sampled after the resume are the uninterrupted run's, event for event
+        from rollouts import load_jsonl
+
+        for step in (3, 6):
+            name = f"rollouts/step_{step:06d}.jsonl"
+            trees = load_jsonl(str(tmp_path / "straight" / name)), load_jsonl(str(tmp_path / "killed" / name))
+            assert any(t.branch_step for t in trees[0]) and len(trees[0]) == len(trees[1])
+            for x, y in zip(*trees):
+                assert (x.seed, x.branch_step, x.sample_index) == (y.seed, y.branch_step, y.sample_index)
+                np.testing.assert_array_equal(x.event_token, y.event_token)
+                np.testing.assert_allclose(x.event_logp, y.event_logp, atol=1e-6)
 
 
 def torchrun_train(tmp_path, name: str, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
