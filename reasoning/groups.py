@@ -66,6 +66,7 @@ class Group:
     step_rewards: np.ndarray | None = None  # (N, K) rewards of ŷ_t at rewards.intermediate.at (nan: path shorter)
     staleness: int = 0  # policy versions its oldest answer is behind the trainer
     hinted: int = 0  # how many answers are hinted ones
+    first_outcome: str = ""  # all_fail / all_pass: its first-round rewards were all equal (before hints)
 
     @property
     def varied(self) -> bool:
@@ -89,6 +90,17 @@ def split_groups(indices: list[int], trajectories: list[Trajectory], group_size:
                          f"{group_size}")
     return [Group(index, sorted(by_prompt[key], key=lambda t: t.sample_index))
             for index, key in zip(indices, sorted(by_prompt))]
+
+
+@dataclass
+class FirstRound:
+    """A step's first-round groups, scored and (with hints) hinted. In an asynchronous run the rollout
+    producer does this right after sampling them, so it overlaps the trainer's update."""
+
+    groups: list[Group]
+    reward_metrics: dict[str, float]
+    stats: Counter
+    by_producer: bool = False
 
 
 @dataclass
@@ -191,17 +203,29 @@ class GroupCollector:
 
     # --- the step ----------------------------------------------------------------------------
 
-    def collect(self, step: int, groups: list[Group], target: int) -> StepGroups:
-        """The step's groups: its first-round `groups` scored, then hints and further rounds until
-        `target` groups (the step's share of prompts_per_step) have reward variance."""
+    def first_round(self, step: int, groups: list[Group], sample: Sampler | None = None,
+                    by_producer: bool = False) -> FirstRound:
+        """Score the step's first-round `groups` and add hints to the failed ones, sampled by
+        `sample` (default: the collector's own)."""
         stats: Counter = Counter()
-        groups = list(groups)
         reward_metrics = self.score_groups(groups)
         t0 = time.perf_counter()
         self._count(groups, stats)
         if self.hints:
-            self.add_hints(step, 0, groups, stats)
+            self.add_hints(step, 0, groups, stats, sample)
         stats["timing_hints"] += time.perf_counter() - t0
+        return FirstRound(list(groups), reward_metrics, stats, by_producer)
+
+    def collect(self, step: int, groups: list[Group], target: int, first: FirstRound | None = None) -> StepGroups:
+        """The step's groups: its first-round `groups` scored and hinted (here, or already by the
+        producer: `first`), then further rounds until `target` groups (the step's share of
+        prompts_per_step) have reward variance."""
+        if first is None:
+            first = self.first_round(step, groups)
+        stats = Counter({k: v for k, v in first.stats.items() if k not in ("all_fail", "all_pass")})
+        for g in groups:  # the kept ones (stale groups may have been dropped since)
+            stats[g.first_outcome] += bool(g.first_outcome)
+        groups, reward_metrics = list(groups), first.reward_metrics
         if self.dynamic.enabled:
             t0 = time.perf_counter()
             self.draw_more(step, groups, target, stats)
@@ -229,13 +253,14 @@ class GroupCollector:
         if self.dynamic.enabled:
             metrics.update({"dynamic/draw_factor": len(groups) / max(target, 1), "dynamic/rounds": float(stats["rounds"]),
                             "timing_s/dynamic": stats["timing_dynamic"]})
-        return StepGroups(trained, groups, reward_metrics, metrics,
-                          extra_seconds=(stats["timing_hints"] if self.hints else 0.0) + stats["timing_dynamic"])
+        here = stats["timing_hints"] if self.hints and not first.by_producer else 0.0
+        return StepGroups(trained, groups, reward_metrics, metrics, extra_seconds=here + stats["timing_dynamic"])
 
     def _count(self, groups: list[Group], stats: Counter) -> None:
         for g in groups:
             if not g.varied:
-                stats["all_fail" if self.failed(g) else "all_pass"] += 1
+                g.first_outcome = "all_fail" if self.failed(g) else "all_pass"
+                stats[g.first_outcome] += 1
 
     def draw_more(self, step: int, groups: list[Group], target: int, stats: Counter) -> None:
         """Dynamic sampling: further rounds of prompts until `target` groups have reward variance."""
@@ -282,7 +307,7 @@ class GroupCollector:
                 self._references[index] = None
         return self._references[index]
 
-    def add_hints(self, step: int, rnd: int, groups: list[Group], stats: Counter) -> None:
+    def add_hints(self, step: int, rnd: int, groups: list[Group], stats: Counter, sample: Sampler | None = None) -> None:
         """IGPO: hinted answers for every failed group; better-scoring ones replace failed answers."""
         h, g = self.hints, self.group_size
         failed = [(k, grp) for k, grp in enumerate(groups) if self.failed(grp) and self.reference(grp.index)]
@@ -299,7 +324,7 @@ class GroupCollector:
                 pins = hint_pins(reference, tuple(h.ratio), tuple(h.chunk), np.random.default_rng([seed, 1]))
                 jobs.append(SampleJob(k, s, prompt, seed, pins))
                 ratios.append(len(pins) / len(reference))
-        hinted = self.sample(jobs)
+        hinted = (sample or self.sample)(jobs)
         scored, completions = self.score([groups[k].index for k, _ in failed for _ in range(n)], hinted)
         limit = math.floor(h.replace_fraction * g)
         stats.update(hint_groups=len(failed), hint_samples=len(jobs))

@@ -50,7 +50,7 @@ from reasoning.data import encode_prompt
 from reasoning.distributed import combine_metrics, max_over_ranks, rank_and_world, trainer_weights
 from reasoning.engine import build_engine, zero_stage
 from reasoning.evaluate import evaluate_and_log
-from reasoning.groups import Group, GroupCollector, StepGroups, split_groups
+from reasoning.groups import FirstRound, Group, GroupCollector, StepGroups, split_groups
 from reasoning.metrics import rollout_metrics
 from reasoning.modeling import check_lora_targets, count_parameters, load_model, peft_lora_config
 from reasoning.objectives import StepBatch, build_objective
@@ -159,8 +159,10 @@ def trainer_sample(run: RLRun, jobs: list[SampleJob]) -> list[Trajectory]:
 
 def start_rollouts(run: RLRun) -> None:
     """Give the workers the trainer's weights, then start the batch source (sync or async) and the
-    group collector (whose extra answers — hints, further prompts — are drawn by the workers in a
-    synchronous run, and by the trainer itself, with its newest weights, in an asynchronous one)."""
+    group collector. Its extra answers: hints are drawn by the workers — in an asynchronous run by
+    the producer, right after it sampled the batch, with that batch's weights, so they overlap the
+    update; further prompts (dynamic sampling) by the workers in a synchronous run, by the trainer
+    itself, with its newest weights, in an asynchronous one."""
     cfg, workers = run.cfg, run.workers
     asynchronous = cfg.rollout.async_
 
@@ -198,11 +200,18 @@ def start_rollouts(run: RLRun) -> None:
     def waiting_trainer(jobs: list[SampleJob]) -> list[Trajectory]:  # the waiting trainer, its own newer weights
         return trainer_sample(run, jobs)
 
+    def first_round(step: int, indices: list[int], trajectories: list[Trajectory]) -> FirstRound:
+        """The producer scores its batch and hints the failed groups with its own workers' weights
+        (the batch's version), while the trainer is still updating."""
+        groups = split_groups(indices, trajectories, cfg.rollout.group_size)
+        return run.collector.first_round(step, groups, sample=workers.sample_jobs, by_producer=True)
+
     chunks = max(1, min(8, cfg.trainer.prompts_per_step // 2))  # >= 2 prompts' groups per chunk
     run.source = AsyncRollouts(plan, grown(workers.sample_jobs), sync, asynchronous.max_staleness,
                                run.progress.step + 1, cfg.trainer.steps, run.clock,
                                grown(waiting_trainer) if run.trainer_samples else None, chunks,
-                               align=cfg.rollout.group_size)
+                               align=cfg.rollout.group_size,
+                               prepare=None if run.ray_serves_all_ranks else first_round)
 
 
 # --- the loop: rollout -> reward -> advantage -> update -> sync -> log -> eval -> save -----------------
@@ -249,13 +258,16 @@ def rl_step(run: RLRun, step: int) -> dict:
     # rollout: this step's groups (sampled now, or earlier by the asynchronous producer)
     rollouts = next_rollouts(run, step)
     timing = {"rollout_wait": time.perf_counter() - started, "rollout": rollouts.sampled[1] - rollouts.sampled[0]}
-    spans(timeline, rollout=rollouts.sampled, sync=rollouts.synced, trainer_rollout=rollouts.trainer_sampling)
-    sampled = split_groups(rollouts.indices, rollouts.trajectories, run.cfg.rollout.group_size)
+    spans(timeline, rollout=rollouts.sampled, sync=rollouts.synced, trainer_rollout=rollouts.trainer_sampling,
+          first_round=rollouts.preparing)
+    first = rollouts.prepared  # scored and hinted by the asynchronous producer, or None: here
+    sampled = first.groups if first is not None else split_groups(rollouts.indices, rollouts.trajectories,
+                                                                 run.cfg.rollout.group_size)
     groups, stale = drop_stale(run, sampled)
     stale["async/trainer_sampled_fraction"] = rollouts.trainer_sampled / max(len(rollouts.trajectories), 1)
     # reward; groups with equal rewards teach nothing: hints and further prompts (reasoning/groups.py)
     t0 = time.perf_counter()
-    collected = run.collector.collect(step, groups, target=len(sampled))
+    collected = run.collector.collect(step, groups, target=len(sampled), first=first)
     timing["reward"] = time.perf_counter() - t0 - collected.extra_seconds
     credit = assign_advantages(run, collected.trained)
     # update, then the new weights to the workers

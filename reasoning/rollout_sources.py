@@ -10,7 +10,9 @@ The trainer loop is the same for both (reasoning/rl.py): `get(step)` the step's 
                 k-1-max_staleness, after handing the workers the newest published weights —
                 so generation of step k+1 overlaps the update of step k, and a weight sync
                 never waits for an update (it is done by the producer, between two batches).
-                With max_staleness 0 it waits for every update: the synchronous run, exactly.
+                The producer also `prepare`s each batch it finished (reasoning/rl.py: scores it
+                and samples the hints of its failed groups), so that rollout work overlaps the
+                update too. With max_staleness 0 it waits for every update: the synchronous run, exactly.
 
 A batch is a list of sample jobs (rollouts/workers.py), each with its own seed, so who samples a
 job does not change its draws. With in-process rollouts the producer works through a batch in
@@ -73,6 +75,8 @@ class Rollouts:
     synced: tuple[float, float] | None = None  # the weight sync the producer did just before (async)
     trainer_sampled: int = 0  # trajectories the waiting trainer sampled itself (async, trainer_samples)
     trainer_sampling: tuple[float, float] | None = None  # when it did
+    prepared: object | None = None  # what the producer's `prepare` made of the batch (scored, hinted groups)
+    preparing: tuple[float, float] | None = None  # when it did
 
     def share(self, rank: int, world: int) -> "Rollouts":
         """The groups rank `rank` of `world` trains: every world-th prompt."""
@@ -84,6 +88,7 @@ class Rollouts:
 
 Plan = Callable[[int], tuple[list[int], list[SampleJob]]]  # step -> (prompt indices, sample jobs)
 SampleFn = Callable[[list[SampleJob]], list[Trajectory]]  # jobs -> their trajectories, in the jobs' order
+Prepare = Callable[[int, list[int], list[Trajectory]], object]  # (step, indices, trajectories) -> prepared batch
 
 
 class SyncRollouts:
@@ -143,10 +148,10 @@ class AsyncRollouts:
 
     def __init__(self, plan: Plan, sample: SampleFn, sync: Callable[[dict, int], object], max_staleness: int,
                  first_step: int, last_step: int, clock: Callable[[], float], trainer_sample: SampleFn | None = None,
-                 chunks: int = 1, align: int = 1):
+                 chunks: int = 1, align: int = 1, prepare: Prepare | None = None):
         self._plan, self._sample, self._sync, self._clock = plan, sample, sync, clock
         self._trainer_sample, self._chunks = trainer_sample, chunks if trainer_sample else 1
-        self._align = align
+        self._align, self._prepare = align, prepare
         self.max_staleness = max_staleness
         self._cond = threading.Condition()
         self._done = first_step - 1  # the last step the trainer finished
@@ -186,9 +191,13 @@ class AsyncRollouts:
                     if self._stop:
                         return
                     self._batch = None
-                    trajectories = [t for part in batch.results for t in part]  # chunks are in job order
-                    self._ready[step] = Rollouts(indices, trajectories, (start, self._clock()), synced,
-                                                 batch.trainer_sampled)
+                trajectories = [t for part in batch.results for t in part]  # chunks are in job order
+                sampled = (start, self._clock())
+                prepared = self._prepare(step, indices, trajectories) if self._prepare is not None else None
+                with self._cond:
+                    self._ready[step] = Rollouts(indices, trajectories, sampled, synced, batch.trainer_sampled,
+                                                 prepared=prepared,
+                                                 preparing=(sampled[1], self._clock()) if prepared is not None else None)
                     self._cond.notify_all()
         except BaseException as err:  # noqa: BLE001 — handed to the trainer thread by `get`
             with self._cond:

@@ -18,6 +18,7 @@ import inspect
 import logging
 import math
 import multiprocessing
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -122,9 +123,14 @@ class RewardRunner:
             raise ValueError(f"config block 'rewards': two functions share a name in {labels}")
         self.pooled = [not runs_in_process(s.reference) for s in self.specs]
         self._pool = None
+        self._pool_lock = threading.Lock()  # the asynchronous producer and the trainer may both score
 
     def _get_pool(self):
         """The process pool, started (and every function imported in it) before any timed call."""
+        with self._pool_lock:
+            return self._start_pool()
+
+    def _start_pool(self):
         if self._pool is None:
             import cloudpickle
 

@@ -124,7 +124,6 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
         logp = step.logp
         current = answer[rows].gather(1, positions)
         masked = (current == ids.mask) & valid
-        entropy = torch.special.entr(logp.exp()).sum(-1)  # (R, W) nats; truncated tokens contribute 0
         prediction = (_one_forward_completion(answer[rows], canvas, step, positions, valid, ids)
                       if cfg.record_predictions else None)
         row_generators = [generators[r] for r in rows.tolist()]
@@ -161,6 +160,8 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
         order = keys.masked_fill(~candidates, -math.inf).argsort(1, descending=True)[:, :int(count.max())]
         event_selection_logp = (plackett_luce_terms(scores, candidates, order, count) if cfg.stochastic_selection
                            else torch.zeros(order.shape, device=device))
+        # (R, picks) nats at the picked slots, in pick order (truncated tokens contribute 0)
+        entropy = torch.special.entr(logp.gather(1, order[..., None].expand(-1, -1, logp.shape[-1])).exp()).sum(-1)
 
         chosen = torch.zeros_like(masked).scatter_(1, order, torch.arange(order.shape[1], device=device)
                                                    .unsqueeze(0) < count.unsqueeze(1))
@@ -302,6 +303,6 @@ def _record(log: list[_EventLog], rows, positions, remasked, order, count, token
             tokens=np.concatenate([np.full(len(undo), mask_id), tokens[i, pick]]),
             logps=np.concatenate([np.full(len(undo), np.nan), token_logp[i, pick]]),
             event_selection_logp=np.concatenate([np.full(len(undo), np.nan), event_selection_logp[i, :count[i]]]),
-            entropy=np.concatenate([np.full(len(undo), np.nan), entropy[i, pick]]),
+            entropy=np.concatenate([np.full(len(undo), np.nan), entropy[i, :count[i]]]),
             block=int(block[r]), prediction=prediction[i] if prediction is not None else None,
         )

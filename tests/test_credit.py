@@ -304,3 +304,20 @@ def test_branching_with_hints_on_ray_workers_asynchronously(tmp_path):
         for prompt in {t.prompt_index for t in saved}:
             tree = [t for t in saved if t.prompt_index == prompt and not t.hinted]
             assert len({t.policy_version for t in tree}) == 1 and any(t.branch_step for t in tree)
+
+
+def test_recorded_entropy_is_the_step_distributions_at_each_commit(tiny_model, tiny_tokenizer):
+    """Checked against the model's own log-probs at the state each token was committed from."""
+    from rollouts.decoding import left_pad
+
+    policy = make_policy(tiny_model, tiny_tokenizer)
+    cfg = DecodingConfig(gen_length=8, steps=4, temperature=1.0, remask="running_confidence", remask_threshold=0.3)
+    [traj] = sample_jobs(policy, cfg, make_jobs([tiny_tokenizer("1+2=")["input_ids"]], 1, 3), 0)
+    ids, mask = left_pad([traj.prompt_ids], policy.ids.pad)
+    assert np.isnan(traj.event_entropy[~traj.commits]).all()
+    for e in np.flatnonzero(traj.commits):
+        state = torch.as_tensor(traj.state_at(int(traj.event_step[e])))[None]
+        with torch.no_grad():
+            logp = policy.step_log_probs(ids, mask, state, 1.0)[0, traj.event_position[e]]
+        entropy = float(-(logp.exp() * logp).nan_to_num().sum())
+        assert traj.event_entropy[e] == pytest.approx(entropy, abs=1e-4)
