@@ -140,6 +140,24 @@ def test_step_advantages_equal_the_closed_form_of_a_hand_made_tree():
         np.testing.assert_allclose(got, np.array(want) / (sigma + 1e-4), atol=1e-5)
 
 
+def test_nested_branches_take_the_closed_form_too():
+    """A (seed 1); A1 from A at step 1; A2 from A1 at step 3; A3 from A at step 3; B (seed 2). 5 steps."""
+    leaves = [hand_path(1, 5), hand_path(11, 5, ((1, 1),)), hand_path(12, 5, ((1, 1), (11, 3))),
+              hand_path(13, 5, ((1, 3),)), hand_path(2, 5)]
+    rewards = [1.0, 0.0, 1.0, 0.0, 0.0]
+    root = 0.4  # all five
+    a_at_1 = (1 + 0 + 1 + 0) / 4  # A, A1, A2, A3 share A's step 0
+    a_at_3, a1_at_3 = (1 + 0) / 2, (0 + 1) / 2  # {A, A3} share A's steps 0-2; {A1, A2} share A1's
+    expected = [[a_at_1 - root, a_at_3 - a_at_1, a_at_3 - a_at_1, 1 - a_at_3, 1 - a_at_3],
+                [a_at_1 - root, a1_at_3 - a_at_1, a1_at_3 - a_at_1, 0 - a1_at_3, 0 - a1_at_3],
+                [a_at_1 - root, a1_at_3 - a_at_1, a1_at_3 - a_at_1, 1 - a1_at_3, 1 - a1_at_3],
+                [a_at_1 - root, a_at_3 - a_at_1, a_at_3 - a_at_1, 0 - a_at_3, 0 - a_at_3],
+                [0 - root] * 5]
+    credit = tree_credit(leaves, rewards, normalize_std=False)
+    for got, want in zip(credit.steps, expected):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_without_branches_every_step_takes_the_grpo_advantage():
     paths, rewards = [hand_path(s) for s in (1, 2, 3, 4)], [1.0, 0.0, 0.0, 0.5]
     credit = tree_credit(paths, rewards, normalize_std=True)
