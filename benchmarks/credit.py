@@ -3,6 +3,7 @@ at equal RL time (issue "Credit where it is earned").
 
     python benchmarks/credit.py [--budget 300] [--seeds 0 1 2] [--variants ...]
                                 [--configs configs/default.yaml configs/countdown.yaml] [--set KEY=VALUE ...]
+                                [--reuse]   # read runs finished by an earlier invocation
 
 Per config, the start is that config's SFT warm start (stopped at its accuracy target), trained once
 and reused (benchmarks/learning_signal.py's runs and start). From it, per variant and seed, one RL run
@@ -28,7 +29,7 @@ import platform
 import sys
 
 from common import sft_once
-from learning_signal import OFF, OUT, ROOT, mean, mean_curve, rl_run
+from learning_signal import OFF, OUT, ROOT, mean, mean_curve, read_run, rl_run
 
 HINTS = ["rollout.hints.enabled=true", "rollout.hints.train_hints=entropy"]
 BRANCH = ["rollout.branching.enabled=true"]
@@ -57,7 +58,8 @@ def extra_forwards(run_dir: str) -> float:
     return mean([r.get("branch/extra_forwards_per_answer", 0.0) for r in rows if "reward" in r])
 
 
-def bench_config(config: str, variants: list[str], seeds: list[int], budget: float, sets: list[str]) -> dict:
+def bench_config(config: str, variants: list[str], seeds: list[int], budget: float, sets: list[str],
+                 reuse: bool = False) -> dict:
     stem = os.path.splitext(os.path.basename(config))[0]
     start = sft_once(config, OUT, f"sft_start_{stem}" if stem != "default" else "sft_start")
     by_variant = {}
@@ -65,8 +67,11 @@ def bench_config(config: str, variants: list[str], seeds: list[int], budget: flo
         runs = []
         for seed in seeds:
             name = f"credit_{stem}_{variant.replace('+', '_')}_s{seed}"
-            runs.append(rl_run(config, name, start["checkpoint"], budget, seed,
-                               [*variant_overrides(variant, stem), *sets]))
+            if reuse and os.path.isfile(os.path.join(OUT, name, "summary.json")):
+                runs.append(read_run(name))  # a finished run of an earlier invocation
+            else:
+                runs.append(rl_run(config, name, start["checkpoint"], budget, seed,
+                                   [*variant_overrides(variant, stem), *sets]))
             runs[-1]["extra_forwards_per_answer"] = extra_forwards(os.path.join(OUT, name))
             print(stem, variant, seed, json.dumps({k: runs[-1][k] for k in ("steps", "before", "after", "gain_pts",
                                                                              "extra_forwards_per_answer")}),
@@ -93,13 +98,14 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=[os.path.join(ROOT, "configs", "default.yaml"),
                                                          os.path.join(ROOT, "configs", "countdown.yaml")])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    parser.add_argument("--reuse", action="store_true", help="read runs that finished before instead of rerunning them")
     args = parser.parse_args()
     os.makedirs(OUT, exist_ok=True)
     by_config = {}
     for config in args.configs:
         config = os.path.abspath(config)
         by_config[os.path.splitext(os.path.basename(config))[0]] = bench_config(config, args.variants, args.seeds,
-                                                                                args.budget, args.set)
+                                                                                args.budget, args.set, args.reuse)
     print(json.dumps({"by_config": by_config, "budget_s": args.budget, "seeds": args.seeds, "overrides": args.set,
                       "machine": f"{platform.machine()}, {os.cpu_count()} cores, one run at a time"}))
 

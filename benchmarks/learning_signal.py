@@ -59,6 +59,11 @@ def rl_run(config: str, name: str, checkpoint: str, budget: float, seed: int, ov
                         "trainer.checkpoint_every=0", "trainer.save_rollouts_every=0", f"seed={seed}",
                         "logging.progress=false", "overwrite=true", *overrides],
                        check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return read_run(name)
+
+
+def read_run(name: str) -> dict:
+    """A finished run's summary.json, with its informative fraction, all-fail fraction and curve."""
     with open(os.path.join(OUT, name, "summary.json")) as fh:
         summary = json.load(fh)
     with open(os.path.join(OUT, name, "metrics.jsonl")) as fh:

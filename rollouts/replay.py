@@ -81,45 +81,62 @@ def replay(policy: DiffusionPolicy, trajectories: list[Trajectory], cfg: Decodin
     bounds = [traj.step_bounds() for traj in trajectories]
     items = [_Item(i, t, range(t, min(t + merge_steps, traj.num_steps)))
              for i, traj in enumerate(trajectories) for t in range(0, traj.num_steps, merge_steps)]
-    token_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
-    entropy_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
-    event_selection_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
-    selection_parts: list[list[torch.Tensor]] = [[] for _ in trajectories]
+    shared = _shared_states(trajectories, items) if merge_steps == 1 else [[it] for it in items]
+    token_parts: list[dict[int, torch.Tensor]] = [{} for _ in trajectories]  # step -> its part
+    entropy_parts: list[dict[int, torch.Tensor]] = [{} for _ in trajectories]
+    event_selection_parts: list[dict[int, torch.Tensor]] = [{} for _ in trajectories]
+    selection_parts: list[dict[int, torch.Tensor]] = [{} for _ in trajectories]
     forwards = tokens_fed = 0
-    for lo in range(0, len(items), micro_batch):
-        chunk = items[lo:lo + micro_batch]
-        prompt_ids, prompt_mask = left_pad([trajectories[it.trajectory].prompt_ids for it in chunk], policy.ids.pad)
+    for lo in range(0, len(shared), micro_batch):
+        chunk = shared[lo:lo + micro_batch]  # one forward row per distinct state; its items score from it
+        first = [same[0] for same in chunk]
+        prompt_ids, prompt_mask = left_pad([trajectories[it.trajectory].prompt_ids for it in first], policy.ids.pad)
         answer = torch.as_tensor(np.stack([_scoring_canvas(trajectories[it.trajectory], states[it.trajectory],
-                                                           bounds[it.trajectory], it.steps) for it in chunk]))
+                                                           bounds[it.trajectory], it.steps) for it in first]))
         step = step_distribution(policy, prompt_ids.to(device), prompt_mask.to(device), answer.to(device), cfg, measure)
         logp = step.logp
         forwards += 1
         tokens_fed += prompt_ids.numel() + answer.numel()
         scores = step.selection_scores(step.confidence()) if cfg.stochastic_selection else None
-        for row, item in enumerate(chunk):
+        for row, item in ((row, item) for row, same in enumerate(chunk) for item in same):
             traj = trajectories[item.trajectory]
             events = slice(bounds[item.trajectory][item.steps.start], bounds[item.trajectory][item.steps.stop])
             commit = traj.event_token[events] != traj.mask_id
             positions = torch.as_tensor(traj.event_position[events][commit], dtype=torch.long, device=device)
             tokens = torch.as_tensor(traj.event_token[events][commit], dtype=torch.long, device=device)
-            token_parts[item.trajectory].append(logp[row, positions, tokens])
+            t = item.steps.start
+            token_parts[item.trajectory][t] = logp[row, positions, tokens]
             at = logp[row, positions].detach()
-            entropy_parts[item.trajectory].append(-(at.exp() * at).sum(-1))
+            entropy_parts[item.trajectory][t] = -(at.exp() * at).sum(-1)
             if scores is None:
-                selection_parts[item.trajectory].append(logp.new_zeros(len(item.steps)))
-                event_selection_parts[item.trajectory].append(logp.new_zeros(len(positions)))
+                selection_parts[item.trajectory][t] = logp.new_zeros(len(item.steps))
+                event_selection_parts[item.trajectory][t] = logp.new_zeros(len(positions))
             else:
                 per_step, per_event = _selection_logp(traj, states[item.trajectory], bounds[item.trajectory],
                                                       item.steps, scores[row], device)
-                selection_parts[item.trajectory].append(per_step)
-                event_selection_parts[item.trajectory].append(per_event)
+                selection_parts[item.trajectory][t] = per_step
+                event_selection_parts[item.trajectory][t] = per_event
 
-    def cat(parts: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat(parts) if parts else torch.zeros(0, device=device)
+    def cat(parts: dict[int, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([parts[t] for t in sorted(parts)]) if parts else torch.zeros(0, device=device)
 
     return Replayed(token_logp=[cat(p) for p in token_parts], selection_logp=[cat(p) for p in selection_parts],
                     forward_passes=forwards, token_entropy=[cat(p) for p in entropy_parts],
                     event_selection_logp=[cat(p) for p in event_selection_parts], forward_tokens=tokens_fed)
+
+
+def _shared_states(trajectories: list[Trajectory], items: list[_Item]) -> list[list[_Item]]:
+    """The items grouped by the state they score from, which is forwarded once for all of them: the
+    same prompt and pins, and the same sampler (owner) for every earlier step — the shared steps of
+    a branching tree's leaves, and the fully masked first canvas of a prompt's unpinned answers."""
+    groups: dict[tuple, list[_Item]] = {}
+    owners = [traj.owners() for traj in trajectories]
+    for item in items:
+        traj = trajectories[item.trajectory]
+        key = (tuple(traj.prompt_ids), traj.pinned_position.tobytes(), traj.pinned_token.tobytes(),
+               owners[item.trajectory][:item.steps.start].tobytes(), item.steps.start)
+        groups.setdefault(key, []).append(item)
+    return list(groups.values())
 
 
 def _scoring_canvas(traj: Trajectory, states: np.ndarray, bounds: np.ndarray, steps: range) -> np.ndarray:

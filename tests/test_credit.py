@@ -339,3 +339,21 @@ def test_recorded_entropy_is_the_step_distributions_at_each_commit(tiny_model, t
             logp = policy.step_log_probs(ids, mask, state, 1.0)[0, traj.event_position[e]]
         entropy = float(-(logp.exp() * logp).nan_to_num().sum())
         assert traj.event_entropy[e] == pytest.approx(entropy, abs=1e-4)
+
+
+def test_replay_forwards_a_state_shared_by_several_leaves_once(tiny_model, tiny_tokenizer):
+    policy = make_policy(tiny_model, tiny_tokenizer)
+    cfg = DecodingConfig(gen_length=12, steps=6, temperature=1.0, selection_temperature=0.5)
+    tree = grow(policy, cfg, BranchingConfig(enabled=True, branches=3, at=[0.5], budget=1000),
+                [tiny_tokenizer("1+2=")["input_ids"], tiny_tokenizer("4+5=")["input_ids"]])
+    with torch.no_grad():
+        together = replay(policy, tree, cfg, micro_batch=1)
+        alone = [replay(policy, [t], cfg, micro_batch=1) for t in tree]
+    states = sum(t.num_steps for t in tree)
+    canvases = {(tuple(t.prompt_ids), s, t.state_at(s).tobytes()) for t in tree for s in range(t.num_steps)}
+    assert len(canvases) <= together.forward_passes < states
+    for i, one in enumerate(alone):
+        assert one.forward_passes == tree[i].num_steps
+        torch.testing.assert_close(together.token_logp[i], one.token_logp[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(together.selection_logp[i], one.selection_logp[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(together.event_selection_logp[i], one.event_selection_logp[0], atol=1e-5, rtol=0)
