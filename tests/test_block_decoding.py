@@ -123,8 +123,10 @@ def test_cached_and_uncached_rollouts_are_identical_and_replay_matches(kind):
         with torch.no_grad():  # one row per state, and block-wise packed (one forward per trajectory)
             per_state, packed = (replay(policy, runs["block"], cfg, packed=p, micro_batch=40) for p in (False, True))
         assert packed.forward_tokens < per_state.forward_tokens
-        # packing sums attention over a longer, masked key sequence: float32 order differs (LLaDA2: 1e-5)
-        for replayed, tolerance in ((per_state, 1e-5), (packed, 3e-5)):
+        # packing sums attention over a longer, masked key sequence: float32 order differs (LLaDA2: 1e-5);
+        # per state, rows batch with other prompts' (a state shared by answers is forwarded once), whose
+        # padding changes the summation order too (SDAR: 1.3e-5)
+        for replayed, tolerance in ((per_state, 3e-5), (packed, 3e-5)):
             for trajectory, tokens, selection in zip(runs["block"], replayed.token_logp, replayed.selection_logp):
                 assert np.abs(tokens.numpy() - trajectory.event_logp[trajectory.commits]).max() < tolerance, name
                 assert np.abs(selection.numpy() - trajectory.selection_logp).max() < tolerance, name

@@ -34,27 +34,38 @@ def flip(monkeypatch) -> None:
     monkeypatch.setattr(reasoning.credit, "tree_credit", flipped_tree)
 
 
-def reward_change(tmp_path, name, objective, *extra, window: int = 3):
+def run_rewards(tmp_path, name, objective, *extra) -> list[float]:
     cfg = load_config(None, [f"output_dir={tmp_path}", f"name={name}", *LEARNABLE, f"trainer.objective={objective}",
                              "trainer.inner_steps=1", *extra])
     run_rl(cfg)
-    rewards = [m["reward"] for m in train_steps(cfg.run_dir)]
+    return [m["reward"] for m in train_steps(cfg.run_dir)]
+
+
+def change(rewards: list[float], window: int) -> float:
     return sum(rewards[-window:]) / window - sum(rewards[:window]) / window
 
 
-# With branches the step reward is the mean over the tree's leaves, which share prefixes, so it is
-# noisier: 16 steps, means of the first and last 5 (measured 2026-12-07: +0.009 forward, -0.010 flipped).
-BRANCHING = ["rollout.branching.enabled=true", "rollout.branching.at=[0.5]", "rollout.branching.budget=100",
-             "trainer.steps=16"]
-
-
-@pytest.mark.parametrize("extra,window,bound", [([], 3, 0.01), (BRANCHING, 5, 0.005)],
-                         ids=["trajectory", "trajectory-branching"])
-def test_the_loop_raises_a_learnable_reward_and_the_flipped_sign_lowers_it(tmp_path, monkeypatch, extra, window, bound):
-    assert reward_change(tmp_path, "forward", "trajectory", *extra, window=window) > bound
+def test_the_loop_raises_a_learnable_reward_and_the_flipped_sign_lowers_it(tmp_path, monkeypatch):
+    assert change(run_rewards(tmp_path, "forward", "trajectory"), 3) > 0.01
 
     flip(monkeypatch)
-    assert reward_change(tmp_path, "flipped", "trajectory", *extra, window=window) < -bound
+    assert change(run_rewards(tmp_path, "flipped", "trajectory"), 3) < -0.01
+
+
+# With branches the step reward is the mean over a tree's leaves, which share prefixes: noisier. At the
+# plain case's lr 0.05 it did not move either way (measured 2026-12-07). At lr 0.02, G 16, 16 steps it
+# moves +0.005 forward and -0.003 flipped (means of the first and last 5 steps), and the second halves
+# are 0.094 and 0.070 (measured 2026-12-07).
+BRANCHING = ["rollout.branching.enabled=true", "rollout.branching.at=[0.5]", "rollout.branching.budget=100",
+             "trainer.steps=16", "trainer.lr=0.02", "rollout.group_size=16"]
+
+
+def test_with_branching_the_loop_raises_the_reward_and_the_flipped_sign_lowers_it(tmp_path, monkeypatch):
+    forward = run_rewards(tmp_path, "forward", "trajectory", *BRANCHING)
+    flip(monkeypatch)
+    flipped_run = run_rewards(tmp_path, "flipped", "trajectory", *BRANCHING)
+    assert change(forward, 5) > 0.002 and change(flipped_run, 5) < -0.002
+    assert sum(forward[8:]) / 8 - sum(flipped_run[8:]) / 8 > 0.01
 
 
 # The answer-token objectives score the final answer's tokens from masked canvases; in 10 steps of the
@@ -70,7 +81,9 @@ DIGITS_RUN = [*TINY, "rewards=[{fn: 'reward_fns:digit_fraction'}]", "trainer.ste
               "trainer.kl_coef=0", "trainer.normalize_std=true", "trainer.inner_steps=1"]
 
 
-GENTLER = {"spg": ["trainer.lr=0.02", "trainer.steps=8"]}
+# 2026-12-07, fresh install: spg at lr 0.02 fell in both directions (-0.012 / -0.015) and wd1 at 0.05 moved
+# +0.0006 forward; spg at lr 0.01 over 8 steps moves +0.015 / -0.014, wd1 at 0.02 over 8 steps +0.015 / -0.015
+GENTLER = {"spg": ["trainer.lr=0.01", "trainer.steps=8"], "wd1": ["trainer.lr=0.02", "trainer.steps=8"]}
 
 
 def digit_probability_change(tmp_path, name, objective) -> float:

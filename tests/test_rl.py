@@ -185,8 +185,8 @@ BRANCHED = ["rollout.branching.enabled=true", "rollout.branching.at=[0.3, 0.6]",
             "rollout.hints.fail_reward=0.2", "trainer.save_rollouts_every=1"]
 
 
-@pytest.mark.parametrize("extra", [[], BRANCHED], ids=["plain", "branching+hints"])
-def test_kill_and_resume_repeats_an_uninterrupted_run(tmp_path, extra):
+def test_kill_and_resume_repeats_an_uninterrupted_run(tmp_path, extra=BRANCHED):
+    """With branching and hints on (a superset of the plain run: trees and hints are seeded too)."""
     reference = cli(tmp_path, "straight", *extra)
     victim = cli(tmp_path, "killed", *extra)
     ckpt = tmp_path / "killed" / "checkpoints"
