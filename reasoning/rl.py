@@ -64,7 +64,7 @@ from rollouts import Trajectory, make_policy, save_jsonl
 from rollouts.seeding import ROLLOUT, UPDATE, derive_seed
 from rollouts.branching import sample_tree
 from rollouts.workers import PolicySpec, WorkerPool, SampleJob, make_jobs, sample_jobs
-from reasoning.rl_run import Budget, Progress, RLRun, checkpoint, finish, restore
+from reasoning.rl_run import Budget, Progress, RLRun, checkpoint, drop_stale, finish, restore
 
 def run_rl(cfg: Config) -> dict:
     """Train with RL; returns the final metrics (incl. `eval/<task>/acc`, and `before`/`after`).
@@ -362,26 +362,6 @@ def next_rollouts(run: RLRun, step: int) -> Rollouts:
     box = [run.source.get(step) if run.rank == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0].share(run.rank, run.world)
-
-
-def drop_stale(run: RLRun, groups: list[Group]) -> tuple[list[Group], dict[str, float]]:
-    """Drop every group with an answer more than `rollout.async.max_staleness` policy versions
-    behind the trainer (invariant 8); the rest are trained, stale ones importance-weighted."""
-    progress = run.progress
-    limit = run.cfg.rollout.async_.max_staleness if run.cfg.rollout.async_.enabled else 0
-    behind = []
-    for group in groups:
-        lag = [progress.version - t.policy_version for t in group.trajectories]
-        group.staleness = max(lag)
-        behind.extend(lag)
-    progress.staleness.update(behind)
-    kept = [g for g in groups if g.staleness <= limit]
-    dropped = len(groups) - len(kept)
-    progress.groups.update(sampled=len(groups), dropped=dropped)
-    stats = {"async/staleness_mean": sum(behind) / max(len(behind), 1), "async/staleness_max": float(max(behind)),
-             "async/dropped_groups": float(dropped),
-             "async/dropped_fraction": progress.groups["dropped"] / max(progress.groups["sampled"], 1)}
-    return kept, stats
 
 
 def run_eval(run: RLRun) -> dict:

@@ -25,7 +25,7 @@ from reasoning.checkpoint import (checkpoint_name, prune_checkpoints, read_state
 from reasoning.config import Config
 from reasoning.distributed import NoLogger, barrier
 from reasoning.engine import zero_stage
-from reasoning.groups import GroupCollector
+from reasoning.groups import Group, GroupCollector
 from reasoning.metrics import MetricsLogger
 from reasoning.tasks.base import Task
 from reasoning.update import Learner
@@ -208,3 +208,25 @@ def finish(run: RLRun, started: float) -> dict:
 
         draw_run(cfg.run_dir, run.tokenizer)
     return summary
+
+
+# --- staleness: which sampled groups are too old to train (invariant 8) -------------------------------
+
+def drop_stale(run: RLRun, groups: list[Group]) -> tuple[list[Group], dict[str, float]]:
+    """Drop every group with an answer more than `rollout.async.max_staleness` policy versions
+    behind the trainer (invariant 8); the rest are trained, stale ones importance-weighted."""
+    progress = run.progress
+    limit = run.cfg.rollout.async_.max_staleness if run.cfg.rollout.async_.enabled else 0
+    behind = []
+    for group in groups:
+        lag = [progress.version - t.policy_version for t in group.trajectories]
+        group.staleness = max(lag)
+        behind.extend(lag)
+    progress.staleness.update(behind)
+    kept = [g for g in groups if g.staleness <= limit]
+    dropped = len(groups) - len(kept)
+    progress.groups.update(sampled=len(groups), dropped=dropped)
+    stats = {"async/staleness_mean": sum(behind) / max(len(behind), 1), "async/staleness_max": float(max(behind)),
+             "async/dropped_groups": float(dropped),
+             "async/dropped_fraction": progress.groups["dropped"] / max(progress.groups["sampled"], 1)}
+    return kept, stats

@@ -21,7 +21,7 @@ chunks nobody has started and sample them itself, with its own newer weights
 (`rollout.async.trainer_samples`): on a machine whose cores are shared by the two, neither idles.
 
 Every trajectory carries the `policy_version` of the worker that sampled it; the trainer, not
-this module, decides what is too stale to train (reasoning/rl.py `drop_stale`).
+this module, decides what is too stale to train (reasoning/rl_run.py `drop_stale`).
 """
 
 from __future__ import annotations
