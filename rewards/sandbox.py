@@ -41,6 +41,7 @@ class SandboxLimits:
     file_mb: int = 16  # any file the code writes, and captured stdout/stderr
     processes: int = 16  # processes/threads the sandbox user may hold
     output_chars: int = 64_000  # returned stdout/stderr are cut to this
+    proc: bool = True  # a /proc of its own; False: none, and a non-dumpable process (see _SEALED)
 
 
 @dataclass
@@ -70,7 +71,14 @@ def _tool(name: str) -> str | None:
     return shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin")
 
 
-def _inner_script(as_root: bool, uid: int) -> str:
+# `proc: False`: no /proc, and the interpreter runs from an execute-only copy, so the kernel makes the
+# process non-dumpable: no other process of its uid (a program it starts, say) may ptrace it or read its
+# memory (the code judge's answering side keeps its seal key there)
+_SEALED = ('umount -l /proc && cp "$1" /tmp/.python && chmod 111 /tmp/.python && shift && '
+           'set -- /tmp/.python "$@" && ')
+
+
+def _inner_script(as_root: bool, uid: int, proc: bool = True) -> str:
     """Shell run inside the new namespaces: a new root that holds only the read-only system
     runtime (/usr and the /bin, /lib... links into it), /dev/null|zero|urandom, a fresh /proc
     and a private tmpfs /tmp; the host's root is unmounted (pivot_root), so no other host file —
@@ -82,7 +90,8 @@ def _inner_script(as_root: bool, uid: int) -> str:
              "mount --bind /usr $R/usr && mount -o remount,bind,ro,nosuid $R/usr && "
              + links + " " + devices +
              " mount -t tmpfs -o size=1m,mode=1777 tmpfs $R/dev/shm && mount -t proc proc $R/proc && "
-             "cd $R && pivot_root . .old && umount -l /.old && rmdir /.old && cd /tmp && ")
+             "cd $R && pivot_root . .old && umount -l /.old && rmdir /.old && cd /tmp && "
+             + ("" if proc else _SEALED))
     if as_root:
         drop = "/usr/bin/setpriv" + f" --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all -- "
     else:
@@ -125,7 +134,7 @@ def _command(code: str, limits: SandboxLimits) -> list[str] | str:
         return "util-linux unshare/setpriv not found"
     user = [] if as_root else ["--user", "--map-root-user"]
     uid = random.randrange(*SANDBOX_UIDS)  # its own uid: the process limit is per sandbox, not shared
-    script = _inner_script(as_root, uid).format(tmp_mb=limits.file_mb * 2)
+    script = _inner_script(as_root, uid, limits.proc).format(tmp_mb=limits.file_mb * 2)
     return [unshare, *user, "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
             "--", "/bin/sh", "-c", script, "sandbox", sandbox_python(), "-I", "-S", "-c", code]
 
@@ -193,7 +202,7 @@ class SandboxProcess:
         if isinstance(argv, str):
             raise OSError(argv)
         self.proc = _spawn(argv, limits, subprocess.PIPE, subprocess.DEVNULL)
-        self._buffer = b""
+        self._buffer = bytearray()
 
     def send(self, line: str) -> bool:
         """Write one line; False if the process is gone."""
@@ -210,17 +219,20 @@ class SandboxProcess:
         import select
 
         fd = self.proc.stdout.fileno()
-        while b"\n" not in self._buffer:
+        searched = 0
+        while (end := self._buffer.find(b"\n", searched)) < 0:
             if len(self._buffer) > max_bytes:
                 return None
+            searched = len(self._buffer)
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 return None
-            chunk = os.read(fd, 65536)
+            chunk = os.read(fd, 1 << 20)
             if not chunk:
                 return None
             self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end + 1]
         return line.decode("utf-8", errors="replace")
 
     def close(self) -> None:
