@@ -113,7 +113,8 @@ def check_rewards(reward_cfg, task, train) -> None:
             runner([row["prompt"] for row in rows], completions, None, **columns)
     except (RewardError, ValueError, TypeError) as exc:
         message = str(exc)
-        behaves = " raised " in message or "timed out" in message  # the function's own failure on these rows
+        # the function's own failure on these rows (raising, hanging, a non-finite score): on_error handles it
+        behaves = " raised " in message or "timed out" in message or "non-finite score" in message
         if behaves and reward_cfg.on_error != "raise":
             return
         raise ConfigError(f"config block 'rewards' (checked on the first training rows): {message}") from None

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from reasoning.evaluate import evaluate
-from reasoning.schema import ConfigError, suggest
+from reasoning.schema import ConfigError, shown, suggest
 from reasoning.tasks.base import Task, row_field
 from reasoning.tasks.files import read_file
 from rollouts import DecodingConfig
@@ -104,9 +104,11 @@ def _countdown(row: dict, where: str) -> dict:
 def _sudoku(row: dict, where: str) -> dict:
     puzzle = str(row_field(row, ("Puzzle",), where, "16 digits, 0 for an empty cell"))
     solution = str(row_field(row, ("Solution",), where, "16 digits"))
-    if len(puzzle) != 16 or len(solution) != 16 or not (puzzle + solution).isdigit():
-        raise ConfigError(f"{where}: fields 'Puzzle' / 'Solution': expected 16 digits each, got {puzzle!r} / "
-                          f"{solution!r}")
+    if (len(puzzle) != 16 or len(solution) != 16 or set(puzzle) - set("01234") or set(solution) - set("1234")
+            or any(p != "0" and p != s for p, s in zip(puzzle, solution))):
+        raise ConfigError(f"{where}: fields 'Puzzle' / 'Solution': expected 16 digits each, 0-4 in the puzzle "
+                          f"(0 for an empty cell) and 1-4 in the solution, which keeps the puzzle's givens; got "
+                          f"{shown(puzzle)} / {shown(solution)}")
     return {"question": f"Solve the following Sudoku puzzle: {puzzle}\n", "puzzle": puzzle, "solution": solution}
 
 

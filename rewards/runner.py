@@ -89,15 +89,22 @@ def check_scores(label: str, values, n: int) -> list[float | None]:
         if value is None:
             out.append(None)
             continue
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = math.nan
-        if isinstance(value, (str, bytes)) or not math.isfinite(number):
-            raise ValueError(f"reward '{label}' returned {value!r} ({type(value).__name__}) for sample {i}; "
+        number = None if isinstance(value, (str, bytes)) else _as_float(value)
+        if number is None:
+            raise ValueError(f"reward '{label}' returned {repr(value)[:80]} ({type(value).__name__}) for sample {i}; "
+                             f"expected a finite float or None")
+        if not math.isfinite(number):  # a number, but no score: a failure on this batch, handled per on_error
+            raise ValueError(f"reward '{label}' returned a non-finite score {value!r} for sample {i}; "
                              f"expected a finite float or None")
         out.append(number)
     return out
+
+
+def _as_float(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 class RewardRunner:

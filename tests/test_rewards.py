@@ -153,3 +153,25 @@ def test_task_score_is_the_registered_reward():
     for completion in ("<answer>3+4+5</answer>", "<answer>3*4</answer>"):
         assert task.score(completion, example) == rewards.get("countdown")(
             [example["prompt"]], [completion], numbers=[[3, 4, 5]], target=[12])[0]
+
+
+def test_a_non_finite_score_is_handled_per_on_error_and_passes_the_preflight():
+    """README: a reward that returns non-numbers is handled per on_error. inf is a number but no score:
+    under on_error zero the batch scores 0 (reported by name) and the preflight lets it through; under
+    raise it stops the run before anything is written."""
+    from datasets import Dataset
+
+    from reasoning.preflight import check_rewards
+    from reasoning.schema import ConfigError
+    from reasoning.tasks import get_task
+
+    with runner(RewardSpec(fn=f"{HERE}:returns_inf"), on_error="zero") as run:
+        out = run(**BATCH)
+    assert out.per_function["returns_inf"] == [0.0] * 3
+    assert "'returns_inf' returned a non-finite score inf for sample 0" in "\n".join(out.errors)
+    train = Dataset.from_list([{"prompt": "sudoku 1234341221434321", "puzzle": "1234341221434321",
+                                "solution": "1234341221434321"}])
+    task = get_task("sudoku4")
+    check_rewards(RewardsConfig(functions=[RewardSpec(fn=f"{HERE}:returns_inf")], on_error="zero"), task, train)
+    with pytest.raises(ConfigError, match="non-finite score"):
+        check_rewards(RewardsConfig(functions=[RewardSpec(fn=f"{HERE}:returns_inf")], on_error="raise"), task, train)

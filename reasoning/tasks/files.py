@@ -24,6 +24,8 @@ INSTRUCTION = "\nGive the final answer inside <answer></answer>."
 def read_file(path: str, key: str = "data.task_args.path") -> Dataset:
     """A JSONL / JSON / parquet / CSV file (or hub dataset name) -> Dataset, its columns as they are."""
     if os.path.exists(path):
+        if not os.path.isfile(path):
+            raise ConfigError(f"config key '{key}': data file '{path}' is {file_kind(path)}, not a regular file")
         kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(
             os.path.splitext(path)[1].lower())
         if kind is None:
@@ -47,6 +49,19 @@ def read_file(path: str, key: str = "data.task_args.path") -> Dataset:
     return rows
 
 
+def file_kind(path: str) -> str:
+    """What a path that is not a regular file is, in words (after following links)."""
+    import stat
+
+    mode = os.stat(path).st_mode
+    for test, words in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                        (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return words + (f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else "")
+    return "not a regular file"
+
+
 def csv_as_strings(path: str, kind: str) -> dict:
     """CSV has no types: read every column as a string (d1's sudoku puzzles start with a 0, which a
     number would lose)."""
@@ -56,9 +71,9 @@ def csv_as_strings(path: str, kind: str) -> dict:
 
     from datasets import Features, Value
 
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:  # -sig: a byte-order mark is no name
         header = next(csv.reader(fh), [])
-    return {"features": Features({name: Value("string") for name in header})} if header else {}
+    return {"features": Features({name: Value("string") for name in header}), "encoding": "utf-8-sig"} if header else {}
 
 
 def check_jsonl(path: str) -> None:
