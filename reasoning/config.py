@@ -19,7 +19,7 @@ import yaml
 
 from reasoning.modeling import ModelConfig
 from reasoning.schema import (ConfigError, apply_override, drop_unknown_keys, from_dict, load_yaml, parse_override,
-                              suggest, to_dict)
+                              shown, suggest, to_dict)
 from reasoning.tasks.base import DataConfig
 import rewards
 from rewards.registry import RewardsConfig
@@ -189,8 +189,10 @@ class Config:
             raise ConfigError(f"config key 'threads': expected >= 1, got {self.threads}")
         if not 0 <= self.seed < 2 ** 63:
             raise ConfigError(f"config key 'seed': expected an integer in [0, 2**63), got {self.seed}")
-        if not self.name or os.sep in self.name or self.name in (".", ".."):
-            raise ConfigError(f"config key 'name': expected a plain directory name, got {self.name!r}")
+        if (not self.name or os.sep in self.name or self.name in (".", "..") or len(self.name) > 200
+                or not self.name.isprintable()):
+            raise ConfigError(f"config key 'name': expected a plain directory name (one line of printable "
+                              f"characters, at most 200), got {shown(self.name)}")
         from reasoning.objectives import objective_class
 
         tr = self.trainer

@@ -53,10 +53,29 @@ OWN_ARGS = ("mc_num", "mc_batch_size", "batch_size", "max_batch_size", "check_gr
 class DlmrlLM(TemplateLM):
     """lm-eval's three request types on a dlmrl model (module docstring: the model args)."""
 
-    def __init__(self, pretrained: str, mc_num: int = 128, mc_batch_size: int = 32, batch_size: int | str | None = 8,
-                 max_batch_size: int | None = None, check_greedy: bool = True, seed: int = 1234,
-                 threads: int | None = None, device: str | None = None, **options):
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        """lm-eval's model_args, with its own --device / --batch_size filling only what they leave unset
+        (lm-eval's default passes both, so `device=` in model_args said 'got multiple values')."""
+        from lm_eval import utils
+
+        args = utils.simple_parse_args_string(arg_string)
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
+        return cls(**args, **extra)
+
+    def __init__(self, pretrained: str | None = None, mc_num: int = 128, mc_batch_size: int = 32,
+                 batch_size: int | str | None = 8, max_batch_size: int | None = None, check_greedy: bool = True,
+                 seed: int = 1234, threads: int | None = None, device: str | None = None, **options):
         super().__init__()
+        if not pretrained:
+            raise ConfigError("model_args 'pretrained': expected the path of a dlmrl run or checkpoint "
+                              "(--model_args pretrained=PATH,...)")
+        mc_num, mc_batch_size, seed = (_whole("mc_num", mc_num, 1), _whole("mc_batch_size", mc_batch_size, 1),
+                                       _whole("seed", seed, 0))
+        threads = None if threads is None else _whole("threads", threads, 1)
+        check_greedy = _flag("check_greedy", check_greedy)
+        if device is not None and not str(device).split(":")[0] in ("cpu", "cuda"):
+            raise ConfigError(f"model_args 'device': expected cpu, cuda or cuda:N, got {str(device)[:80]!r}")
         overrides = [f"{key}={value}" for key, value in options.items() if "." in key]
         decoding = {ALIASES.get(key, key): value for key, value in options.items() if "." not in key}
         known = [f.name for f in dataclasses.fields(DecodingConfig)]
@@ -71,16 +90,17 @@ class DlmrlLM(TemplateLM):
         if device and str(device).startswith("cuda") and not torch.cuda.is_available():
             logging.getLogger(__name__).warning("device %s: no CUDA device here; the model stays on the CPU", device)
         model = model.to(device) if device and torch.cuda.is_available() else to_accelerator(model)
-        self.decoding = dataclasses.replace(cfg.eval_decoding(), **decoding)
+        try:
+            self.decoding = dataclasses.replace(cfg.eval_decoding(), **decoding)
+        except (TypeError, ValueError) as exc:
+            given = [k for k in decoding if k in options or k in ALIASES.values()]
+            raise ConfigError(f"model_args {', '.join(repr(k) for k in given)}: {exc}") from None
         self.policy = make_policy(model.eval(), tokenizer, cfg.model.shift_logits)
         self.tokenizer = tokenizer
         self.pretrained = pretrained
         self.mc_num, self.mc_batch_size = int(mc_num), int(mc_batch_size)
         self.check_greedy, self.seed = bool(check_greedy), int(seed)
         self._batch_size = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 0 else 8
-        for name in ("mc_num", "mc_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model_args '{name}': expected >= 1, got {getattr(self, name)}")
 
     # --- what lm-eval asks of every model
     @property
@@ -186,3 +206,22 @@ def cut_at(text: str, until: list[str] | str | None) -> str:
         if stop:
             text = text.split(stop)[0]
     return text
+
+
+def _whole(name: str, value, minimum: int) -> int:
+    """A model_args integer (lm-eval passes what it could not parse as a number as a string)."""
+    if isinstance(value, bool) or not (isinstance(value, int) or str(value).strip().lstrip("-").isdigit()):
+        raise ConfigError(f"model_args '{name}': expected a whole number >= {minimum}, got {str(value)[:80]!r}")
+    if int(value) < minimum:
+        raise ConfigError(f"model_args '{name}': expected a whole number >= {minimum}, got {int(value)}")
+    return int(value)
+
+
+def _flag(name: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"model_args '{name}': expected true or false, got {str(value)[:80]!r}")

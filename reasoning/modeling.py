@@ -195,7 +195,8 @@ def check_lora_targets(model: torch.nn.Module, cfg: LoraConfig) -> None:
         raise ConfigError(f"config key 'model.lora.target_modules': {list(cfg.target_modules)} match no module "
                           f"of the model (its module names include: {', '.join(short[:12])})")
     for target in cfg.target_parameters:  # peft skips a name that matches nothing; we do not
-        if not any(n.endswith(target) for n, _ in model.named_parameters()):
+        if not isinstance(target, str) or not target.strip() or not any(
+                n == target or n.endswith("." + target) for n, _ in model.named_parameters()):
             stacked = sorted({n.split(".", 3)[-1] for n, p in model.named_parameters() if p.dim() == 3})  # MoE experts
             raise ConfigError(f"config key 'model.lora.target_parameters': '{target}' is no parameter of the model "
                               f"(stacked ones it has: {', '.join(stacked[:6]) or 'none'})")
@@ -213,8 +214,9 @@ def apply_lora(model: torch.nn.Module, cfg: LoraConfig, family: str = "bidirecti
     except ValueError as exc:  # what check_lora_targets cannot see, e.g. every match excluded by the family
         if "target" not in str(exc).lower():
             raise
-        raise ConfigError(f"config key 'model.lora.target_modules': {list(cfg.target_modules)}: "
-                          f"{str(exc).splitlines()[0][:300]}") from None
+        key, value = (("target_parameters", cfg.target_parameters) if "target_parameters" in str(exc)
+                      else ("target_modules", cfg.target_modules))
+        raise ConfigError(f"config key 'model.lora.{key}': {list(value)}: {str(exc).splitlines()[0][:300]}") from None
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -60,11 +60,23 @@ def check_rl_inputs(cfg: Config):
         cfg.rewards, functions=[RewardSpec(name=task.reward)])
     check_rewards(reward_cfg, task, splits["train"])
     check_credit(cfg, reward_cfg)
+    check_hints(cfg, task, splits["train"])
     if cfg.ray.enabled and cfg.ray.address != "local" and int(os.environ.get("RANK", "0")) == 0:
         from rollouts.workers import connect_ray  # a cluster that is not there: a clear error now, not a hang
 
         connect_ray(cfg.ray.address, timeout_s=cfg.ray.connect_timeout_s)
     return task, splits, reward_cfg
+
+
+def check_hints(cfg: Config, task, train) -> None:
+    """Hints pin chunks of the task's reference answer: a task without references cannot give any."""
+    if not cfg.rollout.hints.enabled:
+        return
+    try:
+        task.reference(train[0])
+    except Exception as exc:  # noqa: BLE001 — whatever the task raises, it has no reference for this row
+        raise ConfigError(f"config key 'rollout.hints.enabled': task '{task.name}' has no reference answers to "
+                          f"hint with ({str(exc)[:120]}); turn hints off or give the rows reference answers") from None
 
 
 def check_credit(cfg: Config, reward_cfg) -> None:
@@ -118,6 +130,19 @@ def check_rewards(reward_cfg, task, train) -> None:
         if behaves and reward_cfg.on_error != "raise":
             return
         raise ConfigError(f"config block 'rewards' (checked on the first training rows): {message}") from None
+
+
+def check_decoding(cfg: Config, tokenizer, model) -> None:
+    """The rollout decoding fits the model (a block-diffusion model's block length and caches, a
+    bidirectional model without `cache: block`), checked before the run directory is claimed."""
+    from rollouts import make_policy
+    from rollouts.decoding import block_decoding
+
+    policy = make_policy(model, tokenizer, cfg.model.shift_logits)
+    try:
+        block_decoding(policy, cfg.rollout_decoding())
+    except ValueError as exc:
+        raise ConfigError(f"config block 'rollout': {str(exc).replace('decoding setting', 'key')}") from None
 
 
 def check_prompt_lengths(cfg: Config, tokenizer, model, splits) -> None:

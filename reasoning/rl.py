@@ -54,7 +54,7 @@ from reasoning.groups import FirstRound, Group, GroupCollector, StepGroups, spli
 from reasoning.metrics import rollout_metrics
 from reasoning.modeling import check_lora_targets, count_parameters, load_model, peft_lora_config
 from reasoning.objectives import StepBatch, build_objective
-from reasoning.preflight import check_prompt_lengths, check_rl_inputs
+from reasoning.preflight import check_decoding, check_prompt_lengths, check_rl_inputs
 from reasoning.rundir import claim_run_dir
 from reasoning.recipe import base_weights, begin, make_trainable
 from reasoning.sft import sft_warm_start
@@ -77,6 +77,7 @@ def run_rl(cfg: Config) -> dict:
     warm = cfg.trainer.sft_warm_start and cfg.model.path is None
     model, tokenizer = load_model(cfg.model)
     check_lora_targets(model, cfg.model.lora)
+    check_decoding(cfg, tokenizer, model)
     if not warm:
         check_prompt_lengths(cfg, tokenizer, model, splits)
     resume_from = find_resume(cfg.trainer.resume, cfg.run_dir)  # checked before the directory is claimed

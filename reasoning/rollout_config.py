@@ -30,6 +30,9 @@ class AsyncConfig:
             raise ConfigError(f"config key 'rollout.async.max_staleness': expected >= 0, got {self.max_staleness}")
 
 
+MAX_HINT_SAMPLES = 1024  # hinted answers per failed group: more is a typo, not a rollout
+
+
 @dataclass
 class HintsConfig:
     """`rollout.hints`: inpainting-guided groups (IGPO, arXiv 2509.10396) — a group whose answers
@@ -56,6 +59,9 @@ class HintsConfig:
         if len(self.chunk) != 2 or not 1 <= self.chunk[0] <= self.chunk[1]:
             raise ConfigError(f"config key 'rollout.hints.chunk': expected [lo, hi] token counts with "
                               f"1 <= lo <= hi, got {self.chunk}")
+        if self.samples is not None and not 1 <= self.samples <= MAX_HINT_SAMPLES:
+            raise ConfigError(f"config key 'rollout.hints.samples': expected 1 to {MAX_HINT_SAMPLES} hinted answers "
+                              f"per failed group (null = rollout.group_size), got {self.samples}")
         if not 0 <= self.replace_fraction <= 1:
             raise ConfigError(f"config key 'rollout.hints.replace_fraction': expected in [0, 1], "
                               f"got {self.replace_fraction}")

@@ -129,6 +129,13 @@ def trajectory_html(traj: Trajectory, tokenizer, title: str = "") -> str:
 def read_trajectories(path: str) -> list[Trajectory]:
     """A rollouts JSONL file -> trajectories; a ValueError naming the file and line for a line that
     is not a saved trajectory."""
+    from reasoning.tasks.files import file_kind
+
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f"'{path}' is {file_kind(path)}, not a saved rollouts file")
+    if os.path.exists(path) and os.path.getsize(path) > MAX_ROLLOUTS_BYTES:
+        raise ValueError(f"'{path}' is {os.path.getsize(path)} bytes; a saved rollouts file of at most "
+                         f"{MAX_ROLLOUTS_BYTES} is shown")
     out = []
     with open(path, encoding="utf-8", errors="replace") as fh:
         for number, line in enumerate(fh, 1):
@@ -138,10 +145,32 @@ def read_trajectories(path: str) -> list[Trajectory]:
                 row = json.loads(line)
                 if not isinstance(row, dict):
                     raise TypeError(f"expected a JSON object, got {type(row).__name__}")
-                out.append(Trajectory.from_json(row))
-            except (ValueError, TypeError, KeyError) as exc:
+                out.append(check_drawable(Trajectory.from_json(row)))
+            except (ValueError, TypeError, KeyError, RecursionError) as exc:
                 raise ValueError(f"'{path}' line {number} is not a saved trajectory ({str(exc)[:120]})") from None
     return out
+
+
+MAX_ROLLOUTS_BYTES = 1 << 30
+MAX_DRAWN_CELLS = 1 << 24  # steps x positions of one drawn grid
+
+
+def check_drawable(traj: Trajectory) -> Trajectory:
+    """What the grid indexes by is in range (a hand-edited or foreign file must not become a traceback)."""
+    length, steps = int(traj.gen_length), len(traj.selection_logp)
+    if not 1 <= length or length * max(steps, 1) > MAX_DRAWN_CELLS:
+        raise ValueError(f"gen_length {length} with {steps} steps is more than {MAX_DRAWN_CELLS} cells to draw")
+    if len(traj.final_tokens) != length:
+        raise ValueError(f"final_tokens holds {len(traj.final_tokens)} tokens for gen_length {length}")
+    events = {len(traj.event_step), len(traj.event_position), len(traj.event_token), len(traj.event_logp)}
+    if len(events) != 1:
+        raise ValueError("the event_* lists differ in length")
+    for name, values, bound in (("event_position", traj.event_position, length),
+                                ("pinned_position", traj.pinned_position, length), ("event_step", traj.event_step, steps)):
+        if len(values) and (values.min() < 0 or values.max() >= bound):
+            raise ValueError(f"{name} holds {int(values.max() if values.max() >= bound else values.min())}, "
+                             f"outside [0, {bound})")
+    return traj
 
 
 def show_trajectories(path: str, tokenizer=None, index: int = 0) -> list[str]:

@@ -145,15 +145,15 @@ def block_decoding(policy: DiffusionPolicy, cfg: DecodingConfig) -> DecodingConf
             raise ValueError("decoding setting 'cache': block is the exact cache of block-diffusion models (sdar, "
                              "llada2); this model attends over the whole canvas (use none, prefix or dual)")
         return cfg
+    if cfg.cache in ("prefix", "dual"):
+        raise ValueError(f"decoding setting 'cache': {cfg.cache} approximates a bidirectional model's cache; a "
+                         f"block-diffusion model caches its finished blocks exactly with cache: block")
     if cfg.block_length is None:
         return dataclasses.replace(cfg, block_length=attention)
     if cfg.block != attention:
         raise ValueError(f"decoding setting 'block_length' ({cfg.block}) must equal the model's attention block "
                          f"length ({attention}; model.block_length): a block-diffusion model decodes one attention "
                          f"block at a time")
-    if cfg.cache in ("prefix", "dual"):
-        raise ValueError(f"decoding setting 'cache': {cfg.cache} approximates a bidirectional model's cache; a "
-                         f"block-diffusion model caches its finished blocks exactly with cache: block")
     return cfg
 
 

@@ -10,6 +10,7 @@ from reasoning.cli import main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FNS = os.path.join(HERE, "reward_fns.py")
+SDAR = os.path.join(HERE, "fixtures", "blockarch", "sdar", "ckpt")
 FAST = ["model.tiny={hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64, max_positions: 64}",
         "data.train_size=16", "data.test_size=4", "eval.n=4", "trainer.steps=1", "trainer.prompts_per_step=2",
         "rollout.group_size=2", "rollout.temperature=1.0", "logging.tensorboard=false", "logging.progress=false",
@@ -30,6 +31,9 @@ def gsm8k_file(tmp, lines):
 
 
 GOOD_ROW = json.dumps({"question": "1+1?", "answer": "#### 2"})
+SAVED = {"prompt_ids": [1, 2], "gen_length": 4, "block_length": 4, "mask_id": 9, "event_step": [0, 1, 2, 3],
+         "event_position": [0, 1, 2, 3], "event_token": [1, 2, 3, 4], "event_logp": [-0.1] * 4,
+         "selection_logp": [0.0] * 4, "final_tokens": [1, 2, 3, 4], "forward_passes": 4}  # a saved trajectory
 NO_FIELD_ROW = json.dumps({"q": 1})
 
 def checkpoint_dir(tmp, state_text):
@@ -257,6 +261,41 @@ CASES = [
     ("micro_batch_size 0", lambda t: ["train", *FAST, "trainer.micro_batch_size=0"], "trainer.micro_batch_size"),
     ("spg with KL", lambda t: ["train", *FAST, "trainer.objective=spg", "model.lora.enabled=true",
                                "trainer.kl_coef=0.1"], "kl_coef"),
+    # the drill of 2026-12-07
+    ("data file is a FIFO", lambda t: ["train", *FAST, "data.task=gsm8k",
+                                       "data.task_args={path: " + make_fifo(t / "rows.jsonl") + "}"], "FIFO"),
+    ("data file links to /dev/zero", lambda t: ["train", *FAST, "data.task=gsm8k",
+                                                "data.task_args={path: " + make_link(t / "z.jsonl", "/dev/zero") + "}"],
+     "character device"),
+    ("run name with a newline", lambda t: ["train", *FAST, 'name="a\\nb"'], "config key 'name'"),
+    ("run name of 100,000 characters", lambda t: ["train", *FAST, "name=" + "n" * 100_000], "100000 characters"),
+    ("a billion hinted answers", lambda t: ["train", *FAST, "rollout.hints.enabled=true",
+                                            "rollout.hints.samples=1000000000"], "rollout.hints.samples"),
+    ("an empty LoRA target parameter", lambda t: ["train", *FAST, "model.lora.enabled=true",
+                                                  "model.lora.target_parameters=['']"], "model.lora.target_parameters"),
+    ("cache block on a bidirectional model", lambda t: ["train", *FAST, "rollout.cache=block"], "rollout"),
+    ("rollout block_length not dividing gen_length", lambda t: ["train", *FAST, "rollout.gen_length=20",
+                                                               "rollout.block_length=7"], "block_length"),
+    ("model block_length 0", lambda t: ["train", *FAST, "model.block_length=0"], "model.block_length"),
+    ("a LoRA target parameter the model lacks", lambda t: ["train", *FAST, "model.lora.enabled=true",
+                                                           "model.lora.target_parameters=[mlp.experts.down_proj]"],
+     "model.lora.target_parameters"),
+    ("rollout block_length against an SDAR model's block", lambda t: ["train", *FAST, f"model.path={SDAR}",
+                                                                     "rollout.gen_length=8", "rollout.block_length=8"],
+     "block_length"),
+    ("cache prefix on an SDAR model", lambda t: ["train", *FAST, f"model.path={SDAR}", "rollout.gen_length=8",
+                                                 "rollout.cache=prefix"], "cache"),
+    ("hints on a task without reference answers", lambda t: [
+        "train", *FAST, "data.task=trl", "rollout.hints.enabled=true", "data.task_args={path: " + write(
+            t / "p.jsonl", "".join(json.dumps({"prompt": f"q{i}", "solution": "1"}) + "\n" for i in range(24)))
+        + ", reward: format}"], "rollout.hints.enabled"),
+    ("show /dev/zero", lambda t: ["show", "/dev/zero"], "character device"),
+    ("show a FIFO", lambda t: ["show", make_fifo(t / "r.jsonl")], "FIFO"),
+    ("show a trajectory with a position past its canvas",
+     lambda t: ["show", write(t / "r.jsonl", json.dumps(dict(SAVED, event_position=[0, 1, 2, 7])) + "\n")],
+     "event_position holds 7"),
+    ("show a trajectory of 10^9 positions", lambda t: ["show", write(t / "r.jsonl", json.dumps(dict(SAVED, gen_length=10 ** 9)) + "\n")],
+     "gen_length 1000000000"),
 ]
 
 

@@ -168,7 +168,7 @@ def test_bad_rows_of_a_task_file_name_the_row_and_field(sft_run, tmp_path, capsy
     bad.write_text('{"puzzle": "1234341221434321", "solution": "1234341221434321"}\n{"puzzle": "0234341221434321"}\n')
     assert main(["eval", checkpoint, "--task", "sudoku4", "--data", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert f"data file '{bad}' row 2: no field 'solution' or 'Solution'" in err
+    assert f"data file '{bad}' row 2: field 'solution' is empty or missing in this row" in err
     bad.write_text('{"puzzle": "12", "solution": "1234341221434321"}\n')
     assert main(["eval", checkpoint, "--task", "sudoku4", "--data", str(bad)]) == 2
     assert "row 1: field 'puzzle' = '12': expected 16 digits" in capsys.readouterr().err

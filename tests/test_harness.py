@@ -135,3 +135,19 @@ def test_a_misspelt_model_arg_is_an_error_naming_it_and_the_nearest_valid_one():
     """(`dlmrl lm-eval` prints a ConfigError as one line, exit 2, like every verb: cli.lm_eval_command.)"""
     with pytest.raises(Exception, match="model_args 'gen_lenght'.*gen_length"):
         DlmrlLM(pretrained=LLADA, gen_lenght=8)
+
+
+@pytest.mark.parametrize("args,key", [({}, "pretrained"), ({"gen_length": "abc"}, "gen_length"),
+                                      ({"device": "banana"}, "device"), ({"threads": -1}, "threads"),
+                                      ({"mc_num": "abc"}, "mc_num"), ({"check_greedy": "word"}, "check_greedy")])
+def test_every_model_arg_is_checked_and_named(args, key):
+    from reasoning.schema import ConfigError
+
+    arguments = {"pretrained": LLADA, **args} if key != "pretrained" else {}
+    with pytest.raises(ConfigError, match=f"model_args '{key}'"):
+        DlmrlLM(**arguments)
+
+
+def test_device_in_model_args_wins_over_lm_evals_own_default():
+    lm = DlmrlLM.create_from_arg_string(f"pretrained={LLADA},device=cpu,mc_num=2", {"device": "cuda", "batch_size": 4})
+    assert lm.mc_num == 2 and lm._batch_size == 4

@@ -179,3 +179,24 @@ def test_bad_data_rows_are_refused_or_skipped_with_a_count(tmp_path, capsys):
     assert splits["test"][0]["prompt"].startswith("1+1?") and splits["train"][1]["prompt"].startswith("3+3?")
     out = capsys.readouterr().out
     assert "skipped 2 of 5 rows" in out and "line 2" in out
+
+
+def test_data_files_as_spreadsheets_write_them(tmp_path):
+    """A CSV saved with a byte-order mark reads its first column by its name; an empty cell is named
+    as empty (not as a missing field); d1's sudoku rows take digits 0-4 only (no 9s, no Arabic-Indic)."""
+    from reasoning.protocols import _sudoku
+    from reasoning.schema import ConfigError
+    from reasoning.tasks.base import row_field
+    from reasoning.tasks.files import read_file
+
+    path = tmp_path / "s.csv"
+    path.write_bytes("\ufeffPuzzle,Solution\n1234341221434321,1234341221434321\n".encode("utf-8"))
+    rows = read_file(str(path))
+    assert rows.column_names == ["Puzzle", "Solution"] and rows[0]["Puzzle"] == "1234341221434321"
+    with pytest.raises(ConfigError, match="field 'Puzzle' is empty or missing"):
+        row_field({"Puzzle": None, "Solution": "1"}, ("Puzzle",), "row 1", "16 digits")
+    good = "1234341221434321"
+    assert _sudoku({"Puzzle": "0" + good[1:], "Solution": good}, "row 1")["puzzle"] == "0" + good[1:]
+    for puzzle in ("9" * 16, "\u0661\u0662\u0663\u0664" * 4, "4" + good[1:]):
+        with pytest.raises(ConfigError, match="'Puzzle' / 'Solution'"):
+            _sudoku({"Puzzle": puzzle, "Solution": good}, "row 1")

@@ -119,7 +119,7 @@ def row_field(row: dict, names: tuple[str, ...], where: str, expected: str):
             return row[name]
     present = [name for name in names if name in row]
     if present:  # the column exists, this row's cell is empty
-        raise ConfigError(f"{where}: field {present[0]!r} is empty ({expected})")
+        raise ConfigError(f"{where}: field {present[0]!r} is empty or missing in this row ({expected})")
     raise ConfigError(f"{where}: no field {' or '.join(repr(n) for n in names)} ({expected}); "
                       f"its fields are {sorted(row)}")
 
