@@ -68,6 +68,14 @@ def _save_checkpoint(root: str, step: int, model: torch.nn.Module, tokenizer, st
     final = os.path.join(root, checkpoint_name(step))
     tmp = os.path.join(root, f".tmp-{checkpoint_name(step)}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        return _write_into(tmp, final, step, model, tokenizer, state, zero3, extra)
+    except BaseException:  # nothing half-written stays: the newest complete checkpoint is untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_into(tmp: str, final: str, step: int, model, tokenizer, state: dict, zero3: bool, extra) -> str:
     with gathered(model, zero3):
         if is_peft(model):
             model.save_pretrained(os.path.join(tmp, "adapter"))

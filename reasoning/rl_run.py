@@ -152,8 +152,13 @@ def restore(run: RLRun, checkpoint: str | None) -> None:
 def checkpoint(run: RLRun) -> str:
     """Every rank writes its optimizer shard and RNG to a staging dir; rank 0 then builds the
     checkpoint around it in a temp dir and renames it into place (trainer_state.json last)."""
-    with writing(os.path.join(run.cfg.run_dir, "checkpoints")):
-        return _checkpoint(run)
+    root = os.path.join(run.cfg.run_dir, "checkpoints")
+    try:
+        with writing(root):
+            return _checkpoint(run)
+    except BaseException:  # a full disk or a kill: no half-written staging dir is left behind
+        shutil.rmtree(os.path.join(root, f".ds-{checkpoint_name(run.progress.step)}"), ignore_errors=True)
+        raise
 
 
 def _checkpoint(run: RLRun) -> str:

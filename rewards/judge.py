@@ -156,7 +156,9 @@ def judge_report(source: str, tests: Sequence[str], limits: SandboxLimits | None
     reason = "the sandbox could not start"
     try:
         key = secrets.token_bytes(32)
-        solution = SandboxProcess(_side("judge_answerer.py"), dataclasses.replace(limits, proc=False))
+        # no /proc, and room (file size, tmpfs) for the execute-only interpreter copy (about 7 MB)
+        sealed = dataclasses.replace(limits, proc=False, file_mb=max(limits.file_mb, 8))
+        solution = SandboxProcess(_side("judge_answerer.py"), sealed)
         solution.send(key.hex())
         solution.send(binascii.b2a_base64(marshal.dumps(str(source), 4), newline=False).decode())
         hello = _sealed(solution, key, 0, "", deadline)

@@ -134,7 +134,7 @@ def _command(code: str, limits: SandboxLimits) -> list[str] | str:
         return "util-linux unshare/setpriv not found"
     user = [] if as_root else ["--user", "--map-root-user"]
     uid = random.randrange(*SANDBOX_UIDS)  # its own uid: the process limit is per sandbox, not shared
-    script = _inner_script(as_root, uid, limits.proc).format(tmp_mb=limits.file_mb * 2)
+    script = _inner_script(as_root, uid, limits.proc).format(tmp_mb=limits.file_mb * 2 + (0 if limits.proc else 8))
     return [unshare, *user, "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
             "--", "/bin/sh", "-c", script, "sandbox", sandbox_python(), "-I", "-S", "-c", code]
 

@@ -268,7 +268,7 @@ CASES = [
                                                 "data.task_args={path: " + make_link(t / "z.jsonl", "/dev/zero") + "}"],
      "character device"),
     ("run name with a newline", lambda t: ["train", *FAST, 'name="a\\nb"'], "config key 'name'"),
-    ("run name of 100,000 characters", lambda t: ["train", *FAST, "name=" + "n" * 100_000], "100000 characters"),
+    ("run name of 100,000 characters", lambda t: ["train", *FAST, "name=" + "n" * 100_000], "(100002 characters)"),
     ("a billion hinted answers", lambda t: ["train", *FAST, "rollout.hints.enabled=true",
                                             "rollout.hints.samples=1000000000"], "rollout.hints.samples"),
     ("an empty LoRA target parameter", lambda t: ["train", *FAST, "model.lora.enabled=true",
@@ -475,3 +475,5 @@ def test_a_full_disk_is_one_line_naming_the_directory_and_its_free_space(tmp_pat
     lines = [line for line in err.splitlines() if line.startswith("dlmrl ")]
     assert len(lines) == 1 and "no space left" in lines[0] and "MiB free" in lines[0], err[-2000:]
     assert str(tmp_path / "runs" / "run" / "checkpoints") in lines[0] and "Traceback" not in err
+    left = os.listdir(tmp_path / "runs" / "run" / "checkpoints")
+    assert not [n for n in left if n.startswith((".ds-", ".tmp-"))], left  # no partial staging dir
