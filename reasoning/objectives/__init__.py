@@ -1,6 +1,6 @@
 """Policy-gradient objectives: how an update turns sampled answers into a loss.
 
-Five estimators share one interface (and the trainer, rollouts, advantages, PPO clip and KL code),
+Eight estimators share one interface (and the trainer, rollouts, advantages, PPO clip and KL code),
 so `trainer.objective` swaps them on one harness. Each is its paper's estimator, from its paper's
 reference code; where ours differs, docs/estimators.md says so.
 
@@ -10,6 +10,9 @@ reference code; where ours differs, docs/estimators.md says so.
   coupled     DiffuCoder's coupled-GRPO                                   objectives/answer_tokens.py
   spg         SPG's ELBO / EUBO sandwich, no ratio                        objectives/ratio_free.py
   wd1         wd1's weighted likelihood, no ratio                         objectives/ratio_free.py
+  gdpo        GDPO's Gauss–Legendre sequence ELBO, GSPO-shaped ratio       objectives/elbo.py
+  espo        ESPO's coupled sequence ELBO, stratified over the batch      objectives/elbo.py
+  bgpo        BGPO's per-draw ELBOs, linear lower bound for A ≥ 0          objectives/elbo.py
 
 Shared rules (objectives/base.py): the loss mask (the answer up to its first stop token, without
 pinned hint tokens unless `train_hints: entropy`), one global normalisation (a sum over units
@@ -24,8 +27,9 @@ from reasoning.objectives.base import (OBJECTIVES, HintTokens, LossStats, Object
 from reasoning.objectives.trajectory import TrajectoryObjective, TrajectorySettings
 from reasoning.objectives.answer_tokens import CoupledObjective, MeanFieldObjective  # noqa: I001 (registry order)
 from reasoning.objectives.ratio_free import SPGObjective, WD1Objective
+from reasoning.objectives.elbo import BGPOObjective, ESPOObjective, GDPOObjective
 
-__all__ = ["OBJECTIVES", "CoupledObjective", "HintTokens", "LossStats", "MeanFieldObjective", "Objective",
+__all__ = ["OBJECTIVES", "BGPOObjective", "CoupledObjective", "ESPOObjective", "GDPOObjective", "HintTokens", "LossStats", "MeanFieldObjective", "Objective",
            "ObjectiveSettings", "Prepared", "RolloutBatch", "SPGObjective", "StepBatch", "TrajectoryObjective",
            "TrajectorySettings", "WD1Objective", "build_objective", "k3", "loss_mask", "objective_class",
            "paper_defaults", "pinned_mask", "register", "sample_generators"]

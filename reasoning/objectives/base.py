@@ -161,6 +161,10 @@ class Objective:
         The trajectory objective gives each committed event its step's (reasoning/credit.py)."""
         return batch.advantages[i].expand(units)
 
+    def kl_units(self, ref: torch.Tensor, logp: torch.Tensor, batch: RolloutBatch, indices: list[int]) -> torch.Tensor:
+        """The KL term per unit (β times its sum over the units, / the update's units, is added): k3."""
+        return k3(ref, logp)
+
     def units(self, batch: RolloutBatch, prep: Prepared) -> int:
         """Loss units of this process's batch (the trainer sums them over ranks)."""
         return sum(self.sample_units(batch, prep.hints, i) for i in range(len(batch.trajectories)))
@@ -309,7 +313,7 @@ class Objective:
             stats.importance_masked, stats.behaviour_gap_sum = float((stale_w == 0).sum()), float(gap.sum())
         if prep.ref is not None:
             ref = torch.cat([prep.ref[self._slot(inner)][i] for i in indices]).to(device)
-            kl = k3(ref, logp)
+            kl = self.kl_units(ref, logp, batch, indices)
             loss = loss + self.s.kl_coef * kl.sum() / total_units
             stats.kl_sum = float(kl.detach().sum())
         return loss, stats
