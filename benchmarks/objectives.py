@@ -181,9 +181,9 @@ def main() -> None:
     costs = {}
     if args.cost_steps:
         checkpoint, _ = sft_checkpoint("sudoku4", targets.get("sudoku4", TARGETS["sudoku4"]))
-        variants = {"trajectory_merge1": ["trainer.objective=trajectory", "trainer.merge_steps=1"],
-                    "trajectory_merge2": ["trainer.objective=trajectory", "trainer.merge_steps=2"],
-                    "trajectory_merge4": ["trainer.objective=trajectory", "trainer.merge_steps=4"],
+        variants = {"trajectory_merge1": ["trainer.objective=trajectory", "trainer.objective.merge_steps=1"],
+                    "trajectory_merge2": ["trainer.objective=trajectory", "trainer.objective.merge_steps=2"],
+                    "trajectory_merge4": ["trainer.objective=trajectory", "trainer.objective.merge_steps=4"],
                     **{obj: [f"trainer.objective={obj}"] for obj in OBJECTIVES if obj != "trajectory"}}
         for name in variants:
             shutil.rmtree(os.path.join(OUT, f"cost_{name}"), ignore_errors=True)

@@ -71,7 +71,10 @@ class SFTConfig:
 class TrainerConfig:
     """RL trainer settings (`dlmrl train`); see reasoning/rl.py for the algorithm."""
 
-    objective: str = "trajectory"  # a registered objective (reasoning/objectives: trajectory, mean_field, ...)
+    # a registered objective's name (reasoning/objectives: trajectory, mean_field, ...; a class of your
+    # own as module:Class or file.py:Class), or {name: NAME, <fields of its Settings>}: its own
+    # settings, typed and checked, the paper's defaults for the rest
+    objective: str | dict = "trajectory"
     steps: int = 100
     lr: float = 1e-4
     optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: plain SGD (step proportional to the gradient)
@@ -84,18 +87,8 @@ class TrainerConfig:
     # null = the objective's paper default (its class's `paper_defaults`, reasoning/objectives/)
     inner_steps: int | None = None  # μ: optimizer steps per batch of rollouts (PPO epochs)
     micro_batch_size: int = 32  # samples per forward/backward (bounds memory; gradients accumulate)
-    clip_eps_low: float | None = None
-    clip_eps_high: float | None = None
-    # β of k3 KL to the reference (= the model with its LoRA adapter disabled); null = the paper's
-    # β with LoRA, 0 for a full fine-tune (which has no reference to compare with)
-    kl_coef: float | None = None
     normalize_std: bool | None = None  # divide group-relative advantages by the group's reward std
     leave_one_out: bool | None = None  # baseline = mean of the other G-1 rewards
-    merge_steps: int = 1  # trajectory objective: score s consecutive steps from one replayed state
-    prompt_mask_prob: float = 0.15  # mean_field objective: d1's prompt masking
-    # stale rollouts (rollout.async): a unit whose importance weight π_prox/π_behav exceeds this is
-    # left out of the loss (AReaL's token mask; the denominator keeps it)
-    importance_cap: float = 5.0
     deepspeed: str = "zero0"
     grad_clip: float = 1.0
     eval_every: int = 0  # 0 = only at the start and the end
@@ -109,7 +102,7 @@ class TrainerConfig:
     sft_warm_start: bool = False  # first run the `sft` block (into RUN_DIR/sft) and start RL from its checkpoint
 
     def __post_init__(self) -> None:
-        for key in ("steps", "prompts_per_step", "inner_steps", "micro_batch_size", "merge_steps", "keep_checkpoints"):
+        for key in ("steps", "prompts_per_step", "inner_steps", "micro_batch_size", "keep_checkpoints"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"config key 'trainer.{key}': expected >= 1, got {getattr(self, key)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -118,13 +111,18 @@ class TrainerConfig:
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
                 raise ConfigError(f"config key 'trainer.{key}': expected a finite number of seconds >= 0 "
                                   f"(0 = off), got {getattr(self, key)}")
-        for key in ("clip_eps_low", "clip_eps_high", "kl_coef"):
-            if getattr(self, key) is not None and getattr(self, key) < 0:
-                raise ConfigError(f"config key 'trainer.{key}': expected >= 0, got {getattr(self, key)}")
-        if not 0 <= self.prompt_mask_prob < 1:
-            raise ConfigError(f"config key 'trainer.prompt_mask_prob': expected in [0, 1), got {self.prompt_mask_prob}")
-        if not self.importance_cap >= 1:
-            raise ConfigError(f"config key 'trainer.importance_cap': expected >= 1, got {self.importance_cap}")
+        if isinstance(self.objective, dict) and not isinstance(self.objective.get("name"), str):
+            raise ConfigError(f"config key 'trainer.objective.name': expected the objective's name, got "
+                              f"{shown(self.objective.get('name'))} (trainer.objective: {{name: NAME, <its settings>}})")
+
+    @property
+    def objective_name(self) -> str:
+        return self.objective["name"] if isinstance(self.objective, dict) else self.objective
+
+    @property
+    def objective_values(self) -> dict:
+        """The objective settings the config gives (without `name`)."""
+        return {k: v for k, v in self.objective.items() if k != "name"} if isinstance(self.objective, dict) else {}
 
 
 @dataclass
@@ -197,25 +195,39 @@ class Config:
 
         tr = self.trainer
         try:
-            objective = objective_class(tr.objective)
+            objective = objective_class(tr.objective_name)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         for key, value in objective.paper_defaults.items():
-            if getattr(tr, key) is None:
-                if key == "kl_coef" and not self.model.lora.enabled:
-                    value = 0.0  # a full fine-tune has no adapter to disable: no reference
+            if hasattr(tr, key) and getattr(tr, key) is None:
                 setattr(tr, key, value)
-        if tr.kl_coef > 0 and not objective.has_kl:
-            raise ConfigError(f"config key 'trainer.kl_coef': objective '{tr.objective}' has no KL term (its paper "
-                              f"uses none); set it to 0")
-        if tr.kl_coef > 0 and not self.model.lora.enabled:
-            raise ConfigError("config key 'trainer.kl_coef' > 0 needs model.lora.enabled: the reference policy is "
-                              "the model with its adapter disabled (a full fine-tune keeps no frozen copy)")
+        settings = self.objective_settings()  # typed and checked now, before anything runs
+        if settings.kl_coef > 0 and not objective.has_kl:
+            raise ConfigError(f"config key 'trainer.objective.kl_coef': objective '{tr.objective_name}' has no KL "
+                              f"term (its paper uses none); set it to 0")
+        if settings.kl_coef > 0 and not self.model.lora.enabled:
+            raise ConfigError("config key 'trainer.objective.kl_coef' > 0 needs model.lora.enabled: the reference "
+                              "policy is the model with its adapter disabled (a full fine-tune keeps no frozen copy)")
         stale = self.rollout.async_
         if stale.enabled and stale.max_staleness > 0 and not objective.trains_stale:
-            raise ConfigError(f"config key 'rollout.async.max_staleness': objective '{tr.objective}' cannot correct "
+            raise ConfigError(f"config key 'rollout.async.max_staleness': objective '{tr.objective_name}' cannot correct "
                               f"stale rollouts (its surrogate's behaviour log-probs need the old weights; only "
                               f"'trajectory' records them); use objective trajectory or max_staleness 0")
+
+    def objective_settings(self):
+        """The chosen objective's Settings: its paper defaults (β only with LoRA, which gives the
+        reference), then what `trainer.objective` sets, then the hint settings of `rollout.hints`."""
+        from reasoning.objectives import objective_class
+
+        tr = self.trainer
+        cls = objective_class(tr.objective_name)
+        own = {f.name for f in dataclasses.fields(cls.Settings)}
+        values = {k: v for k, v in cls.paper_defaults.items() if k in own}
+        if not self.model.lora.enabled:
+            values["kl_coef"] = 0.0  # a full fine-tune has no adapter to disable: no reference
+        values.update(train_hints=self.rollout.hints.train_hints, hint_entropy_fraction=self.rollout.hints.entropy_fraction)
+        values.update(tr.objective_values)
+        return from_dict(cls.Settings, values, "trainer.objective")
 
     @property
     def run_dir(self) -> str:
@@ -253,6 +265,7 @@ def load_config(path: str | None, overrides: list[str] = (), saved_by_run: bool 
             raise ConfigError(f"config file '{path}': expected a mapping of blocks at the top level")
     if isinstance(tree.get("rewards"), list):  # `rewards: [...]` is short for `rewards: {functions: [...]}`
         tree["rewards"] = {"functions": tree["rewards"]}
+    move_objective_keys(tree, saved_by_run)
     if saved_by_run:
         for block in (tree.get("rollout"), (tree.get("eval") or {}).get("decoding")):
             if isinstance(block, dict) and block.get("top_k") == 0:
@@ -263,12 +276,48 @@ def load_config(path: str | None, overrides: list[str] = (), saved_by_run: bool 
                   f"{', '.join(dropped)}", file=sys.stderr)
     for text in overrides:
         keys, value = parse_override(text)
+        if keys[:2] == ["trainer", "objective"] and len(keys) > 2:  # trainer.objective.kl_coef=...: a mapping
+            trainer = tree.setdefault("trainer", {}) if isinstance(tree.get("trainer", {}), dict) else {}
+            if not isinstance(trainer.get("objective"), dict):
+                trainer["objective"] = {"name": trainer.get("objective", "trajectory")}
         apply_override(tree, keys, value)
+        move_objective_keys(tree, False)
         if isinstance(tree.get("rewards"), list):
             tree["rewards"] = {"functions": tree["rewards"]}
     cfg = from_dict(Config, tree)
     check_files(cfg)
     return cfg
+
+
+MOVED_TO_OBJECTIVE = ("clip_eps_low", "clip_eps_high", "kl_coef", "merge_steps", "prompt_mask_prob", "importance_cap")
+
+
+def move_objective_keys(tree: dict, saved_by_run: bool) -> None:
+    """The objective's own settings live in `trainer.objective: {name: ..., key: value}` (2026-12-07).
+    A run directory's config.yaml written before is moved there; a user's flat key is refused,
+    naming its new place."""
+    trainer = tree.get("trainer")
+    if not isinstance(trainer, dict):
+        return
+    for key in [k for k in MOVED_TO_OBJECTIVE if k in trainer]:
+        value = trainer.pop(key)
+        objective = trainer.get("objective", "trajectory")
+        name = objective.get("name", "trajectory") if isinstance(objective, dict) else objective
+        if not saved_by_run:
+            raise ConfigError(f"config key 'trainer.{key}' moved into the objective's settings: write "
+                              f"trainer.objective: {{name: {name}, {key}: {shown(value, 40)}}} (or the override "
+                              f"trainer.objective.{key}={shown(value, 40)})")
+        if value is not None and key in _settings_fields(name):  # another objective's key was written as null-ish
+            trainer["objective"] = {**(objective if isinstance(objective, dict) else {"name": name}), key: value}
+
+
+def _settings_fields(name: str) -> set[str]:
+    from reasoning.objectives import objective_class
+
+    try:
+        return {f.name for f in dataclasses.fields(objective_class(name).Settings)}
+    except ValueError:
+        return set()
 
 
 def deepspeed_config_path(preset: str, key: str) -> str:
@@ -306,6 +355,11 @@ def write_resolved(cfg: Config, run_dir: str) -> str:
     """Write the fully resolved config to run_dir/config.yaml (what actually ran)."""
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, "config.yaml")
+    tree = to_dict(cfg)
+    settings = dataclasses.asdict(cfg.objective_settings())  # every setting the objective ran with
+    for key in ("train_hints", "hint_entropy_fraction"):  # written under rollout.hints
+        settings.pop(key, None)
+    tree["trainer"]["objective"] = {"name": cfg.trainer.objective_name, **settings}
     with open(path, "w") as fh:
-        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+        yaml.safe_dump(tree, fh, sort_keys=False)
     return path

@@ -40,7 +40,7 @@ def check_rollout_temperature(objective: str, decoding) -> None:
 def check_rl_inputs(cfg: Config):
     """(task, splits, reward config), or a ConfigError naming what is wrong — before any file is written."""
     tr = cfg.trainer
-    check_rollout_temperature(tr.objective, cfg.rollout_decoding())
+    check_rollout_temperature(tr.objective_name, cfg.rollout_decoding())
     if cfg.rollout.group_size < 2:
         raise ConfigError(f"config key 'rollout.group_size': expected >= 2 for RL, got {cfg.rollout.group_size} "
                           f"(advantages are relative to the other answers of the same prompt)")

@@ -122,10 +122,7 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
         schedule=tr.lr_schedule, optimizer_name=tr.optimizer, progress=lambda: budget.used(progress))
     rank, world = rank_and_world()
     policy = make_policy(engine.module, tokenizer, cfg.model.shift_logits)
-    objective = build_objective(  # each objective takes the keys its Settings declare
-        tr.objective, clip_eps_low=tr.clip_eps_low, clip_eps_high=tr.clip_eps_high, kl_coef=tr.kl_coef,
-        merge_steps=tr.merge_steps, prompt_mask_prob=tr.prompt_mask_prob, importance_cap=tr.importance_cap,
-        train_hints=cfg.rollout.hints.train_hints, hint_entropy_fraction=cfg.rollout.hints.entropy_fraction)
+    objective = build_objective(tr.objective_name, cfg.objective_settings())  # its Settings, from trainer.objective
     learner = Learner(engine, optimizer, policy, objective, micro_batches, tr.inner_steps, cfg.model.lora.enabled,
                       world)
     run = RLRun(cfg, task, splits["train"], splits["test"], tokenizer, learner, RewardRunner(reward_cfg),
@@ -140,7 +137,7 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
             use_ray=cfg.ray.enabled, address=cfg.ray.address, threads=cfg.ray.threads_per_worker,
             placement=cfg.ray.placement, connect_timeout_s=cfg.ray.connect_timeout_s, gpus=cfg.ray.gpus_per_worker)
         interrupts.install()  # ray.init may have put its own SIGTERM handler in place
-    print(f"train {task.name} with {tr.objective}: {count_parameters(engine.module) / 1e6:.2f} M parameters "
+    print(f"train {task.name} with {tr.objective_name}: {count_parameters(engine.module) / 1e6:.2f} M parameters "
           f"({count_parameters(engine.module, trainable_only=True) / 1e6:.3f} M trainable), "
           f"{'Ray' if cfg.ray.enabled else 'in-process'} rollouts, {run.loop_kind}, {world} trainer process(es), "
           f"run dir {cfg.run_dir}")

@@ -173,7 +173,7 @@ def _checkpoint(run: RLRun) -> str:
         epoch, cursor = run.schedule.position(step)
         path = save_checkpoint(cfg.run_dir, step, run.learner.engine.module, run.tokenizer, {
             "base_model": run.base_dir, "policy_version": progress.version, "data_epoch": epoch, "data_cursor": cursor,
-            "metrics": progress.eval_metrics, "task": run.task.name, "objective": cfg.trainer.objective,
+            "metrics": progress.eval_metrics, "task": run.task.name, "objective": cfg.trainer.objective_name,
             "world_size": run.world, "trained_s": progress.trained_s, "staleness": dict(progress.staleness),
             "groups": dict(progress.groups),
         }, zero3=zero_stage(run.learner.engine) == 3, extra=lambda tmp: shutil.move(staging, os.path.join(tmp, "ds")))
@@ -200,7 +200,7 @@ def finish(run: RLRun, started: float) -> dict:
         summary.update(before=before, after=after, gain_pts=round(100 * (after - before), 1))
         table = (f"| {task.name} held-out accuracy ({min(cfg.eval.n, len(run.test))} problems) | value |\n"
                  f"|---|---|\n| before RL (start checkpoint) | {100 * before:.1f} % |\n"
-                 f"| after RL ({progress.step} steps, {cfg.trainer.objective}, {run.loop_kind}) | {100 * after:.1f} % |\n"
+                 f"| after RL ({progress.step} steps, {cfg.trainer.objective_name}, {run.loop_kind}) | {100 * after:.1f} % |\n"
                  f"| gain | {100 * (after - before):+.1f} pts |\n| wall time | {summary['seconds']:.0f} s |\n")
         print("\n" + table)
         if run.rank == 0:

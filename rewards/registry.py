@@ -100,27 +100,33 @@ def _resolve(name_or_reference: str) -> RewardFn:
                 else f" (registered: {', '.join(sorted(_REGISTRY))}; TRL's: {', '.join(TRL_REWARDS)})")
         raise KeyError(f"unknown reward '{name_or_reference}'{hint}; or give 'pkg.module:function' "
                        f"or 'file.py:function'")
-    target, _, attr = name_or_reference.rpartition(":")
+    return load_attribute(name_or_reference, "reward")
+
+
+def load_attribute(reference: str, what: str = "reward"):
+    """What 'pkg.module:name' or 'file.py:name' names (a user's reward function or objective class);
+    a KeyError saying what is missing otherwise."""
+    target, _, attr = reference.rpartition(":")
     if target.endswith(".py"):
-        module = _load_file(target)
+        module = _load_file(target, what)
     else:
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
-            raise KeyError(f"reward '{name_or_reference}': cannot import module '{target}': {exc}") from exc
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise KeyError(f"reward '{name_or_reference}': '{target}' has no function '{attr}'")
-    return fn
+            raise KeyError(f"{what} '{reference}': cannot import module '{target}': {exc}") from exc
+    value = getattr(module, attr, None)
+    if not callable(value):
+        raise KeyError(f"{what} '{reference}': '{target}' has no {'function' if what == 'reward' else 'class'} '{attr}'")
+    return value
 
 
-def _load_file(path: str):
+def _load_file(path: str, kind: str = "reward"):
     """Import a .py file by path (once; the module is cached under a name derived from its path)."""
     full = os.path.abspath(path)
     if not os.path.isfile(full):
         what = ("is a directory, not a Python file" if os.path.isdir(full) else
                 "is not a regular file" if os.path.exists(full) else "not found")
-        raise KeyError(f"reward file '{path}' {what}")
+        raise KeyError(f"{kind} file '{path}' {what}")
     name = "dlmrl_reward_" + "".join(c if c.isalnum() else "_" for c in full)
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, full)
@@ -130,10 +136,10 @@ def _load_file(path: str):
             spec.loader.exec_module(module)
         except SyntaxError as exc:
             del sys.modules[name]
-            raise KeyError(f"reward file '{path}' line {exc.lineno}: syntax error ({exc.msg})") from None
+            raise KeyError(f"{kind} file '{path}' line {exc.lineno}: syntax error ({exc.msg})") from None
         except Exception as exc:  # noqa: BLE001 — the user's module failed at import: say where
             del sys.modules[name]
-            raise KeyError(f"reward file '{path}' failed to import: {type(exc).__name__}: {exc}") from None
+            raise KeyError(f"{kind} file '{path}' failed to import: {type(exc).__name__}: {exc}") from None
         # the reward pool's processes cannot import a module by this made-up name: ship its code
         cloudpickle.register_pickle_by_value(module)
     return sys.modules[name]

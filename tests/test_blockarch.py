@@ -124,8 +124,8 @@ data: {{task: addition, train_size: 8, test_size: 2}}
 model: {{path: {model}, block_length: {block}, lora: {{enabled: true, r: 4}}}}
 rollout: {{gen_length: 8, temperature: 1.0, group_size: 2, cache: block}}
 rewards: [{{fn: '{reward}'}}]
-trainer: {{steps: 2, prompts_per_step: 2, lr: 0.05, micro_batch_size: 4, checkpoint_every: 0, objective: {objective},
-          inner_steps: 1, kl_coef: 0.0}}
+trainer: {{steps: 2, prompts_per_step: 2, lr: 0.05, micro_batch_size: 4, checkpoint_every: 0,
+          objective: {{name: {objective}, kl_coef: 0.0}}, inner_steps: 1}}
 eval: {{n: 2}}
 logging: {{tensorboard: false, progress: false}}
 """

@@ -81,6 +81,11 @@ def test_resolved_config_round_trips(tmp_path):
     path = write_resolved(cfg, cfg.run_dir)
     assert path == os.path.join(tmp_path, "r", "config.yaml")
     again = load_config(path)
+    # the objective is written with every setting it ran with (its paper defaults resolved)
+    assert yaml.safe_load(open(path))["trainer"]["objective"] == {"name": "trajectory", "clip_eps_low": 0.2,
+        "clip_eps_high": 0.2, "kl_coef": 0.0, "importance_cap": 5.0, "merge_steps": 1, "replay_batch": 256}
+    assert again.objective_settings() == cfg.objective_settings()
+    again.trainer.objective = cfg.trainer.objective
     assert again == cfg
     assert yaml.safe_load(open(path))["sft"]["steps"] == 7
 
@@ -122,3 +127,18 @@ def test_gpu_configs_use_native_families_whose_lora_targets_exist_at_full_size(t
         wrapped = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_A" in n}
         assert wrapped == set(cfg.model.lora.target_modules)
 
+
+
+def test_objective_settings_moved_into_trainer_objective(tmp_path):
+    """A user's flat key is refused, naming its new place; a run directory's config.yaml written
+    before the move keeps its settings (moved, for the objective that declares them)."""
+    old = tmp_path / "config.yaml"
+    old.write_text("trainer:\n  objective: mean_field\n  kl_coef: 0.02\n  merge_steps: 3\n  prompt_mask_prob: 0.3\n"
+                   "model:\n  lora: {enabled: true}\n")
+    with pytest.raises(ConfigError, match=r"'trainer.kl_coef' moved.*trainer.objective: \{name: mean_field, kl_coef: 0.02\}"):
+        load_config(str(old))
+    cfg = load_config(str(old), saved_by_run=True)
+    settings = cfg.objective_settings()
+    assert (settings.kl_coef, settings.prompt_mask_prob) == (0.02, 0.3)  # merge_steps is trajectory's: dropped
+    spg = load_config(None, ["trainer.objective=spg", "trainer.objective.spg_beta=1.0"]).objective_settings()
+    assert (spg.spg_beta, spg.spg_omega) == (1.0, 0.5)  # the one set, and the paper's for the rest

@@ -78,7 +78,7 @@ def test_with_branching_the_loop_raises_the_reward_and_the_flipped_sign_lowers_i
 # +0.015 / −0.015 (the others: ±0.015 there too).
 DIGITS_RUN = [*TINY, "rewards=[{fn: 'reward_fns:digit_fraction'}]", "trainer.steps=4", "trainer.lr=0.05",
               "trainer.prompts_per_step=8", "rollout.group_size=16", "trainer.micro_batch_size=128", "eval.n=4",
-              "trainer.kl_coef=0", "trainer.normalize_std=true", "trainer.inner_steps=1"]
+              "trainer.objective.kl_coef=0", "trainer.normalize_std=true", "trainer.inner_steps=1"]
 
 
 # 2026-12-07, fresh install: spg at lr 0.02 fell in both directions (-0.012 / -0.015) and wd1 at 0.05 moved

@@ -270,16 +270,18 @@ def test_rl_rollouts_at_temperature_zero_are_refused_unless_selection_is_learned
 
 
 def test_kl_without_a_reference_is_refused():
-    with pytest.raises(ConfigError, match="trainer.kl_coef"):
-        load_config(None, ["trainer.kl_coef=0.1"])  # full fine-tune: no adapter to disable, no frozen copy
-    assert load_config(None, ["trainer.objective=mean_field"]).trainer.kl_coef == 0.0  # d1's β needs LoRA
+    with pytest.raises(ConfigError, match="trainer.objective.kl_coef"):
+        load_config(None, ["trainer.objective.kl_coef=0.1"])  # full fine-tune: no adapter to disable, no frozen copy
+    assert load_config(None, ["trainer.objective=mean_field"]).objective_settings().kl_coef == 0.0  # d1's β needs LoRA
 
 
 def test_objectives_take_their_papers_defaults():
-    d1 = load_config(None, ["trainer.objective=mean_field", "model.lora.enabled=true"]).trainer
-    assert (d1.clip_eps_low, d1.kl_coef, d1.inner_steps, d1.normalize_std) == (0.5, 0.04, 12, False)
-    coupled = load_config(None, ["trainer.objective=coupled", "model.lora.enabled=true"]).trainer
-    assert (coupled.clip_eps_high, coupled.kl_coef, coupled.inner_steps, coupled.leave_one_out) == (0.5, 0.01, 2, True)
+    cfg = load_config(None, ["trainer.objective=mean_field", "model.lora.enabled=true"])
+    d1, settings = cfg.trainer, cfg.objective_settings()
+    assert (settings.clip_eps_low, settings.kl_coef, d1.inner_steps, d1.normalize_std) == (0.5, 0.04, 12, False)
+    cfg = load_config(None, ["trainer.objective=coupled", "model.lora.enabled=true"])
+    coupled, settings = cfg.trainer, cfg.objective_settings()
+    assert (settings.clip_eps_high, settings.kl_coef, coupled.inner_steps, coupled.leave_one_out) == (0.5, 0.01, 2, True)
     ours = load_config(None, ["trainer.objective=coupled", "trainer.inner_steps=1"]).trainer
     assert ours.inner_steps == 1  # what the user sets wins
     with pytest.raises(ValueError, match="kl_coef"):

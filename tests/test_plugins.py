@@ -106,3 +106,26 @@ def test_a_family_registered_in_a_test_file_is_detected_and_samples(tmp_path, ti
     trajectories = sample(policy, prompts, decoding, seeds=[0, 1])
     assert [len(t.final_tokens) for t in trajectories] == [8, 8]
     assert all((t.event_logp[t.commits] <= 0).all() and t.commits.sum() > 0 for t in trajectories)
+
+
+@pytest.mark.parametrize("objective", ["{name: spg, spg_beta: 1.0}", "{name: gdpo, gdpo_nodes: 2}",
+                                       "{name: espo, espo_draws: 1, kl_coef: 0.0}", "{name: bgpo, bgpo_draws: 4}"])
+def test_an_objective_with_its_own_settings_trains_two_steps(tmp_path, objective):
+    cfg = config(tmp_path, f"trainer.objective={objective}", "trainer.checkpoint_every=2", "trainer.inner_steps=1")
+    settings = cfg.objective_settings()
+    given = {k: v for k, v in (part.split(": ") for part in objective.strip("{}").split(", ")) if k != "name"}
+    assert all(str(getattr(settings, k)) == v for k, v in given.items())  # what the config set, typed
+    run_rl(cfg)
+    steps = train_steps(cfg.run_dir)
+    assert [m["step"] for m in steps] == [1, 2]
+    assert all(m["train/samples"] > 0 and m["skipped_steps"] == 0 for m in steps)
+
+
+def test_an_objective_of_the_users_own_module_is_named_module_colon_class(tmp_path):
+    cfg = config(tmp_path, "trainer.objective=test_plugins:OneStepAnswer", "trainer.checkpoint_every=2")
+    try:
+        assert cfg.trainer.objective_name == "test_plugins:OneStepAnswer" and cfg.trainer.inner_steps == 1
+        run_rl(cfg)
+        assert [m["step"] for m in train_steps(cfg.run_dir)] == [1, 2]
+    finally:
+        OBJECTIVES.pop("test_plugins:OneStepAnswer", None)

@@ -69,7 +69,7 @@ def test_two_rl_steps_update_the_adapter_with_ratio_one_at_first(tmp_path, objec
 
 
 def test_kl_to_the_adapter_disabled_reference_is_zero_before_the_first_update(tmp_path):
-    cfg = config(tmp_path, "trainer.kl_coef=0.1", "trainer.steps=2")
+    cfg = config(tmp_path, "trainer.objective.kl_coef=0.1", "trainer.steps=2")
     run_rl(cfg)
     first, second = train_steps(cfg.run_dir)
     assert abs(first["kl"]) < 1e-6  # LoRA B = 0: adapter disabled == enabled

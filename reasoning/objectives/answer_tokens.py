@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from reasoning.objectives.base import Objective, ObjectiveSettings, register, sample_generators
+from reasoning.schema import ConfigError
 from rollouts import Trajectory
 from rollouts.decoding import left_pad
 
@@ -25,6 +26,12 @@ from rollouts.decoding import left_pad
 @dataclass
 class MaskedPromptSettings(ObjectiveSettings):
     prompt_mask_prob: float = 0.15  # d1's prompt masking (mean_field, wd1, spg)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.prompt_mask_prob < 1:
+            raise ConfigError(f"config key 'trainer.objective.prompt_mask_prob': expected in [0, 1), "
+                              f"got {self.prompt_mask_prob}")
 
 
 class AnswerTokenObjective(Objective):

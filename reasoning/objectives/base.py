@@ -25,6 +25,7 @@ import torch
 
 from reasoning.objectives.batch import (RolloutBatch, StepBatch, full_mask_log_probs, loss_mask, pinned_mask,
                                         sample_generators)
+from reasoning.schema import ConfigError
 from rollouts import DecodingConfig, DiffusionPolicy
 
 __all__ = ["OBJECTIVES", "HintTokens", "LossStats", "Objective", "ObjectiveSettings", "Prepared", "RolloutBatch",
@@ -45,6 +46,13 @@ class ObjectiveSettings:
     # θ_old's fully masked one-step prediction are trained, scored from that canvas
     train_hints: str = "none"
     hint_entropy_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        for key in ("clip_eps_low", "clip_eps_high", "kl_coef"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"config key 'trainer.objective.{key}': expected >= 0, got {getattr(self, key)}")
+        if not self.importance_cap >= 1:
+            raise ConfigError(f"config key 'trainer.objective.importance_cap': expected >= 1, got {self.importance_cap}")
 
 
 @dataclass
@@ -339,7 +347,18 @@ def register(cls: type[Objective]) -> type[Objective]:
 
 
 def objective_class(name: str, key: str = "trainer.objective") -> type[Objective]:
-    """The registered class called `name`, or an error that names the config key and the choices."""
+    """The registered class called `name` (a user's own as `module:Class` or `file.py:Class`, registered
+    on first use), or an error that names the config key and the choices."""
+    if name not in OBJECTIVES and ":" in str(name):
+        from rewards.registry import load_attribute
+
+        try:
+            cls = load_attribute(name, "objective")
+        except KeyError as exc:
+            raise ValueError(f"config key '{key}': {exc.args[0]}") from None
+        if not (isinstance(cls, type) and issubclass(cls, Objective)):
+            raise ValueError(f"config key '{key}': '{name}' is not an Objective subclass (reasoning.objectives.Objective)")
+        OBJECTIVES[name] = cls
     if name not in OBJECTIVES:
         close = difflib.get_close_matches(str(name), list(OBJECTIVES), n=1, cutoff=0.5)
         raise ValueError(f"config key '{key}': expected one of {', '.join(OBJECTIVES)}, got {name!r}"

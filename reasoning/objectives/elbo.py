@@ -31,6 +31,7 @@ import torch
 from reasoning.objectives.answer_tokens import AnswerTokenObjective
 from reasoning.objectives.base import LossStats, ObjectiveSettings, loss_mask, register, sample_generators
 from reasoning.objectives.ratio_free import groups_of
+from reasoning.schema import ConfigError
 from rollouts.seeding import derive_seed
 
 GAUSS_LEGENDRE = {  # nodes and weights on [0, 1]
@@ -80,8 +81,9 @@ class GDPOSettings(ObjectiveSettings):
     gdpo_nodes: int = 3  # Gauss–Legendre nodes of the semi-deterministic ELBO (the recipe's gauss-3)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.gdpo_nodes not in GAUSS_LEGENDRE:
-            raise ValueError(f"config key 'trainer.objective.gdpo_nodes': expected one of {sorted(GAUSS_LEGENDRE)}, "
+            raise ConfigError(f"config key 'trainer.objective.gdpo_nodes': expected one of {sorted(GAUSS_LEGENDRE)}, "
                              f"got {self.gdpo_nodes}")
 
 
@@ -147,8 +149,9 @@ class ESPOSettings(ObjectiveSettings):
     espo_draws: int = 2  # num_mc: coupled mask pairs per ELBO (2 forwards each)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.espo_draws < 1:
-            raise ValueError(f"config key 'trainer.objective.espo_draws': expected >= 1, got {self.espo_draws}")
+            raise ConfigError(f"config key 'trainer.objective.espo_draws': expected >= 1, got {self.espo_draws}")
 
 
 @dataclass
@@ -222,10 +225,11 @@ class BGPOSettings(ObjectiveSettings):
     bgpo_dual_clip: float = 3.0  # c of the dual clip for A < 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.bgpo_draws < 1:
-            raise ValueError(f"config key 'trainer.objective.bgpo_draws': expected >= 1, got {self.bgpo_draws}")
+            raise ConfigError(f"config key 'trainer.objective.bgpo_draws': expected >= 1, got {self.bgpo_draws}")
         if self.bgpo_dual_clip <= 1:
-            raise ValueError(f"config key 'trainer.objective.bgpo_dual_clip': expected > 1, got {self.bgpo_dual_clip}")
+            raise ConfigError(f"config key 'trainer.objective.bgpo_dual_clip': expected > 1, got {self.bgpo_dual_clip}")
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 from reasoning.objectives.answer_tokens import (AnswerTokenObjective, MaskedPromptSettings, MeanFieldObjective,
                                                PromptMasks, masked_prompt)
 from reasoning.objectives.base import LossStats, loss_mask, register, sample_generators
+from reasoning.schema import ConfigError
 from rollouts import Trajectory
 
 
@@ -28,6 +29,15 @@ class SPGSettings(MaskedPromptSettings):
     spg_omega: float = 0.5
     spg_draws: int = 2  # n_t masks per inner step
     spg_block: int = 32  # b: block length of the block-random masking
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.spg_mode not in ("eubo", "mix", "elbo"):
+            raise ConfigError(f"config key 'trainer.objective.spg_mode': expected eubo, mix or elbo, got {self.spg_mode!r}")
+        for key, ok, expected in (("spg_beta", self.spg_beta > 0, "> 0"), ("spg_omega", 0 <= self.spg_omega <= 1, "in [0, 1]"),
+                                  ("spg_draws", self.spg_draws >= 1, ">= 1"), ("spg_block", self.spg_block >= 1, ">= 1")):
+            if not ok:
+                raise ConfigError(f"config key 'trainer.objective.{key}': expected {expected}, got {getattr(self, key)}")
 
 
 @dataclass

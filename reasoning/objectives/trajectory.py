@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from reasoning.objectives.base import HintTokens, Objective, ObjectiveSettings, register
+from reasoning.schema import ConfigError
 from rollouts import DecodingConfig, replay
 
 
@@ -25,6 +26,12 @@ from rollouts import DecodingConfig, replay
 class TrajectorySettings(ObjectiveSettings):
     merge_steps: int = 1  # score s consecutive steps from one canvas (TraceRL shrink; 1 = exact)
     replay_batch: int = 256  # replayed states per forward
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("merge_steps", "replay_batch"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'trainer.objective.{key}': expected >= 1, got {getattr(self, key)}")
 
 
 @register
