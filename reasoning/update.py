@@ -56,7 +56,7 @@ def update(learner: Learner, batch: RolloutBatch, generator: torch.Generator) ->
     micro_batches, inner_steps, world = learner.micro_batches, learner.inner_steps, learner.world
     totals: dict[str, float] = {}
     timing: dict[str, float] = {}
-    if not any_rank(bool(batch.trajectories), world):  # every group had equal rewards: nothing to learn
+    if not any_rank(bool(batch.trajectories) or objective.steps_without_signal(batch), world):  # nothing to learn
         return UpdateResult(False, {"skipped_steps": 0.0, "train/samples": 0.0})
     model = engine.module
     t0 = time.perf_counter()

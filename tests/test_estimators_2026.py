@@ -125,3 +125,57 @@ def test_the_2026_objectives_take_their_references_defaults():
     settings = build_objective("bgpo").s
     assert (bgpo["clip_eps_low"], bgpo["kl_coef"], bgpo["inner_steps"], bgpo["normalize_std"]) == (0.2, 0.0, 1, True)
     assert (settings.bgpo_draws, settings.bgpo_dual_clip) == (16, 3.0)
+
+
+def test_mean_field_normalises_as_d1_over_every_token_of_the_batch():
+    """d1's DiffuGRPOTrainer: the loss is the mean over every answer token of the batch, the groups
+    without reward variance included. At the first inner step ρ = 1, so its value is
+    −Σ_{trained tokens} A / (tokens of all answers). Counted here from the answers' tokens."""
+    from reasoning.objectives import RolloutBatch
+    from test_estimators import batch_for, tiny_policy
+    from rollouts import DecodingConfig
+
+    policy = tiny_policy()
+    cfg = DecodingConfig(gen_length=4, temperature=1.0, confidence="max_prob")
+    full = batch_for(policy, cfg, n=8)
+    trained, dropped = full.trajectories[:4], full.trajectories[4:]  # the second prompt's group: no variance
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    for normalize, denominator in (("batch", trained + dropped), ("informative", trained)):
+        batch = RolloutBatch(trained, advantages, cfg, (EOS,), uninformative=list(dropped))
+        objective = build_objective("mean_field", normalize=normalize)
+        prep = objective.prepare(policy, batch, torch.Generator().manual_seed(0), inner_steps=1)
+        with torch.no_grad():
+            loss, _ = objective.loss(policy, batch, prep, [0, 1, 2, 3], objective.units(batch, prep))
+        tokens = [answer_tokens(t) for t in trained]
+        expected = -sum(a * n for a, n in zip(advantages.tolist(), tokens)) / sum(answer_tokens(t) for t in denominator)
+        assert float(loss) == pytest.approx(expected, abs=1e-6), normalize
+    assert build_objective("mean_field").s.normalize == "batch"  # d1's rule is the paper default
+
+
+def test_mean_field_takes_its_optimizer_steps_when_no_group_is_informative():
+    """d1 steps the optimizer even on a batch without signal: after an informative step, Adam's
+    momentum moves the weights on a step whose groups all had equal rewards. With
+    `normalize: informative` (and for every other objective) that update is skipped."""
+    from reasoning.config import deepspeed_config_path
+    from reasoning.engine import build_engine
+    from reasoning.objectives import RolloutBatch
+    from reasoning.update import Learner, update
+    from rollouts import DecodingConfig
+    from test_estimators import batch_for, tiny_policy
+
+    cfg = DecodingConfig(gen_length=4, temperature=1.0, confidence="max_prob")
+    moved = {}
+    for normalize in ("batch", "informative"):
+        policy = tiny_policy()
+        engine, optimizer = build_engine(policy.model, deepspeed_config_path("zero0", "trainer.deepspeed"), lr=1e-2)
+        policy.model = engine.module
+        objective = build_objective("mean_field", normalize=normalize, kl_coef=0.0)
+        learner = Learner(engine, optimizer, policy, objective, 1, 1, False, 1)
+        informative = batch_for(policy, cfg, n=8)
+        update(learner, informative, torch.Generator().manual_seed(0))
+        before = [p.detach().clone() for p in engine.module.parameters()]
+        empty = RolloutBatch([], torch.zeros(0), cfg, (EOS,), uninformative=informative.trajectories)
+        result = update(learner, empty, torch.Generator().manual_seed(1))
+        moved[normalize] = max(float((p - b).abs().max()) for p, b in zip(engine.module.parameters(), before))
+        assert result.updated == (normalize == "batch")
+    assert moved["batch"] > 1e-4 and moved["informative"] == 0.0

@@ -14,10 +14,11 @@ score the final answer's tokens from masked canvases, untempered, as their paper
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from reasoning.objectives.base import Objective, ObjectiveSettings, register, sample_generators
+from reasoning.objectives.base import Objective, ObjectiveSettings, loss_mask, pinned_mask, register, sample_generators
 from reasoning.schema import ConfigError
 from rollouts import Trajectory
 from rollouts.decoding import left_pad
@@ -90,12 +91,30 @@ class PromptMasks:
     prompt: list[list[torch.Tensor]]
 
 
+@dataclass
+class MeanFieldSettings(MaskedPromptSettings):
+    # batch: d1's DiffuGRPOTrainer — the loss is a mean over every answer token of the step's batch,
+    # the groups without reward variance included (their advantage is 0), and the μ optimizer steps
+    # are taken even when no group is informative; informative: a mean over the trained groups' tokens
+    # only, and no step without one (dlmrl's rule for every other objective)
+    normalize: Literal["batch", "informative"] = "batch"
+
+
 @register
 class MeanFieldObjective(AnswerTokenObjective):
     """d1's diffu-GRPO one-step estimate."""
 
     name = "mean_field"
-    Settings = MaskedPromptSettings
+    Settings = MeanFieldSettings
+
+    def units(self, batch, prep):
+        trained = super().units(batch, prep) if batch.trajectories else 0
+        if getattr(self.s, "normalize", "informative") != "batch":
+            return trained
+        return trained + sum(int((loss_mask(t, batch.stop) & ~pinned_mask(t)).sum()) for t in batch.uninformative)
+
+    def steps_without_signal(self, batch):
+        return getattr(self.s, "normalize", "informative") == "batch" and bool(batch.uninformative)
     paper_defaults = dict(clip_eps_low=0.5, clip_eps_high=0.5, kl_coef=0.04, inner_steps=12, normalize_std=False,
                           leave_one_out=False)
 

@@ -173,6 +173,11 @@ class Objective:
         """The KL term per unit (β times its sum over the units, / the update's units, is added): k3."""
         return k3(ref, logp)
 
+    def steps_without_signal(self, batch: StepBatch) -> bool:
+        """Whether the update still takes its μ optimizer steps (zero gradients; Adam's momentum
+        moves the weights) when no group of the step is informative: d1's trainer does."""
+        return False
+
     def units(self, batch: RolloutBatch, prep: Prepared) -> int:
         """Loss units of this process's batch (the trainer sums them over ranks)."""
         return sum(self.sample_units(batch, prep.hints, i) for i in range(len(batch.trajectories)))

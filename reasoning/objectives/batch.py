@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ class StepBatch:
     # intermediate rewards); None = every step takes the answer's advantage
     step_advantages: list[np.ndarray] | None = None
     rewards: list[float] | None = None  # each answer's total reward (for logs and objectives that read it)
+    # the step's answers whose group had no reward variance (not trained): d1's normalisation counts
+    # their tokens too (mean_field `normalize: batch`)
+    uninformative: list[Trajectory] = field(default_factory=list)
 
     def stale(self) -> list[int]:
         """Samples drawn by an older policy than the one being updated (asynchronous RL)."""
