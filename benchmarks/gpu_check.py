@@ -210,9 +210,9 @@ def main() -> None:
     started = time.perf_counter()
     report = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
               "gen_length": args.gen, "prompt_tokens": args.prompt, "batch": args.batch, "shrunk": args.shrink}
-    for index, kind in enumerate(args.kinds):
-        from rollouts import make_policy
+    from rollouts import make_policy
 
+    for index, kind in enumerate(args.kinds):
         row = {"parameters": meta_parameters(kind, args.shrink)}
         if not args.shrink and row["parameters"] != manifest(kind)["parameters"]:
             raise SystemExit(f"gpu_check: {kind} built with {row['parameters']} parameters, the manifest has "

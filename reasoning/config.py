@@ -277,8 +277,8 @@ def load_config(path: str | None, overrides: list[str] = (), saved_by_run: bool 
     for text in overrides:
         keys, value = parse_override(text)
         if keys[:2] == ["trainer", "objective"] and len(keys) > 2:  # trainer.objective.kl_coef=...: a mapping
-            trainer = tree.setdefault("trainer", {}) if isinstance(tree.get("trainer", {}), dict) else {}
-            if not isinstance(trainer.get("objective"), dict):
+            trainer = tree.setdefault("trainer", {})
+            if isinstance(trainer, dict) and not isinstance(trainer.get("objective"), dict):
                 trainer["objective"] = {"name": trainer.get("objective", "trajectory")}
         apply_override(tree, keys, value)
         move_objective_keys(tree, False)

@@ -270,8 +270,7 @@ def rl_step(run: RLRun, step: int) -> dict:
     credit = assign_advantages(run, collected.trained)
     # update, then the new weights to the workers
     t0 = run.clock()
-    untrained = [t for g in collected.sampled if not any(g is kept for kept in collected.trained) for t in g.trajectories]
-    result = update(run.learner, training_batch(run, collected.trained, untrained),
+    result = update(run.learner, training_batch(run, collected.trained, collected.sampled),
                     torch.Generator().manual_seed(derive_seed(run.cfg.seed, step, UPDATE)))
     spans(timeline, update=(t0, run.clock()))
     timing.update(result.timing, **publish(run, result, timeline))
@@ -298,15 +297,17 @@ def assign_advantages(run: RLRun, groups: list[Group]) -> dict[str, float]:
                          cfg.rewards.intermediate)
 
 
-def training_batch(run: RLRun, groups: list[Group], untrained: list | None = None) -> StepBatch:
-    """The answers of the groups the step trains on, with the advantages set where they were scored
-    (and, for objectives that count them, the step's answers without signal)."""
+def training_batch(run: RLRun, groups: list[Group], sampled: list[Group] = ()) -> StepBatch:
+    """The answers of the groups the step trains on, with the advantages set where they were scored,
+    and the answers of the other `sampled` groups (no signal; mean_field's d1 normalisation counts them)."""
+    trained = {id(g) for g in groups}
+    untrained = [t for g in sampled if id(g) not in trained for t in g.trajectories]
     trajectories = [t for g in groups for t in g.trajectories]
     advantages = torch.cat([g.advantages for g in groups]) if groups else torch.zeros(0)
     steps = [a for g in groups for a in g.step_advantages] if run.step_level_credit else None
     return StepBatch(trajectories, advantages, run.decoding, run.learner.policy.ids.stop,
                      policy_version=run.progress.version, step_advantages=steps,
-                     rewards=[r for g in groups for r in g.rewards], uninformative=list(untrained or []))
+                     rewards=[r for g in groups for r in g.rewards], uninformative=untrained)
 
 
 def publish(run: RLRun, result: UpdateResult, timeline: dict[str, float]) -> dict[str, float]:

@@ -167,9 +167,9 @@ def check_drawable(traj: Trajectory) -> Trajectory:
         raise ValueError("the event_* lists differ in length")
     for name, values, bound in (("event_position", traj.event_position, length),
                                 ("pinned_position", traj.pinned_position, length), ("event_step", traj.event_step, steps)):
-        if len(values) and (values.min() < 0 or values.max() >= bound):
-            raise ValueError(f"{name} holds {int(values.max() if values.max() >= bound else values.min())}, "
-                             f"outside [0, {bound})")
+        outside = values[(values < 0) | (values >= bound)]
+        if len(outside):
+            raise ValueError(f"{name} holds {int(outside[0])}, outside [0, {bound})")
     return traj
 
 

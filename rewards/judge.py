@@ -46,6 +46,7 @@ from __future__ import annotations
 import ast
 import binascii
 import dataclasses
+import functools
 import hashlib
 import hmac
 import json
@@ -75,6 +76,7 @@ class Verdict:
     reason: str | None = None  # why an answer a test needed was missing or refused
 
 
+@functools.lru_cache(maxsize=None)
 def _side(name: str) -> str:
     """The text a sandbox runs: the codec, then one side's script."""
     with open(os.path.join(HERE, "judge_codec.py")) as codec, open(os.path.join(HERE, name)) as side:

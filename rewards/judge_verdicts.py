@@ -145,16 +145,11 @@ class Remote:
 encode, decode = make_codec(unsendable, lambda n: Remote(("ref", n)), math.nan)  # noqa: F821 (judge_codec.py's text)
 
 
-def pure(tag):
-    """A value without handles (safe to show any test by value)."""
-    return decode_plain(tag)
-
-
 def no_handle(number):
     raise ValueError("a handle where a plain value was expected")
 
 
-_, decode_plain = make_codec(unsendable, no_handle, math.nan)  # noqa: F821
+_, pure = make_codec(unsendable, no_handle, math.nan)  # noqa: F821 — a value without handles (safe to show any test)
 
 
 def imported(module, attribute):

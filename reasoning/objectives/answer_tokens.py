@@ -106,17 +106,17 @@ class MeanFieldObjective(AnswerTokenObjective):
 
     name = "mean_field"
     Settings = MeanFieldSettings
+    paper_defaults = dict(clip_eps_low=0.5, clip_eps_high=0.5, kl_coef=0.04, inner_steps=12, normalize_std=False,
+                          leave_one_out=False)
 
     def units(self, batch, prep):
         trained = super().units(batch, prep) if batch.trajectories else 0
-        if getattr(self.s, "normalize", "informative") != "batch":
+        if self.s.normalize != "batch":
             return trained
         return trained + sum(int((loss_mask(t, batch.stop) & ~pinned_mask(t)).sum()) for t in batch.uninformative)
 
     def steps_without_signal(self, batch):
-        return getattr(self.s, "normalize", "informative") == "batch" and bool(batch.uninformative)
-    paper_defaults = dict(clip_eps_low=0.5, clip_eps_high=0.5, kl_coef=0.04, inner_steps=12, normalize_std=False,
-                          leave_one_out=False)
+        return self.s.normalize == "batch" and bool(batch.uninformative)
 
     def draw(self, batch, hints, generator, inner_steps) -> PromptMasks:
         masks = []

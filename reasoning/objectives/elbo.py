@@ -69,9 +69,14 @@ class SequenceObjective(AnswerTokenObjective):
         for i in indices:
             value = self.elbo(batch, prep.draws, i, inner, per_canvas[i]) / self.scale(batch, prep.draws, i)
             units.append(value.reshape(1))
-            first = self.masks(prep.draws, i, inner)[0].to(entropy[i].device)
-            entropies.append(entropy[i][first].mean().reshape(1) if first.any() else entropy[i][:1] * 0)
+            entropies.append(masked_entropy(entropy[i], self.masks(prep.draws, i, inner)[0]).reshape(1))
         return units, entropies
+
+
+def masked_entropy(entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean entropy over the positions the first canvas masked (0 when it masks none)."""
+    mask = mask.to(entropy.device)
+    return entropy[mask].mean() if mask.any() else entropy[0] * 0
 
 
 # --- GDPO ------------------------------------------------------------------------------------------
@@ -284,9 +289,7 @@ class BGPOObjective(SequenceObjective):
             masks, fractions = prep.draws.masks[i], prep.draws.fractions[i]
             units.append(torch.stack([lp[m.to(lp.device)].sum() / p / L
                                       for lp, m, p in zip(per_canvas[i], masks, fractions)]))
-            first = masks[0].to(entropy[i].device)
-            mean = entropy[i][first].mean() if first.any() else entropy[i][0] * 0
-            entropies.append(mean.expand(len(masks)))  # one per unit, as the statistics count them
+            entropies.append(masked_entropy(entropy[i], masks[0]).expand(len(masks)))  # one per unit, as counted
         return units, entropies
 
     def loss(self, policy, batch, prep, indices, total_units, inner=0):

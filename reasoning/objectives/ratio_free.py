@@ -152,6 +152,9 @@ class WD1Objective(MeanFieldObjective):
     def units(self, batch, prep):
         return len(groups_of(batch))
 
+    def steps_without_signal(self, batch):
+        return False  # its unit is a group it trains (d1's batch normalisation is mean_field's)
+
     def loss(self, policy, batch, prep, indices, total_units, inner=0):
         logps, entropy = self.unit_log_probs(policy, batch, prep, indices, inner)
         weights = prep.draws.weights[indices].to(logps[0].device)
