@@ -22,8 +22,9 @@ class Advantages:
 
 
 def group_advantages(rewards: list[float], group_size: int, normalize_std: bool = True,
-                     leave_one_out: bool = False, eps: float = 1e-4) -> Advantages:
-    """rewards are ordered prompt-major: [p0 s0, p0 s1, ..., p1 s0, ...]."""
+                     leave_one_out: bool = False, eps: float = 1e-4, std_correction: int = 0) -> Advantages:
+    """rewards are ordered prompt-major: [p0 s0, p0 s1, ..., p1 s0, ...]. `std_correction` is the
+    std's ddof: 0 = population std (d1, TRL), 1 = Bessel's sample std (JustGRPO)."""
     if group_size < 1 or len(rewards) % group_size:
         raise ValueError(f"{len(rewards)} rewards do not split into groups of {group_size}")
     if not rewards:  # no group this step (every one was dropped)
@@ -34,7 +35,7 @@ def group_advantages(rewards: list[float], group_size: int, normalize_std: bool 
     else:
         baseline = r.mean(1, keepdim=True)
     adv = r - baseline
-    std = r.std(1, keepdim=True, unbiased=False)
+    std = r.std(1, keepdim=True, correction=std_correction if group_size > 1 else 0)
     if normalize_std:
         adv = adv / (std + eps)
     varied = (std > 1e-8).expand_as(r)

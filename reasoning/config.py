@@ -88,6 +88,7 @@ class TrainerConfig:
     inner_steps: int | None = None  # μ: optimizer steps per batch of rollouts (PPO epochs)
     micro_batch_size: int = 32  # samples per forward/backward (bounds memory; gradients accumulate)
     normalize_std: bool | None = None  # divide group-relative advantages by the group's reward std
+    std_correction: int | None = None  # that std's ddof: 0 = population (d1, TRL), 1 = sample (JustGRPO)
     leave_one_out: bool | None = None  # baseline = mean of the other G-1 rewards
     deepspeed: str = "zero0"
     grad_clip: float = 1.0
@@ -111,6 +112,8 @@ class TrainerConfig:
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
                 raise ConfigError(f"config key 'trainer.{key}': expected a finite number of seconds >= 0 "
                                   f"(0 = off), got {getattr(self, key)}")
+        if self.std_correction not in (None, 0, 1):
+            raise ConfigError(f"config key 'trainer.std_correction': expected 0 or 1, got {self.std_correction}")
         if isinstance(self.objective, dict) and not isinstance(self.objective.get("name"), str):
             raise ConfigError(f"config key 'trainer.objective.name': expected the objective's name, got "
                               f"{shown(self.objective.get('name'))} (trainer.objective: {{name: NAME, <its settings>}})")
@@ -191,14 +194,14 @@ class Config:
                 or not self.name.isprintable()):
             raise ConfigError(f"config key 'name': expected a plain directory name (one line of printable "
                               f"characters, at most 200), got {shown(self.name)}")
-        from reasoning.objectives import objective_class
+        from reasoning.objectives import Objective, objective_class
 
         tr = self.trainer
         try:
             objective = objective_class(tr.objective_name)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        for key, value in objective.paper_defaults.items():
+        for key, value in {**Objective.paper_defaults, **objective.paper_defaults}.items():
             if hasattr(tr, key) and getattr(tr, key) is None:
                 setattr(tr, key, value)
         settings = self.objective_settings()  # typed and checked now, before anything runs
@@ -208,6 +211,7 @@ class Config:
         if settings.kl_coef > 0 and not self.model.lora.enabled:
             raise ConfigError("config key 'trainer.objective.kl_coef' > 0 needs model.lora.enabled: the reference "
                               "policy is the model with its adapter disabled (a full fine-tune keeps no frozen copy)")
+        objective.check_decoding(self.rollout_decoding())
         stale = self.rollout.async_
         if stale.enabled and stale.max_staleness > 0 and not objective.trains_stale:
             raise ConfigError(f"config key 'rollout.async.max_staleness': objective '{tr.objective_name}' cannot correct "
@@ -240,7 +244,7 @@ class Config:
 
     def eval_decoding(self) -> DecodingConfig:
         """The rollout's decoding settings with `eval.decoding` overrides applied."""
-        base = dataclasses.asdict(self.rollout_decoding(record_predictions=False))  # eval reads no ŷ_t
+        base = dataclasses.asdict(self.rollout_decoding(record_predictions=False, decode_past_stop=False))
         for key in self.eval.decoding:
             if key not in base:
                 raise ConfigError(f"unknown config key 'eval.decoding.{key}'{suggest(key, base)}")

@@ -43,9 +43,9 @@ class StepCredit:
     nonzero_segments: int = 0  # ... with a non-zero advantage
 
 
-def outcome_scale(rewards: np.ndarray, normalize_std: bool, eps: float = 1e-4) -> float:
+def outcome_scale(rewards: np.ndarray, normalize_std: bool, eps: float = 1e-4, std_correction: int = 0) -> float:
     """1/σ of the leaf rewards (1 when not normalising, or when the rewards are all equal)."""
-    std = float(rewards.std())
+    std = float(rewards.std(ddof=std_correction if len(rewards) > 1 else 0))
     return 1.0 / (std + eps) if normalize_std and std > 1e-8 else 1.0
 
 
@@ -61,10 +61,11 @@ def shared_prefix(trajectories: list[Trajectory], i: int, owners: list[np.ndarra
     return share
 
 
-def tree_credit(trajectories: list[Trajectory], rewards: list[float], normalize_std: bool = True) -> StepCredit:
+def tree_credit(trajectories: list[Trajectory], rewards: list[float], normalize_std: bool = True,
+                std_correction: int = 0) -> StepCredit:
     """Leaf and step-level advantages of one prompt's answers (a tree, or G independent paths)."""
     r = np.asarray(rewards, dtype=np.float64)
-    scale = outcome_scale(r, normalize_std)
+    scale = outcome_scale(r, normalize_std, std_correction=std_correction)
     owners = [t.owners() for t in trajectories]
     steps, segments, nonzero = [], 0, 0
     for i in range(len(trajectories)):
@@ -120,7 +121,7 @@ def right_then_lost(rewards: list[float], step_rewards: np.ndarray) -> float:
 
 
 def assign_credit(groups, normalize_std: bool, leave_one_out: bool, step_level: bool,
-                  intermediate=None) -> dict[str, float]:
+                  intermediate=None, std_correction: int = 0) -> dict[str, float]:
     """Set each group's advantages (and, `step_level`, its per-step advantages); returns the
     step-level metrics. Without branches or intermediate rewards this is GRPO's group advantage."""
     segments = nonzero = 0
@@ -128,9 +129,9 @@ def assign_credit(groups, normalize_std: bool, leave_one_out: bool, step_level: 
     for group in groups:
         if not step_level:
             group.advantages = group_advantages(group.rewards, len(group.rewards), normalize_std,
-                                                leave_one_out).values
+                                                leave_one_out, std_correction=std_correction).values
             continue
-        credit = tree_credit(group.trajectories, group.rewards, normalize_std)
+        credit = tree_credit(group.trajectories, group.rewards, normalize_std, std_correction)
         if intermediate is not None and intermediate.enabled and group.step_rewards is not None:
             intermediate_credit(credit, group.rewards, group.step_rewards, intermediate.at, intermediate.mode,
                                 intermediate.weight, normalize_std)

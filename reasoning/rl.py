@@ -294,7 +294,7 @@ def assign_advantages(run: RLRun, groups: list[Group]) -> dict[str, float]:
     also per denoising step (reasoning/credit.py). Returns the step-level metrics."""
     cfg = run.cfg
     return assign_credit(groups, cfg.trainer.normalize_std, cfg.trainer.leave_one_out, run.step_level_credit,
-                         cfg.rewards.intermediate)
+                         cfg.rewards.intermediate, cfg.trainer.std_correction)
 
 
 def training_batch(run: RLRun, groups: list[Group], sampled: list[Group] = ()) -> StepBatch:

@@ -53,6 +53,9 @@ class DecodingConfig:
     # record each step's one-forward completion ŷ_t in the trajectory (step_prediction): what
     # intermediate rewards and the temporal_consistency reward read; costs (steps x gen_length) ints
     record_predictions: bool = False
+    # keep decoding after an answer's first stop token, to the end of the canvas (JustGRPO trains every
+    # position, the pads after [EOS] included); the answer's text still ends at that stop token
+    decode_past_stop: bool = False
 
     def __post_init__(self) -> None:
         if self.confidence == "prob":  # the name before chosen_prob existed

@@ -178,7 +178,7 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
         block[finished] += 1
         steps_in_block[finished] = 0
         decoded = torch.arange(length, device=device) < (block[finished, None] * width - offset[finished, None])
-        has_eos = (torch.isin(answer[finished], stop) & decoded).any(1)
+        has_eos = (torch.isin(answer[finished], stop) & decoded).any(1) & (not cfg.decode_past_stop)
         done[finished] = has_eos | (block[finished] >= num_blocks[finished])
 
     final = answer.masked_fill(answer == ids.mask, ids.eos).cpu().numpy()  # undecoded blocks after [EOS]

@@ -108,10 +108,16 @@ def test_a_family_registered_in_a_test_file_is_detected_and_samples(tmp_path, ti
     assert all((t.event_logp[t.commits] <= 0).all() and t.commits.sum() > 0 for t in trajectories)
 
 
-@pytest.mark.parametrize("objective", ["{name: spg, spg_beta: 1.0}", "{name: gdpo, gdpo_nodes: 2}",
-                                       "{name: espo, espo_draws: 1, kl_coef: 0.0}", "{name: bgpo, bgpo_draws: 4}"])
-def test_an_objective_with_its_own_settings_trains_two_steps(tmp_path, objective):
-    cfg = config(tmp_path, f"trainer.objective={objective}", "trainer.checkpoint_every=2", "trainer.inner_steps=1")
+JUST_GRPO_DECODING = ("rollout.block_length=1", "rollout.steps=null", "rollout.decode_past_stop=true")
+
+
+@pytest.mark.parametrize("objective,decoding", [
+    ("{name: spg, spg_beta: 1.0}", ()), ("{name: gdpo, gdpo_nodes: 2}", ()),
+    ("{name: espo, espo_draws: 1, kl_coef: 0.0}", ()), ("{name: bgpo, bgpo_draws: 4}", ()),
+    ("{name: just_grpo, replay_batch: 64}", JUST_GRPO_DECODING)])
+def test_an_objective_with_its_own_settings_trains_two_steps(tmp_path, objective, decoding):
+    cfg = config(tmp_path, f"trainer.objective={objective}", "trainer.checkpoint_every=2", "trainer.inner_steps=1",
+                 *decoding)
     settings = cfg.objective_settings()
     given = {k: v for k, v in (part.split(": ") for part in objective.strip("{}").split(", ")) if k != "name"}
     assert all(str(getattr(settings, k)) == v for k, v in given.items())  # what the config set, typed

@@ -1,11 +1,12 @@
 """Policy-gradient objectives: how an update turns sampled answers into a loss.
 
-Eight estimators share one interface (and the trainer, rollouts, advantages, PPO clip and KL code),
+Nine estimators share one interface (and the trainer, rollouts, advantages, PPO clip and KL code),
 so `trainer.objective` swaps them on one harness. Each is its paper's estimator, from its paper's
 reference code; where ours differs, docs/estimators.md says so.
 
   trajectory  (ours) the exact visited path: every committed token at the state it was committed
               from, plus the position choice when it is a learned draw   objectives/trajectory.py
+  just_grpo   JustGRPO: trajectory under its left-to-right decoding rule  objectives/just_grpo.py
   mean_field  d1's diffu-GRPO one-step estimate                           objectives/answer_tokens.py
   coupled     DiffuCoder's coupled-GRPO                                   objectives/answer_tokens.py
   spg         SPG's ELBO / EUBO sandwich, no ratio                        objectives/ratio_free.py
@@ -25,11 +26,12 @@ from reasoning.objectives.base import (OBJECTIVES, HintTokens, LossStats, Object
                                        RolloutBatch, StepBatch, build_objective, k3, loss_mask, objective_class, pinned_mask,
                                        register, sample_generators)
 from reasoning.objectives.trajectory import TrajectoryObjective, TrajectorySettings
+from reasoning.objectives.just_grpo import JustGRPOObjective
 from reasoning.objectives.answer_tokens import CoupledObjective, MeanFieldObjective  # noqa: I001 (registry order)
 from reasoning.objectives.ratio_free import SPGObjective, WD1Objective
 from reasoning.objectives.elbo import BGPOObjective, ESPOObjective, GDPOObjective
 
-__all__ = ["OBJECTIVES", "BGPOObjective", "CoupledObjective", "ESPOObjective", "GDPOObjective", "HintTokens", "LossStats", "MeanFieldObjective", "Objective",
+__all__ = ["OBJECTIVES", "BGPOObjective", "CoupledObjective", "ESPOObjective", "GDPOObjective", "HintTokens", "JustGRPOObjective", "LossStats", "MeanFieldObjective", "Objective",
            "ObjectiveSettings", "Prepared", "RolloutBatch", "SPGObjective", "StepBatch", "TrajectoryObjective",
            "TrajectorySettings", "WD1Objective", "build_objective", "k3", "loss_mask", "objective_class",
            "paper_defaults", "pinned_mask", "register", "sample_generators"]

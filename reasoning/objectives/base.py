@@ -117,7 +117,8 @@ class Objective:
     Settings: ClassVar[type[ObjectiveSettings]] = ObjectiveSettings
     # trainer keys a config leaves null take these (inner_steps, clip, kl_coef, advantage baseline)
     paper_defaults: ClassVar[dict[str, Any]] = dict(clip_eps_low=0.2, clip_eps_high=0.2, kl_coef=0.0,
-                                                     inner_steps=1, normalize_std=True, leave_one_out=False)
+                                                     inner_steps=1, normalize_std=True, leave_one_out=False,
+                                                     std_correction=0)
     uses_ratio: ClassVar[bool] = True  # PPO-style: needs θ_old log-probs of the same units
     has_kl: ClassVar[bool] = True  # a KL term to the reference is part of its loss
     # samples drawn by older weights (rollout.async) can be corrected: the rollout records its units'
@@ -126,6 +127,10 @@ class Objective:
 
     def __init__(self, settings: ObjectiveSettings):
         self.s = settings
+
+    @classmethod
+    def check_decoding(cls, decoding: DecodingConfig) -> None:
+        """Raise a ConfigError naming the `rollout` key when the objective needs another decoding rule."""
 
     @classmethod
     def trains_without_sampled_tokens(cls, decoding: DecodingConfig) -> bool:
