@@ -167,9 +167,9 @@ def read_state(checkpoint: str) -> dict:
     return state
 
 
-def find_resume(resume: str, run_dir: str) -> str | None:
-    """The RL checkpoint `trainer.resume` names: none, the newest complete one (auto), or a path —
-    checked (complete, readable, an RL checkpoint with optimizer state) before the run claims its directory."""
+def find_resume(resume: str, run_dir: str, key: str = "trainer.resume", kind: str = "RL") -> str | None:
+    """The checkpoint `key` names: none, the newest complete one (auto), or a path — checked (complete,
+    readable, a `kind` checkpoint with optimizer state: RL, or preference) before the run claims its directory."""
     if resume == "none":
         return None
     if resume == "auto":
@@ -178,16 +178,17 @@ def find_resume(resume: str, run_dir: str) -> str | None:
             return None
         resume = found[-1]
     elif not is_checkpoint(resume):
-        raise ConfigError(f"config key 'trainer.resume': '{resume}' is not a complete checkpoint "
-                          f"(no trainer_state.json)")
+        raise ConfigError(f"config key '{key}': '{resume}' is not a complete checkpoint (no trainer_state.json)")
     state = read_state(resume)
-    if "policy_version" not in state or not os.path.isdir(os.path.join(resume, "ds")):
-        raise ConfigError(f"config key 'trainer.resume': '{resume}' is not an RL checkpoint (an SFT checkpoint or "
-                          f"a model has no RL optimizer state); start RL from it with model.path={resume}")
+    mine = "policy_version" in state if kind == "RL" else state.get("kind") == kind
+    if not mine or not os.path.isdir(os.path.join(resume, "ds")):
+        raise ConfigError(f"config key '{key}': '{resume}' is not {'an' if kind == 'RL' else 'a'} {kind} checkpoint "
+                          f"(it has no {kind} optimizer state); start from it with model.path={resume}")
     return resume
 
 
-def check_resume_fits(checkpoint: str, model: torch.nn.Module, lora_enabled: bool, lora_r: int, world: int) -> None:
+def check_resume_fits(checkpoint: str, model: torch.nn.Module, lora_enabled: bool, lora_r: int, world: int,
+                      key: str = "trainer.resume") -> None:
     """Before the run directory is claimed: `checkpoint` was written by as many trainer processes,
     with (or without) LoRA as this run, of the same rank, and its tensors have this model's shapes."""
     from rollouts.families import checkpoint_tensors
@@ -195,7 +196,7 @@ def check_resume_fits(checkpoint: str, model: torch.nn.Module, lora_enabled: boo
     state = read_state(checkpoint)
     saved_world = int(state.get("world_size", 1))
     if saved_world != world:
-        raise ConfigError(f"config key 'trainer.resume': '{checkpoint}' was written by {saved_world} trainer "
+        raise ConfigError(f"config key '{key}': '{checkpoint}' was written by {saved_world} trainer "
                           f"process(es) (an optimizer shard and RNG state each); resume it with {saved_world}, not {world}")
     adapter = os.path.join(checkpoint, "adapter")
     if os.path.isdir(adapter) != lora_enabled:
@@ -211,7 +212,7 @@ def check_resume_fits(checkpoint: str, model: torch.nn.Module, lora_enabled: boo
     shapes = {n: tuple(t.shape) for n, t in model.state_dict().items()}
     for name, (file, shape, _) in sorted(checkpoint_tensors(checkpoint).items()):
         if name in shapes and shapes[name] != shape:
-            raise ConfigError(f"config key 'trainer.resume': {file}: tensor '{name}' has shape {list(shape)}, but "
+            raise ConfigError(f"config key '{key}': {file}: tensor '{name}' has shape {list(shape)}, but "
                               f"this run's model has {list(shapes[name])} (a different model.tiny / model.path?)")
 
 

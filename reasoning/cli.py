@@ -40,6 +40,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prefer(args: argparse.Namespace) -> int:
+    from reasoning.config import load_config
+    from reasoning.prefer import run_prefer
+
+    cfg = load_config(args.config, args.overrides)
+    result = run_prefer(cfg)
+    print(json.dumps(result))
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     """One answer from a checkpoint or a model directory, with its trajectory saved as JSONL + pictures."""
     import torch
@@ -171,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML run config")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     train.set_defaults(func=cmd_train)
+    prefer = verbs.add_parser("prefer", help="preference training on (prompt, chosen, rejected) pairs: VRPO or DPO")
+    prefer.add_argument("config", help="YAML run config")
+    prefer.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    prefer.set_defaults(func=cmd_prefer)
     ev = verbs.add_parser("eval", help="evaluate a checkpoint on held-out problems")
     ev.add_argument("target", help="a checkpoint (runs/NAME/checkpoints/step_N), a model directory or a YAML config")
     ev.add_argument("overrides", nargs="*", help="key.sub=value overrides (e.g. eval.decoding.steps=10)")

@@ -18,6 +18,7 @@ from typing import Literal
 import yaml
 
 from reasoning.modeling import ModelConfig
+from reasoning.prefer_config import PreferConfig
 from reasoning.schema import (ConfigError, apply_override, drop_unknown_keys, from_dict, load_yaml, parse_override,
                               shown, suggest, to_dict)
 from reasoning.tasks.base import DataConfig
@@ -180,6 +181,7 @@ class Config:
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    prefer: PreferConfig = field(default_factory=PreferConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -349,6 +351,7 @@ def check_files(cfg: Config) -> None:
             raise ConfigError(f"config key 'rewards.functions[{i}]': {exc.args[0]}") from None
     deepspeed_config_path(cfg.sft.deepspeed, "sft.deepspeed")
     deepspeed_config_path(cfg.trainer.deepspeed, "trainer.deepspeed")
+    deepspeed_config_path(cfg.prefer.deepspeed, "prefer.deepspeed")
     if cfg.trainer.resume not in ("none", "auto") and not os.path.isdir(cfg.trainer.resume):
         raise ConfigError(f"config key 'trainer.resume': checkpoint directory '{cfg.trainer.resume}' does not exist "
                           f"(expected none, auto or a checkpoint path)")

@@ -300,6 +300,16 @@ CASES = [
         "train", *FAST, "data.task=trl", "rollout.hints.enabled=true", "data.task_args={path: " + write(
             t / "p.jsonl", "".join(json.dumps({"prompt": f"q{i}", "solution": "1"}) + "\n" for i in range(24)))
         + ", reward: format}"], "rollout.hints.enabled"),
+    ("prefer: a DPO file without 'rejected'", lambda t: ["prefer", *FAST, "prefer.train_file=" + write(
+        t / "pairs.jsonl", json.dumps({"prompt": "q", "chosen": "a"}) + "\n")], "no column 'rejected'"),
+    ("prefer: a chosen conversation without an assistant turn", lambda t: ["prefer", *FAST, "prefer.train_file=" + write(
+        t / "pairs.jsonl", json.dumps({"prompt": "q", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"})
+        + "\n")], "column 'chosen'"),
+    ("prefer: beta 0", lambda t: ["prefer", *FAST, "prefer.beta=0"], "prefer.beta"),
+    ("prefer: an unknown estimator", lambda t: ["prefer", *FAST, "prefer.estimator=ipo"], "prefer.estimator"),
+    ("prefer: resume from an RL checkpoint", lambda t: ["prefer", *FAST, "prefer.resume=" + rl_checkpoint(t, "shape")],
+     "not a prefer checkpoint"),
+    ("prefer: a block-diffusion model", lambda t: ["prefer", *FAST, f"model.path={SDAR}"], "block-diffusion"),
     ("show /dev/zero", lambda t: ["show", "/dev/zero"], "character device"),
     ("show a FIFO", lambda t: ["show", make_fifo(t / "r.jsonl")], "FIFO"),
     ("show a trajectory with a position past its canvas",
@@ -315,7 +325,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(case, tmp_path, capsys):
     _, build, expected = case
     runs = tmp_path / "runs"
     argv = build(tmp_path)
-    if argv[0] in ("train", "sft") and not argv[1].endswith(".yaml"):
+    if argv[0] in ("train", "sft", "prefer") and not argv[1].endswith(".yaml"):
         argv.insert(1, write(tmp_path / "run.yaml", "name: run\n"))
     argv = argv + [f"output_dir={runs}"] if not any(a.startswith("output_dir=") for a in argv) else argv
     before = set(os.listdir(tmp_path))

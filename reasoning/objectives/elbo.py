@@ -79,6 +79,12 @@ def masked_entropy(entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return entropy[mask].mean() if mask.any() else entropy[0] * 0
 
 
+def stratified_counts(k: int, size: int, draws: int) -> list[int]:
+    """BGPO's (and DARE's VRPO's) mask counts: n_j = ((round(k + j·size/draws) − 1) mod size) + 1 for
+    j < draws and a random k in 1..size, so the draws spread over every masking level."""
+    return [(int(round(k + j * size / draws)) - 1) % size + 1 for j in range(draws)]
+
+
 # --- GDPO ------------------------------------------------------------------------------------------
 
 @dataclass
@@ -267,8 +273,7 @@ class BGPOObjective(SequenceObjective):
             size = max(len(valid), 1)
             k = int(torch.randint(1, size + 1, (1,), generator=g))
             masks, fractions = [], []
-            for j in range(n_t):
-                n = ((int(round(k + j * size / n_t)) - 1) % size) + 1
+            for n in stratified_counts(k, size, n_t):
                 mask = torch.zeros(traj.gen_length, dtype=torch.bool)
                 mask[valid[torch.randperm(len(valid), generator=g)[:n]]] = True
                 masks.append(mask)
