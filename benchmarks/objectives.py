@@ -57,26 +57,27 @@ def sft_checkpoint(task: str, target: float) -> tuple[str, dict]:
     return result["checkpoint"], {"sft_steps": result["steps"], "accuracy": result.get(f"eval/{task}/acc")}
 
 
-def launch(task: str, name: str, checkpoint: str, overrides: list[str]) -> subprocess.Popen:
+def launch(task: str, name: str, checkpoint: str, overrides: list[str], out: str = OUT) -> subprocess.Popen:
     args = [sys.executable, "-m", "reasoning.cli", "train", os.path.join(ROOT, "configs", f"{task}_tiny_rl.yaml"),
-            f"model.path={checkpoint}", f"output_dir={OUT}", f"name={name}", "logging.progress=false",
-            "trainer.checkpoint_every=0", "threads=1", *overrides]
-    log = open(os.path.join(OUT, f"{name}.log"), "w")
+            f"model.path={checkpoint}", f"output_dir={out}", f"name={name}", "logging.progress=false",
+            "trainer.checkpoint_every=0", "threads=1", "logging.tensorboard=false", *overrides]
+    log = open(os.path.join(out, f"{name}.log"), "w")
     return subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
-def read_metrics(name: str) -> list[dict]:
-    with open(os.path.join(OUT, name, "metrics.jsonl")) as fh:
+def read_metrics(name: str, out: str = OUT) -> list[dict]:
+    with open(os.path.join(out, name, "metrics.jsonl")) as fh:
         return [json.loads(line) for line in fh]
 
 
-def curve(name: str, task: str) -> list[dict]:
+def curve(name: str, task: str, out: str = OUT) -> list[dict]:
     """[(trained seconds, accuracy)] from a run's eval lines (step 0 = the SFT start)."""
     rows, trained = [], {0: 0.0}
-    for m in read_metrics(name):
+    metrics = read_metrics(name, out)
+    for m in metrics:
         if "timing_s/trained" in m:
             trained[m["step"]] = m["timing_s/trained"]
-    for m in read_metrics(name):
+    for m in metrics:
         if f"eval/{task}/acc" in m:
             rows.append({"step": m["step"], "trained_s": round(trained.get(m["step"], float("nan")), 1),
                          "accuracy": m[f"eval/{task}/acc"]})
@@ -110,17 +111,17 @@ def tune(task: str, checkpoint: str, objectives: list[str], budget: float, seed:
     return chosen, grid
 
 
-def run_pair(jobs: list[tuple[str, str, str, list[str]]]) -> None:
+def run_pair(jobs: list[tuple[str, str, str, list[str]]], out: str = OUT) -> None:
     """Run up to two training processes at a time (one core each)."""
     pending = list(jobs)
     running: list[subprocess.Popen] = []
     while pending or running:
         while pending and len(running) < 2:
-            running.append(launch(*pending.pop(0)))
+            running.append(launch(*pending.pop(0), out=out))
         time.sleep(1)
         for proc in [p for p in running if p.poll() is not None]:
             if proc.returncode:
-                raise RuntimeError(f"{proc.args} failed; see {OUT}/*.log")
+                raise RuntimeError(f"{proc.args} failed; see {out}/*.log")
             running.remove(proc)
 
 

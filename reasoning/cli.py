@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompt-field", help="field holding the problem text (default: question, or problem for math500)")
     ev.add_argument("--answer-field", help="field holding the reference answer (default: answer)")
     ev.add_argument("--protocol", help="a paper's evaluation: d1 (its benchmarks, splits, prompts, parsers and "
-                                       "decoding; --data DIR holds the splits; README, 'd1 protocol')")
+                                       "decoding; --data DIR holds the splits; docs/evaluation.md, 'd1's protocol')")
     ev.add_argument("--benchmarks", nargs="+", default=["gsm8k", "math500", "countdown", "sudoku"],
                     help="with --protocol d1: which of its benchmarks")
     ev.add_argument("--gen-lengths", type=_positive, nargs="+", default=[128, 256, 512],
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     exp.set_defaults(func=cmd_export)
     verbs.add_parser("lm-eval", help="lm-evaluation-harness with the dlmrl model: lm-eval's own arguments "
-                                     "(README, 'lm-evaluation-harness')")
+                                     "(docs/evaluation.md, 'lm-evaluation-harness')")
     show = verbs.add_parser("show", help="pictures: a denoising trajectory, a run's curves")
     show.add_argument("target", help="a run directory or a rollouts .jsonl file")
     show.add_argument("--index", type=int, default=0, help="which trajectory of the file")

@@ -1,4 +1,4 @@
-"""The run config: one nested dataclass per YAML block (README, "Config").
+"""The run config: one nested dataclass per YAML block (docs/training.md, "Config").
 
     cfg = load_config("configs/sudoku4_tiny_sft.yaml", ["sft.steps=50"])
 

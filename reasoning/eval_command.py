@@ -70,7 +70,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 task_args["prompt_field"] = args.prompt_field
         elif args.prompt_field or args.answer_field:
             raise ConfigError(f"--prompt-field / --answer-field: task '{name}' reads its own fields from --data "
-                              f"(README, 'Tasks')")
+                              f"(docs/models.md, 'Tasks')")
         else:  # a built-in task reads its fields (and d1's layouts) from the file
             task_args = {"path": args.data}
         data = dataclasses.replace(data, task=name, task_args=task_args)

@@ -53,7 +53,7 @@ class MetricsLogger:
 
 
 def rollout_metrics(trajectories, stop: tuple[int, ...]) -> dict[str, float]:
-    """Completion lengths and denoising statistics of a step's rollouts (the metric names the README lists)."""
+    """Completion lengths and denoising statistics of a step's rollouts (the metric names docs/training.md lists)."""
     lengths = [answer_length(torch.as_tensor(t.final_tokens), stop) for t in trajectories]
     steps = [t.num_steps for t in trajectories]
     commits = [int(t.commits.sum()) for t in trajectories]

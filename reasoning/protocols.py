@@ -117,7 +117,7 @@ class Benchmark:
     """One of d1's benchmarks: where its split is, how a row reads, the prompt and the scorer."""
 
     name: str
-    files: tuple[str, ...]  # accepted names in --data DIR (the first is the one the README names)
+    files: tuple[str, ...]  # accepted names in --data DIR (the first is the one docs/evaluation.md names)
     hub: tuple[str, str | None] | None  # (dataset, config) of its test split on the hub, if it is there
     system_prompt: str
     reward: str  # rewards/d1.py

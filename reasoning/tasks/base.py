@@ -83,7 +83,7 @@ class Task:
 
     def from_row(self, row: dict, where: str) -> dict:
         """One example from a row of a user's data file (`data.task_args.path`, `dlmrl eval --data`);
-        the fields each task reads are in the README. A ConfigError names `where` and the field."""
+        the fields each task reads are in docs/models.md. A ConfigError names `where` and the field."""
         raise ConfigError(f"config key 'data.task_args.path': task '{self.name}' does not read data files")
 
     def build(self, cfg: DataConfig) -> DatasetDict:
@@ -105,7 +105,7 @@ class Task:
         extra = sorted(set(cfg.task_args) - {"path"})
         if extra:
             raise ConfigError(f"config key 'data.task_args.{extra[0]}': task '{self.name}' takes only 'path' when it "
-                              f"reads a file (the fields it reads are in the README)")
+                              f"reads a file (the fields it reads are in docs/models.md)")
         examples = [self.from_row(row, f"data file '{path}' row {i + 1}") for i, row in enumerate(read_file(path))]
         n_test = min(cfg.test_size, len(examples))
         train = examples[n_test:] if n_test < len(examples) else examples
