@@ -36,7 +36,9 @@ from objectives import ROOT, TARGETS, curve, run_pair, sft_checkpoint
 
 OUT = os.path.join(ROOT, "runs", "bench", "leaderboard")
 OBJECTIVES = ("trajectory", "just_grpo", "mean_field", "coupled", "spg", "wd1", "gdpo", "espo", "bgpo")
-OWN_DECODING = {"just_grpo": ["rollout.block_length=1", "rollout.steps=null", "rollout.decode_past_stop=true"]}
+# just_grpo's rollouts decode one token per step, left to right; its evaluation decodes as every other row's
+OWN_DECODING = {"just_grpo": ["rollout.block_length=1", "rollout.steps=null", "rollout.decode_past_stop=true",
+                              "eval.decoding.block_length=null"]}
 
 
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
