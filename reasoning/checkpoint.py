@@ -133,8 +133,9 @@ def prune_checkpoints(run_dir: str, keep: int) -> None:
 
 
 def load_checkpoint(path: str, dtype: torch.dtype = torch.float32, family: str = "auto",
-                    trust_remote_code: bool = False):
-    """(model, tokenizer, state) from a checkpoint directory (full or LoRA)."""
+                    trust_remote_code: bool = False, attention_block: int | None = None):
+    """(model, tokenizer, state) from a checkpoint directory (full or LoRA); `attention_block` as
+    rollouts.families.load_pretrained takes it (the run's rollout.block_length)."""
     from rollouts.families import load_pretrained, load_tokenizer
 
     if not os.path.isdir(path):
@@ -147,10 +148,10 @@ def load_checkpoint(path: str, dtype: torch.dtype = torch.float32, family: str =
     if os.path.isdir(adapter):
         from peft import PeftModel
 
-        base = load_pretrained(state["base_model"], dtype, family, trust_remote_code)
+        base = load_pretrained(state["base_model"], dtype, family, trust_remote_code, attention_block)
         model = PeftModel.from_pretrained(base, adapter)
     else:
-        model = load_pretrained(path, dtype, family, trust_remote_code)
+        model = load_pretrained(path, dtype, family, trust_remote_code, attention_block)
     return model, tokenizer, state
 
 

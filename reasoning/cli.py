@@ -11,6 +11,7 @@ import sys
 
 from reasoning import interrupts
 from reasoning.eval_command import cmd_eval
+from reasoning.output import set_verbose
 from reasoning.schema import ConfigError
 from reasoning.targets import load_run_checkpoint, load_target, to_accelerator
 
@@ -20,34 +21,33 @@ def _quiet_environment() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights and data never come from a hub at run time
 
 
-def cmd_sft(args: argparse.Namespace) -> int:
+def run_recipe(args: argparse.Namespace, recipe) -> int:
+    """Load the config, run the recipe (SFT, RL, preference training), print its result as JSON."""
     from reasoning.config import load_config
-    from reasoning.sft import run_sft
 
     cfg = load_config(args.config, args.overrides)
-    result = run_sft(cfg)
-    print(json.dumps(result))
+    if cfg.logging.verbose:
+        set_verbose(True)
+    print(json.dumps(recipe(cfg)))
     return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from reasoning.sft import run_sft
+
+    return run_recipe(args, run_sft)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from reasoning.config import load_config
     from reasoning.rl import run_rl
 
-    cfg = load_config(args.config, args.overrides)
-    result = run_rl(cfg)
-    print(json.dumps(result))
-    return 0
+    return run_recipe(args, run_rl)
 
 
 def cmd_prefer(args: argparse.Namespace) -> int:
-    from reasoning.config import load_config
     from reasoning.prefer import run_prefer
 
-    cfg = load_config(args.config, args.overrides)
-    result = run_prefer(cfg)
-    print(json.dumps(result))
-    return 0
+    return run_recipe(args, run_prefer)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -171,7 +171,8 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlmrl", description="RL and reasoning fine-tuning for diffusion LMs",
-                                     epilog="--traceback (anywhere): show the full trace of an error")
+                                     epilog="--traceback (anywhere): show the full trace of an error; --verbose (anywhere): "
+                                            "the libraries' own progress bars, logs and warnings")
     verbs = parser.add_subparsers(dest="verb", required=True)
     sft = verbs.add_parser("sft", help="masked-diffusion supervised fine-tuning")
     sft.add_argument("config", help="YAML run config")
@@ -279,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
     argv = sys.argv[1:] if argv is None else list(argv)
     show_trace = "--traceback" in argv
-    argv = [a for a in argv if a != "--traceback"]
+    set_verbose("--verbose" in argv or any(a.lower() in ("logging.verbose=true", "logging.verbose=1") for a in argv))
+    argv = [a for a in argv if a not in ("--traceback", "--verbose")]
     if argv[:1] == ["lm-eval"]:  # lm-eval parses its own arguments (key=value ones too)
         verb, run = "lm-eval", lambda: lm_eval_command(argv[1:])
     else:

@@ -19,6 +19,7 @@ import yaml
 
 from reasoning.modeling import ModelConfig
 from reasoning.prefer_config import PreferConfig
+from reasoning.retired_keys import move_retired_keys
 from reasoning.schema import (ConfigError, apply_override, drop_unknown_keys, from_dict, load_yaml, parse_override,
                               shown, suggest, to_dict)
 from reasoning.tasks.base import DataConfig
@@ -165,7 +166,8 @@ class RayConfig:
 class LoggingConfig:
     tensorboard: bool = True
     wandb: bool = False
-    progress: bool = True
+    progress: bool = True  # one progress bar per phase in a terminal, plain lines in a log
+    verbose: bool = False  # the libraries' own progress bars, INFO logs and deprecation warnings (or --verbose)
 
 
 @dataclass
@@ -271,7 +273,7 @@ def load_config(path: str | None, overrides: list[str] = (), saved_by_run: bool 
             raise ConfigError(f"config file '{path}': expected a mapping of blocks at the top level")
     if isinstance(tree.get("rewards"), list):  # `rewards: [...]` is short for `rewards: {functions: [...]}`
         tree["rewards"] = {"functions": tree["rewards"]}
-    move_objective_keys(tree, saved_by_run)
+    move_retired_keys(tree, saved_by_run)
     if saved_by_run:
         for block in (tree.get("rollout"), (tree.get("eval") or {}).get("decoding")):
             if isinstance(block, dict) and block.get("top_k") == 0:
@@ -287,43 +289,12 @@ def load_config(path: str | None, overrides: list[str] = (), saved_by_run: bool 
             if isinstance(trainer, dict) and not isinstance(trainer.get("objective"), dict):
                 trainer["objective"] = {"name": trainer.get("objective", "trajectory")}
         apply_override(tree, keys, value)
-        move_objective_keys(tree, False)
+        move_retired_keys(tree, False)
         if isinstance(tree.get("rewards"), list):
             tree["rewards"] = {"functions": tree["rewards"]}
     cfg = from_dict(Config, tree)
     check_files(cfg)
     return cfg
-
-
-MOVED_TO_OBJECTIVE = ("clip_eps_low", "clip_eps_high", "kl_coef", "merge_steps", "prompt_mask_prob", "importance_cap")
-
-
-def move_objective_keys(tree: dict, saved_by_run: bool) -> None:
-    """The objective's own settings live in `trainer.objective: {name: ..., key: value}` (2026-12-07).
-    A run directory's config.yaml written before is moved there; a user's flat key is refused,
-    naming its new place."""
-    trainer = tree.get("trainer")
-    if not isinstance(trainer, dict):
-        return
-    for key in [k for k in MOVED_TO_OBJECTIVE if k in trainer]:
-        value = trainer.pop(key)
-        objective = trainer.get("objective", "trajectory")
-        name = objective.get("name", "trajectory") if isinstance(objective, dict) else objective
-        if not saved_by_run:
-            raise ConfigError(f"config key 'trainer.{key}' moved into the objective's settings: write "
-                              f"trainer.objective: {{name: {name}, {key}: {shown(value, 40)}}} (or the override "
-                              f"trainer.objective.{key}={shown(value, 40)})")
-        if value is not None and key in _settings_fields(name):  # another objective's key was written as null-ish
-            trainer["objective"] = {**(objective if isinstance(objective, dict) else {"name": name}), key: value}
-
-
-def _settings_fields(name: str) -> set[str]:
-    from reasoning.objectives import objective_class
-
-    try:
-        return {f.name for f in dataclasses.fields(objective_class(name).Settings)}
-    except ValueError:
-        return set()
 
 
 def deepspeed_config_path(preset: str, key: str) -> str:

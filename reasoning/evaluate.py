@@ -12,6 +12,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from reasoning.data import decode_completion, encode_prompt, stop_index
+from reasoning.output import is_terminal
 from rollouts import DecodingConfig, DiffusionPolicy, sample, sample_seed
 
 
@@ -69,7 +70,7 @@ def evaluate(policy: DiffusionPolicy, tokenizer, task, dataset: Dataset | list[d
                          f"the {MAX_ANSWERS:,} it keeps (one record each); lower --samples or eval.n")
     records, extras = [], {}
     passes, tokens, start = 0, 0, time.perf_counter()
-    bar = tqdm(total=total, desc=f"eval {task.name}", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc=f"eval {task.name}", disable=not (progress and is_terminal()), leave=False)
     for lo in range(0, total, batch_size):
         chunk = [divmod(j, samples) for j in range(lo, min(lo + batch_size, total))]  # (example, sample), lazily
         rows = [examples[i] for i, _ in chunk]
@@ -105,15 +106,16 @@ def evaluate(policy: DiffusionPolicy, tokenizer, task, dataset: Dataset | list[d
 
 
 def evaluate_and_log(policy: DiffusionPolicy, tokenizer, task, cfg, logger, step: int, n: int | None = None,
-                     dataset: Dataset | None = None) -> dict[str, float]:
+                     dataset: Dataset | None = None, announce: bool = True) -> dict[str, float]:
     """The held-out evaluation SFT and RL both run: the config's eval decoding, `n` (default
-    eval.n) problems, logged as eval/<task>/* at `step` and printed on one line."""
+    eval.n) problems, logged as eval/<task>/* at `step` and, if `announce`, printed on one line."""
     with torch.no_grad():
         result = evaluate(policy, tokenizer, task, dataset, cfg.eval_decoding(), n or cfg.eval.n,
                           cfg.eval.batch_size, seed=cfg.seed, progress=cfg.logging.progress,
                           chat_template=cfg.data.chat_template)
     metrics = result.summary(f"eval/{task.name}")
     logger.log(step, metrics)
-    tqdm.write(f"step {step}: eval {task.name} acc {result.accuracy:.3f} "
-               + " ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items() if not k.endswith("/acc")))
+    if announce:
+        tqdm.write(f"step {step}: eval {task.name} acc {result.accuracy:.3f} "
+                   + " ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items() if not k.endswith("/acc")))
     return metrics

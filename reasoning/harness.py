@@ -44,6 +44,7 @@ from reasoning.likelihood import is_greedy, mc_log_likelihood
 from reasoning.schema import ConfigError, suggest
 from reasoning.targets import load_target, to_accelerator
 from rollouts import DecodingConfig, make_policy, sample, sample_seed
+from rollouts.families import set_attention_block
 
 ALIASES = {"remasking": "commit"}  # LLaDA's / d1's name -> ours
 OWN_ARGS = ("mc_num", "mc_batch_size", "batch_size", "max_batch_size", "check_greedy", "seed", "threads", "device")
@@ -95,6 +96,8 @@ class DlmrlLM(TemplateLM):
         except (TypeError, ValueError) as exc:
             given = [k for k in decoding if k in options or k in ALIASES.values()]
             raise ConfigError(f"model_args {', '.join(repr(k) for k in given)}: {exc}") from None
+        if "block_length" in decoding:  # a block-diffusion model decodes with that attention block
+            set_attention_block(model, self.decoding.block_length)
         self.policy = make_policy(model.eval(), tokenizer, cfg.model.shift_logits)
         self.tokenizer = tokenizer
         self.pretrained = pretrained

@@ -77,7 +77,6 @@ class ModelConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     shift_logits: bool | None = None  # the logit at i predicts token i+1; None = the family's own (Dream: yes)
-    block_length: int | None = None  # block-diffusion families (sdar, llada2): attention block; null = 4 / 32
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
@@ -137,25 +136,23 @@ def build_tiny_block_model(cfg: TinyModelConfig, tokenizer, block_length: int | 
     return sdar.MODEL_CLASS(config)
 
 
-def load_model(cfg: ModelConfig):
-    """(model, tokenizer) for a model block: the tiny default or a local directory."""
+def load_model(cfg: ModelConfig, attention_block: int | None = None):
+    """(model, tokenizer) for a model block: the tiny default or a local directory.
+    `attention_block`: a block-diffusion model's attention block (rollout.block_length; None: the
+    model's own); ignored by a model that attends over the whole canvas."""
     dtype = getattr(torch, cfg.dtype)
     if cfg.path is None:
         tokenizer = build_char_tokenizer()
         if cfg.family == "sdar":  # the tiny sizes as a block-diffusion model
-            return build_tiny_block_model(cfg.tiny, tokenizer, cfg.block_length).to(dtype), tokenizer
+            return build_tiny_block_model(cfg.tiny, tokenizer, attention_block).to(dtype), tokenizer
         if cfg.family not in ("auto", "bidirectional"):
             raise ConfigError(f"config key 'model.path': family '{cfg.family}' needs a checkpoint directory "
                               f"(only the tiny default is built from a config: bidirectional, or sdar)")
-        if cfg.block_length is not None:
-            raise ConfigError("config key 'model.block_length': the tiny default attends over the whole canvas "
-                              "(block-diffusion models have attention blocks: model.family sdar, or an sdar / "
-                              "llada2 checkpoint)")
         return build_tiny_model(cfg.tiny, tokenizer).to(dtype), tokenizer
     if not os.path.isfile(os.path.join(cfg.path, "config.json")):
         raise ConfigError(f"config key 'model.path': '{cfg.path}' has no config.json (not a save_pretrained directory)")
     try:
-        model = load_pretrained(cfg.path, dtype, cfg.family, cfg.trust_remote_code, cfg.block_length)
+        model = load_pretrained(cfg.path, dtype, cfg.family, cfg.trust_remote_code, attention_block)
         tokenizer = load_tokenizer(cfg.path, cfg.trust_remote_code)
     except ModelLoadError as exc:
         raise ConfigError(str(exc)) from None

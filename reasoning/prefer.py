@@ -35,6 +35,7 @@ from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.engine import build_engine, engine_step, zero_stage
 from reasoning.metrics import MetricsLogger
 from reasoning.modeling import check_lora_targets, count_parameters, load_model
+from reasoning.output import PhaseProgress
 from reasoning.preference import PreferenceBatch, PreferenceStats, preference_loss
 from reasoning.preference_data import pairs_from_task, read_pairs, tokenize_pairs
 from reasoning.preflight import check_prompt_lengths
@@ -69,7 +70,7 @@ def run_prefer(cfg: Config) -> dict:
     pf = cfg.prefer
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("dlmrl prefer runs as one process (WORLD_SIZE 1); launch it without torchrun / deepspeed")
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_model(cfg.model, cfg.rollout.block_length)
     check_lora_targets(model, cfg.model.lora)
     if hasattr(model, "attention_block_length"):
         raise ConfigError("config key 'model': dlmrl prefer estimates ELBOs over the whole answer canvas; a "
@@ -156,9 +157,9 @@ def _prefer(cfg: Config, model, tokenizer, train: Dataset, test: Dataset, source
     start = time.perf_counter()
     eval_metrics = evaluate(step) if step == 0 else {}
     before = eval_metrics.get("eval/elbo/prefers_chosen")
-    bar = tqdm(range(step + 1, pf.steps + 1), desc=f"prefer {pf.estimator}", disable=not cfg.logging.progress)
+    bar = PhaseProgress(f"prefer {pf.estimator}", pf.steps, initial=step, enabled=cfg.logging.progress)
     engine.train()
-    for step in bar:
+    for step in range(step + 1, pf.steps + 1):
         # the step's pairs depend only on (seed, step): a resumed run trains on what the original would have
         picked = np.random.default_rng([cfg.seed, step]).choice(len(train), size=min(pf.batch_size, len(train)),
                                                                 replace=False)
@@ -171,7 +172,7 @@ def _prefer(cfg: Config, model, tokenizer, train: Dataset, test: Dataset, source
             grad_norm = engine_step(engine)
             step_loss += float(loss.detach()) * len(batch.prompt_ids) / len(picked)
             parts.append(stats)
-        bar.set_postfix(loss=f"{step_loss:.4f}")
+        bar.update(step, loss=step_loss)
         if step % pf.log_every == 0 or step == pf.steps:
             joined = PreferenceStats(*(torch.cat([getattr(s, f) for s in parts])
                                        for f in PreferenceStats.__dataclass_fields__))

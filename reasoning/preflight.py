@@ -139,10 +139,11 @@ def check_decoding(cfg: Config, tokenizer, model) -> None:
     from rollouts.decoding import block_decoding
 
     policy = make_policy(model, tokenizer, cfg.model.shift_logits)
-    try:
-        block_decoding(policy, cfg.rollout_decoding())
-    except ValueError as exc:
-        raise ConfigError(f"config block 'rollout': {str(exc).replace('decoding setting', 'key')}") from None
+    for block, decoding in (("rollout", cfg.rollout_decoding()), ("eval.decoding", cfg.eval_decoding())):
+        try:
+            block_decoding(policy, decoding)
+        except ValueError as exc:
+            raise ConfigError(f"config block '{block}': {str(exc).replace('decoding setting', 'key')}") from None
 
 
 def check_prompt_lengths(cfg: Config, tokenizer, model, splits) -> None:

@@ -44,7 +44,7 @@ def base_weights(cfg: Config, model: torch.nn.Module, tokenizer) -> tuple[torch.
     if not os.path.isdir(base_dir):  # a resumed run keeps the weights it started from
         model.save_pretrained(base_dir)
         tokenizer.save_pretrained(base_dir)
-    model, tokenizer = load_model(dataclasses.replace(cfg.model, path=base_dir))
+    model, tokenizer = load_model(dataclasses.replace(cfg.model, path=base_dir), cfg.rollout.block_length)
     return model, tokenizer, base_dir
 
 

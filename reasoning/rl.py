@@ -39,7 +39,6 @@ import os
 import time
 
 import torch
-from tqdm.auto import tqdm
 
 from reasoning import interrupts
 from reasoning.credit import assign_credit, branch_metrics
@@ -53,6 +52,7 @@ from reasoning.evaluate import evaluate_and_log
 from reasoning.groups import FirstRound, Group, GroupCollector, StepGroups, split_groups
 from reasoning.metrics import rollout_metrics
 from reasoning.modeling import check_lora_targets, count_parameters, load_model, peft_lora_config
+from reasoning.output import PhaseProgress
 from reasoning.objectives import StepBatch, build_objective
 from reasoning.preflight import check_decoding, check_prompt_lengths, check_rl_inputs
 from reasoning.rundir import claim_run_dir
@@ -75,7 +75,7 @@ def run_rl(cfg: Config) -> dict:
     begin(cfg)
     task, splits, reward_cfg = check_rl_inputs(cfg)
     warm = cfg.trainer.sft_warm_start and cfg.model.path is None
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_model(cfg.model, cfg.rollout.block_length)
     check_lora_targets(model, cfg.model.lora)
     check_decoding(cfg, tokenizer, model)
     if not warm:
@@ -90,7 +90,7 @@ def run_rl(cfg: Config) -> dict:
     with claim:
         if warm:
             cfg = sft_warm_start(cfg)
-            model, tokenizer = load_model(cfg.model)
+            model, tokenizer = load_model(cfg.model, cfg.rollout.block_length)
         run = setup(cfg, model, tokenizer, task, splits, reward_cfg)
         try:
             restore(run, resume_from)
@@ -132,7 +132,7 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
             PolicySpec(path=base_dir, lora=peft_lora_config(cfg.model.lora, family) if run.lora else None,
                        shift_logits=cfg.model.shift_logits, family=cfg.model.family,
                        trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype,
-                       block_length=cfg.model.block_length),
+                       attention_block=cfg.rollout.block_length),
             run.decoding, num_workers=cfg.ray.num_workers if cfg.ray.enabled else 1,
             use_ray=cfg.ray.enabled, address=cfg.ray.address, threads=cfg.ray.threads_per_worker,
             placement=cfg.ray.placement, connect_timeout_s=cfg.ray.connect_timeout_s, gpus=cfg.ray.gpus_per_worker)
@@ -223,21 +223,26 @@ def loop(run: RLRun) -> None:
     # the next timed eval is the next multiple of eval_every_s of training time (carried over a resume)
     next_eval_s = (tr.eval_every_s * (math.floor(progress.trained_s / tr.eval_every_s) + 1)
                    if tr.eval_every_s else 0.0)
-    bar = tqdm(range(progress.step + 1, tr.steps + 1), desc=f"rl {run.task.name}", disable=not cfg.logging.progress)
-    for step in bar:
+    by_time = bool(tr.max_seconds)  # a time budget: the bar runs over trained seconds
+    bar = PhaseProgress(f"rl {run.task.name}", tr.max_seconds if by_time else tr.steps, initial=progress.step,
+                        enabled=cfg.logging.progress, unit="s" if by_time else "step")
+    acc = f"eval/{run.task.name}/acc"
+    bar.update(progress.step, progress.trained_s if by_time else None, acc=progress.eval_metrics.get(acc))
+    for step in range(progress.step + 1, tr.steps + 1):
         step_start = time.perf_counter()
         metrics = rl_step(run, step)
         progress.step = step
         if step % tr.log_every == 0 or step == tr.steps:
             run.logger.log(step, metrics)
-        bar.set_postfix(reward=f"{metrics.get('reward', float('nan')):.3f}", kept=int(metrics["train/samples"]))
         # one clock for all ranks: they stop at the same step and the lr schedule reads the same budget
         progress.trained_s = max_over_ranks(progress.trained_s + time.perf_counter() - step_start, run.world)
+        bar.update(step, progress.trained_s if by_time else None, reward=metrics.get("reward"))
         if tr.max_seconds and progress.trained_s >= tr.max_seconds:
             break
         if (tr.eval_every and step % tr.eval_every == 0 and step != tr.steps) or (
                 tr.eval_every_s and progress.trained_s >= next_eval_s):
             progress.eval_metrics = run_eval(run)
+            bar.update(step, progress.trained_s if by_time else None, acc=progress.eval_metrics.get(acc))
             run.logger.log(step, {"timing_s/trained": progress.trained_s})
             while tr.eval_every_s and next_eval_s <= progress.trained_s:
                 next_eval_s += tr.eval_every_s

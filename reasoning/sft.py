@@ -31,6 +31,7 @@ from reasoning.engine import build_engine, engine_step, zero_stage
 from reasoning.evaluate import evaluate_and_log
 from reasoning.metrics import MetricsLogger
 from reasoning.modeling import check_lora_targets, count_parameters, load_model
+from reasoning.output import PhaseProgress
 from reasoning.preflight import check_prompt_lengths, require_training_rows
 from reasoning.recipe import base_weights, begin, make_trainable
 from reasoning.rundir import claim_run_dir
@@ -110,7 +111,7 @@ def run_sft(cfg: Config) -> dict:
     if sft.batch_size % micro:
         raise ConfigError(f"config key 'sft.micro_batch_size': {micro} must divide sft.batch_size={sft.batch_size}")
     require_training_rows(cfg)
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_model(cfg.model, cfg.rollout.block_length)
     check_lora_targets(model, cfg.model.lora)
     if sft.objective == "block_diffusion" and not hasattr(model, "attention_block_length"):
         raise ConfigError("config key 'sft.objective': block_diffusion trains a block-diffusion model (model.family "
@@ -149,8 +150,8 @@ def _sft(cfg: Config, model, tokenizer, task, splits, train, micro: int) -> dict
           f"({count_parameters(raw_model, trainable_only=True) / 1e6:.2f} M trainable), "
           f"{len(train)} training examples, run dir {run_dir}")
 
-    def run_eval(step: int, n: int | None = None) -> dict:
-        return evaluate_and_log(policy, tokenizer, task, cfg, logger, step, n, splits["test"])
+    def run_eval(step: int, n: int | None = None, announce: bool = True) -> dict:
+        return evaluate_and_log(policy, tokenizer, task, cfg, logger, step, n, splits["test"], announce)
 
     def checkpoint(step: int, metrics: dict) -> str:
         return save_checkpoint(run_dir, step, raw_model, tokenizer,
@@ -161,10 +162,10 @@ def _sft(cfg: Config, model, tokenizer, task, splits, train, micro: int) -> dict
     order = torch.randperm(len(train), generator=generator).tolist()
     cursor, start = 0, time.perf_counter()
     engine.train()
-    bar = tqdm(range(1, sft.steps + 1), desc=f"sft {task.name}", disable=not cfg.logging.progress)
+    bar = PhaseProgress(f"sft {task.name}", sft.steps, enabled=cfg.logging.progress)
     eval_metrics: dict = {}
     final_step = sft.steps
-    for step in bar:
+    for step in range(1, sft.steps + 1):
         step_loss, grad_norm = 0.0, None
         for _ in range(sft.batch_size // micro):
             if cursor + micro > len(order):  # new epoch, new order
@@ -178,13 +179,14 @@ def _sft(cfg: Config, model, tokenizer, task, splits, train, micro: int) -> dict
             engine.backward(loss)
             grad_norm = engine_step(engine)
             step_loss += loss.item() * micro / sft.batch_size
-        bar.set_postfix(loss=f"{step_loss:.4f}")
+        bar.update(step, loss=step_loss)
         if step % sft.log_every == 0 or step == sft.steps:
             logger.log(step, {"loss": step_loss, "lr": optimizer.param_groups[0]["lr"],
                               "grad_norm": grad_norm if grad_norm is not None else float("nan"),
                               "timing_s/elapsed": time.perf_counter() - start})
         if sft.target_accuracy and step % sft.target_every == 0 and step != sft.steps:
-            reached = run_eval(step, sft.target_n)[f"eval/{task.name}/acc"]
+            reached = run_eval(step, sft.target_n, announce=False)[f"eval/{task.name}/acc"]
+            bar.update(step, acc=reached)
             if reached >= sft.target_accuracy:
                 tqdm.write(f"step {step}: held-out accuracy {reached:.3f} >= sft.target_accuracy "
                            f"{sft.target_accuracy}: stopping here")
@@ -192,6 +194,7 @@ def _sft(cfg: Config, model, tokenizer, task, splits, train, micro: int) -> dict
                 break
         if sft.eval_every and step % sft.eval_every == 0 and step != sft.steps:
             eval_metrics = run_eval(step)
+            bar.update(step, acc=eval_metrics[f"eval/{task.name}/acc"])
         if sft.checkpoint_every and step % sft.checkpoint_every == 0 and step != sft.steps:
             checkpoint(step, eval_metrics)
     bar.close()

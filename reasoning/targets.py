@@ -26,7 +26,7 @@ def load_run_checkpoint(path: str, overrides: list[str]):
     cfg = load_config(run_config if os.path.isfile(run_config) else None, overrides, saved_by_run=True)
     try:
         model, tokenizer, _ = load_checkpoint(path, getattr(torch, cfg.model.dtype), cfg.model.family,
-                                              cfg.model.trust_remote_code)
+                                              cfg.model.trust_remote_code, cfg.rollout.block_length)
     except ModelLoadError as exc:
         raise ConfigError(str(exc)) from None
     return cfg, model, tokenizer, run_dir
@@ -49,11 +49,11 @@ def load_target(target: str, overrides: list[str]):
                               f"(config.json)")
         cfg = load_config(None, overrides)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=target))
-        model, tokenizer = load_model(cfg.model)
+        model, tokenizer = load_model(cfg.model, cfg.rollout.block_length)
         return cfg, model, tokenizer, os.path.join(cfg.output_dir, os.path.basename(os.path.normpath(target)))
     if os.path.isfile(target):
         cfg = load_config(target, overrides)
-        model, tokenizer = load_model(cfg.model)
+        model, tokenizer = load_model(cfg.model, cfg.rollout.block_length)
         return cfg, model, tokenizer, cfg.run_dir
     raise ConfigError(f"'{target}' does not exist (expected a checkpoint, a model directory or a config file)")
 

@@ -155,7 +155,7 @@ def block_decoding(policy: DiffusionPolicy, cfg: DecodingConfig) -> DecodingConf
         return dataclasses.replace(cfg, block_length=attention)
     if cfg.block != attention:
         raise ValueError(f"decoding setting 'block_length' ({cfg.block}) must equal the model's attention block "
-                         f"length ({attention}; model.block_length): a block-diffusion model decodes one attention "
+                         f"length ({attention}, fixed when the model loads): a block-diffusion model decodes one attention "
                          f"block at a time")
     return cfg
 

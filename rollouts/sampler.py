@@ -7,8 +7,9 @@ within the current semi-autoregressive block it then
      the current prediction fell below `remask_threshold` go back to [MASK]
      (at most `remask_budget` per answer, lowest first);
   2. chooses how many masked positions to commit: k = ceil(remaining / steps left in
-     the block) — LLaDA's even split — or, for `commit: threshold`, every position whose
-     confidence exceeds `threshold` (at least k);
+     the block) — LLaDA's even split; for a block-diffusion model (sdar, llada2) at least the
+     count upstream fixes at the block's start — or, for `commit: threshold`, every position
+     whose confidence exceeds `threshold` (at least k);
   3. chooses which: the k most confident (`low_confidence`), uniformly at random
      (`random`), or — with `selection_temperature` > 0 — a Plackett–Luce draw
      (Gumbel-top-k) over confidence / selection_temperature, whose log-prob is recorded;
@@ -142,7 +143,10 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
         budget = block_budget[block[rows].clamp(max=len(block_budget) - 1)]  # an offset answer has one block more
         steps_left = (budget - steps_in_block[rows]).clamp(min=1)
         remaining = candidates.sum(1) + remasked.sum(1)
-        count = torch.minimum(torch.ceil(remaining / steps_left).long(), candidates.sum(1))
+        count = torch.ceil(remaining / steps_left).long()
+        if policy.attention_block:  # sdar, llada2: upstream's num_transfer_tokens, fixed when the block starts
+            count = torch.maximum(count, _block_schedule(width, budget, steps_in_block[rows]))
+        count = torch.minimum(count, candidates.sum(1))
 
         # 3. which tokens: a draw at every position of the block (only the chosen ones are committed)
         if cfg.temperature > 0:
@@ -184,6 +188,15 @@ def sample(policy: DiffusionPolicy, prompts: list[list[int]], cfg: DecodingConfi
     final = answer.masked_fill(answer == ids.mask, ids.eos).cpu().numpy()  # undecoded blocks after [EOS]
     return [log[r].trajectory(prompts[r], cfg, ids.mask, final[r], is_pinned[r].cpu(), seeds[r], int(fed[r]),
                               int(offset[r])) for r in range(n)]
+
+
+def _block_schedule(width: int, budget: torch.Tensor, steps_in_block: torch.Tensor) -> torch.Tensor:
+    """The least commits of each row's step in its block, as SDAR's and LLaDA2's samplers fix them at
+    the block's start: `width // budget` per step, one more on the first `width % budget` steps, 0
+    past the budget. Threshold commits above it never lower a later step's count (upstream does not
+    recompute it), unlike the even split of what remains."""
+    base, extra = width // budget, width % budget
+    return torch.where(steps_in_block < budget, base + (steps_in_block < extra).long(), 0)
 
 
 def _resume(r: int, parent: Trajectory, step: int, answer: torch.Tensor, is_pinned: torch.Tensor, block: torch.Tensor,

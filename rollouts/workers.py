@@ -43,12 +43,12 @@ class PolicySpec:
     family: str = "auto"  # see rollouts.families
     trust_remote_code: bool = False
     dtype: str = "float32"
-    block_length: int | None = None  # block-diffusion families: attention block length (None = the family's)
+    attention_block: int | None = None  # block-diffusion families: attention block length (None = the model's)
     device: str = "auto"  # auto: a GPU this process sees (a Ray actor: those it was given), else the CPU
 
     def build(self) -> DiffusionPolicy:
         model = load_pretrained(self.path, getattr(torch, self.dtype), self.family, self.trust_remote_code,
-                                self.block_length)
+                                self.attention_block)
         model = model.to(self.resolved_device())
         if self.lora is not None:
             from peft import get_peft_model

@@ -26,8 +26,9 @@ def tiny_tokenizer():
 
 @pytest.fixture
 def tiny_model(tiny_tokenizer):
+    from helpers import TINY_SIZES
     from reasoning.modeling import TinyModelConfig, build_tiny_model
 
     torch.manual_seed(0)
-    cfg = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=64)
+    cfg = TinyModelConfig(**TINY_SIZES)
     return build_tiny_model(cfg, tiny_tokenizer).eval()

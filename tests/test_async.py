@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from test_rl import ROOT, TINY, adapter, config, torchrun_train, train_steps
+from helpers import ROOT, TINY, adapter, config, torchrun_train, train_steps
 
 from reasoning.objectives import RolloutBatch, build_objective
 from reasoning.rl import run_rl

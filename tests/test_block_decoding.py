@@ -5,8 +5,10 @@ The upstream rule is written here from the fixtures' README ("samplers") — SDA
 huggingface_bd3 and LLaDA2's generate — with the upstream attention masks, not with the project's
 sampler: the prompt plus [MASK] up to whole blocks counted from position 0, blocks in order, per step
 the argmax token at every masked slot with confidence = its probability under the plain softmax,
-commit every slot above `threshold` if there are at least block // steps of them, else the top
-block // steps; stop after a block holding a stop id. One deviation, needed by random weights only:
+commit every slot above `threshold` if there are at least num_transfer_tokens[step] of them, else the
+top num_transfer_tokens[step] — block // steps per step, one more on the first block % steps, fixed
+before the block's first step and never recomputed (a top-k pick of an already committed slot
+rewrites its own token); stop after a block holding a stop id. One deviation, needed by random weights only:
 [MASK] is excluded from the softmax (a trained model puts no mass on it; these tiny ones do, and
 upstream would then "commit" [MASK])."""
 
@@ -25,7 +27,7 @@ HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "blo
 def fixture_policy(kind: str, block_length: int):
     path = os.path.join(HERE, kind, "ckpt")
     model = load_pretrained(path).eval()
-    model.config.block_length = block_length  # what model.block_length sets
+    model.config.block_length = block_length  # what rollout.block_length sets when the model loads
     return make_policy(model, load_tokenizer(path))
 
 
@@ -56,6 +58,7 @@ def upstream_greedy(kind, model, prompt, mask_id, gen_length, block, steps, thre
             logits[:, mask_id] = -torch.inf  # [MASK] is never an answer (these random weights would pick it)
             conf, token = logits.softmax(-1).max(-1)
             conf = torch.where(masked, conf, -torch.inf)
+            token = torch.where(masked, token, x[lo:hi])  # x0 = where(mask, x0, x)
             high = conf > threshold
             commit = high if high.sum() >= transfer[step] else torch.zeros_like(high).index_fill(
                 0, conf.topk(transfer[step]).indices, True)
@@ -71,19 +74,23 @@ CASES = {  # kind: (block length, prompts of several lengths: whole blocks and p
 }
 
 
-@pytest.mark.parametrize("threshold", [1.0, 0.05])
+@pytest.mark.parametrize("threshold", [1.0, 0.05, 0.02])
+@pytest.mark.parametrize("steps_per_block", ["block", "half"])
 @pytest.mark.parametrize("kind", CASES)
-def test_greedy_decoding_gives_the_upstream_samplers_answers(kind, threshold):
+def test_greedy_decoding_gives_the_upstream_samplers_answers(kind, steps_per_block, threshold):
+    """Also with fewer steps than the block is long, where threshold commits in an early step leave
+    fewer [MASK] than the fixed schedule expects (an even split of what remains would commit fewer)."""
     block, prompts = CASES[kind]
     policy = fixture_policy(kind, block)
     gen_length = 4 * block
+    per_block = block if steps_per_block == "block" else block // 2
     stop_ids = list(policy.ids.stop) if kind == "sdar" else [policy.ids.eos]  # SDAR: generation_config's list
     for cache in ("none", "block"):
-        cfg = DecodingConfig(gen_length=gen_length, steps=gen_length, temperature=0.0, commit="threshold",
+        cfg = DecodingConfig(gen_length=gen_length, steps=4 * per_block, temperature=0.0, commit="threshold",
                              threshold=threshold, confidence="max_prob", cache=cache)
         ours = sample(policy, prompts, cfg, seeds=[0] * len(prompts))  # block_length null: the model's own
         for prompt, trajectory in zip(prompts, ours):
-            theirs = upstream_greedy(kind, policy.model, prompt, policy.ids.mask, gen_length, block, block,
+            theirs = upstream_greedy(kind, policy.model, prompt, policy.ids.mask, gen_length, block, per_block,
                                      threshold, stop_ids)
             offset = len(prompt) % block
             assert trajectory.block_offset == offset and trajectory.block_length == block

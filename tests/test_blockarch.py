@@ -4,6 +4,7 @@ with the family's block-causal attention, they reproduce the upstream forward (r
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,8 +122,8 @@ RL = """
 name: {name}
 output_dir: {out}
 data: {{task: addition, train_size: 8, test_size: 2}}
-model: {{path: {model}, block_length: {block}, lora: {{enabled: true, r: 4}}}}
-rollout: {{gen_length: 8, temperature: 1.0, group_size: 2, cache: block}}
+model: {{path: {model}, lora: {{enabled: true, r: 4}}}}
+rollout: {{block_length: {block}, gen_length: 8, temperature: 1.0, group_size: 2, cache: block}}
 rewards: [{{fn: '{reward}'}}]
 trainer: {{steps: 2, prompts_per_step: 2, lr: 0.05, micro_batch_size: 4, checkpoint_every: 0,
           objective: {{name: {objective}, kl_coef: 0.0}}, inner_steps: 1}}
@@ -137,12 +138,12 @@ def test_sample_eval_and_rl_with_every_objective_by_path(kind, tmp_path, capsys)
     from reasoning.cli import main
 
     path, _ = fixture(kind)
-    block = 4
-    assert main(["sample", path, "--prompt", "1 + 2 =", "model.block_length=4", "rollout.gen_length=8",
+    block = {"sdar": 4, "llada2": 8}[kind]  # LLaDA2's own is 32: rollout.block_length sets the attention block
+    assert main(["sample", path, "--prompt", "1 + 2 =", f"rollout.block_length={block}", "rollout.gen_length=8",
                  "rollout.cache=block", "--output", str(tmp_path / "sample")]) == 0
     sampled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert sampled["steps"] >= 1
-    assert main(["eval", path, "--task", "addition", "--n", "2", "rollout.gen_length=8", "model.block_length=4",
+    assert main(["eval", path, "--task", "addition", "--n", "2", "rollout.gen_length=8", f"rollout.block_length={block}",
                  "--output", str(tmp_path / "eval")]) == 0
     reward = os.path.join(os.path.dirname(os.path.dirname(HERE)), "reward_fns.py") + ":digit_fraction"
     for objective in OBJECTIVES:
@@ -166,21 +167,22 @@ def test_sample_eval_and_rl_with_every_objective_by_path(kind, tmp_path, capsys)
     checkpoint = sorted((run / "checkpoints").iterdir())[-1]
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.no_grad():
-        exported = load_pretrained(str(out), block_length=4).eval()(input_ids=ids).logits
-        adapted = PeftModel.from_pretrained(load_pretrained(path, block_length=4), str(checkpoint / "adapter")).eval()
-        base = load_pretrained(path, block_length=4).eval()(input_ids=ids).logits
+        exported = load_pretrained(str(out), attention_block=block).eval()(input_ids=ids).logits
+        adapted = PeftModel.from_pretrained(load_pretrained(path, attention_block=block), str(checkpoint / "adapter")).eval()
+        base = load_pretrained(path, attention_block=block).eval()(input_ids=ids).logits
         # merged W + BA against W x + B(A x): float32 rounding only (logits of magnitude ~6)
         assert (exported - adapted(input_ids=ids).logits).abs().max() < 1e-4
     assert (exported - base).abs().max() > 1e-4  # RL changed the model
 
 
-def test_block_length_on_a_model_without_blocks_is_named(tmp_path, capsys):
+def test_the_retired_model_block_length_names_its_new_key(tmp_path, capsys):
     from reasoning.cli import main
 
-    llada = os.path.join(os.path.dirname(HERE), "realarch", "llada", "ckpt")
-    assert main(["sample", llada, "--prompt", "x", "model.block_length=4", "--output", str(tmp_path)]) == 2
-    assert "config key 'model.block_length': only block-diffusion families" in capsys.readouterr().err
-    assert not os.listdir(tmp_path)
+    llada2, _ = fixture("llada2")
+    assert main(["sample", llada2, "--prompt", "x", "model.block_length=8", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config key 'model.block_length' is retired" in err[0]
+    assert "rollout.block_length: 8" in err[0] and not os.listdir(tmp_path)
 
 
 def test_lora_on_the_moe_experts_trains_syncs_and_exports(tmp_path):
@@ -209,8 +211,8 @@ def test_lora_on_the_moe_experts_trains_syncs_and_exports(tmp_path):
     assert exported[name].shape == base[name].shape and (exported[name] - base[name]).abs().max() > 0
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.no_grad():
-        adapted = PeftModel.from_pretrained(load_pretrained(path, block_length=4), str(checkpoint / "adapter")).eval()
-        merged = load_pretrained(str(tmp_path / "out"), block_length=4).eval()
+        adapted = PeftModel.from_pretrained(load_pretrained(path, attention_block=4), str(checkpoint / "adapter")).eval()
+        merged = load_pretrained(str(tmp_path / "out"), attention_block=4).eval()
         assert (merged(input_ids=ids).logits - adapted(input_ids=ids).logits).abs().max() < 1e-4
     bad = tmp_path / "bad.yaml"
     bad.write_text(config.read_text().replace("mlp.experts.down_proj", "mlp.experts.nothing").replace("name: moe",
@@ -228,12 +230,32 @@ def test_bf16_sharded_copy_loads(kind, tmp_path):
     path, ref = fixture(kind)
     write_bf16_sharded(path, tmp_path / "snap")
     block = ref["block_length"]
-    model = load_pretrained(str(tmp_path / "snap"), dtype=torch.bfloat16, block_length=block).eval()
+    model = load_pretrained(str(tmp_path / "snap"), dtype=torch.bfloat16, attention_block=block).eval()
     kinds = {p.dtype for n, p in model.named_parameters() if ".mlp.gate." not in n}
     assert kinds == {torch.bfloat16}
     with torch.no_grad():
         logits = model(input_ids=ref["input_ids"]).logits.float()
-        single = load_pretrained(path, dtype=torch.bfloat16, block_length=block).eval()(input_ids=ref["input_ids"])
+        single = load_pretrained(path, dtype=torch.bfloat16, attention_block=block).eval()(input_ids=ref["input_ids"])
     assert torch.equal(logits, single.logits.float())
     diff, scale = (logits - ref["logits"]).abs().max(), ref["logits"].abs().max()
     assert diff <= 0.05 * scale, (float(diff), float(scale))
+
+
+def test_rollout_block_length_sets_the_attention_block_and_replay_is_exact():
+    """`rollout.block_length: 8` on LLaDA2 (its own block is 32): the model loads with that attention
+    block, decodes block by block, and replay reproduces every recorded log-prob."""
+    from reasoning.modeling import ModelConfig, load_model
+    from rollouts import DecodingConfig, make_policy, replay, sample
+
+    path, _ = fixture("llada2")
+    assert load_model(ModelConfig(path=path))[0].attention_block_length() == 32
+    model, tokenizer = load_model(ModelConfig(path=path), attention_block=8)
+    policy = make_policy(model.eval(), tokenizer)
+    assert policy.attention_block == 8
+    cfg = DecodingConfig(gen_length=16, block_length=8, temperature=1.0, cache="block")
+    trajectories = sample(policy, [[5, 6, 7], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18]], cfg, seeds=[1, 2])
+    assert {t.block_length for t in trajectories} == {8} and [t.block_offset for t in trajectories] == [3, 2]
+    with torch.no_grad():
+        replayed = replay(policy, trajectories, cfg)
+    for trajectory, tokens in zip(trajectories, replayed.token_logp):
+        assert np.abs(tokens.numpy() - trajectory.event_logp[trajectory.commits]).max() < 1e-4

@@ -304,7 +304,7 @@ def test_branching_with_hints_on_ray_workers_asynchronously(tmp_path):
     """Trees grown by the Ray workers that sampled their roots, in the asynchronous producer, with
     hints on: every tree has one policy version, and the step-level metrics are logged."""
     pytest.importorskip("ray")
-    from test_rl import config, train_steps
+    from helpers import config, train_steps
 
     from reasoning.rl import run_rl
     from rollouts import load_jsonl

@@ -11,7 +11,7 @@ from reasoning.credit import StepCredit, tree_credit
 from reasoning.config import load_config
 from reasoning.rl import run_rl
 
-from test_rl import TINY, train_steps
+from helpers import TINY, train_steps
 
 LEARNABLE = [*TINY, "rewards=[{fn: 'reward_fns:digit_fraction'}]", "trainer.steps=10", "trainer.lr=0.05",
              "trainer.prompts_per_step=4", "rollout.group_size=8", "trainer.micro_batch_size=32", "eval.n=4"]

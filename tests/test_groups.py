@@ -23,7 +23,7 @@ from rewards import RewardRunner
 from rollouts import DecodingConfig, make_policy
 from rollouts.workers import SampleJob, make_jobs, sample_jobs
 
-from test_rl import TINY, adapter, cli, metrics, train_steps
+from helpers import TINY, adapter, cli, metrics, train_steps
 
 OBJECTIVES = ["trajectory", "mean_field", "coupled", "spg", "wd1"]
 

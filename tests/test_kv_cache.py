@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from test_realarch import ckpt
-from test_rl import config, train_steps
+from helpers import config, train_steps
 
 from reasoning.rl import run_rl
 from reasoning.schema import ConfigError

@@ -16,11 +16,12 @@ from reasoning.evaluate import EvalResult
 from reasoning.protocols import BENCHMARKS, d1_decoding, d1_prompt, table_row
 from rollouts import load_tokenizer
 
+from helpers import tiny_sizes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D1 = os.path.join(ROOT, "tests", "fixtures", "d1")
 LLADA = os.path.join(ROOT, "tests", "fixtures", "realarch", "llada", "ckpt")
-TINY = ["model.tiny.hidden_size=32", "model.tiny.num_layers=1", "model.tiny.num_heads=2",
-        "model.tiny.intermediate_size=64", "model.tiny.max_positions=1024", "eval.batch_size=4"]
+TINY = [tiny_sizes(num_layers=1, max_positions=1024), "eval.batch_size=4"]
 
 
 def published_answers() -> list[dict]:

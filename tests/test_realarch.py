@@ -358,3 +358,26 @@ def test_trl_reward_functions_by_name_run_unchanged():
         assert scored.per_function[spec.label] == pytest.approx(direct), name
     assert scored.per_function["think_format_reward"] == [1.0, 0.0, 0.0]
     assert len(set(map(tuple, scored.per_function.values()))) > 2  # five functions, not one score copied
+
+
+def test_a_full_fine_tune_with_family_llada_exports_in_the_snapshot_format(tmp_path):
+    """SFT with `model.family: llada` (not auto) saves the native model; its checkpoint loads back as
+    that family and exports with the snapshot's own names, files, dtypes and config.json."""
+    from reasoning.checkpoint import load_checkpoint
+    from reasoning.config import load_config
+    from reasoning.sft import run_sft
+
+    cfg = load_config(None, [f"model.path={ckpt('llada')}", "model.family=llada", "data.task=addition",
+                             "data.train_size=16", "data.test_size=2", "rollout.gen_length=8", "sft.steps=2",
+                             "sft.batch_size=4", "sft.lr=1e-2", "sft.eval_every=0", "eval.n=2",
+                             "logging.progress=false", f"output_dir={tmp_path}", "name=sft"])
+    result = run_sft(cfg)
+    out = tmp_path / "exported"
+    assert main(["export", cfg.run_dir, str(out)]) == 0
+    assert tensor_names(out) == tensor_names(ckpt("llada"))
+    assert json.load(open(out / "config.json")) == json.load(open(os.path.join(ckpt("llada"), "config.json")))
+    ids = reference("llada")["input_ids"]
+    trained = logits_of(load_checkpoint(result["checkpoint"], family="llada")[0], ids)
+    exported = logits_of(load_pretrained(str(out)), ids)
+    assert (exported - trained).abs().max() < 1e-5
+    assert (exported - logits_of(load_pretrained(ckpt("llada")), ids)).abs().max() > 1e-4  # SFT changed it

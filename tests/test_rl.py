@@ -10,41 +10,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from reasoning.config import load_config
 from reasoning.rl import run_rl
 from reasoning.schema import ConfigError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "model.tiny={hidden_size: 32, num_layers: 2, num_heads: 2, intermediate_size: 64, max_positions: 64}",
-    "model.lora.enabled=true", "model.lora.r=4",
-    "data.task=sudoku4", "data.train_size=64", "data.test_size=8", "eval.n=8",
-    "rollout.gen_length=20", "rollout.steps=10", "rollout.temperature=1.0", "rollout.group_size=4",
-    "rewards=[{fn: 'reward_fns:digit_fraction'}]",
-    "trainer.prompts_per_step=2", "trainer.micro_batch_size=4", "trainer.lr=0.01", "trainer.steps=2",
-    "trainer.checkpoint_every=0", "logging.progress=false", "logging.tensorboard=false",
-]
-
-
-def config(tmp_path, *overrides):
-    return load_config(None, [f"output_dir={tmp_path}", "name=rl", *TINY, *overrides])
-
-
-def metrics(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
-        return [json.loads(line) for line in fh]
-
-
-def train_steps(run_dir):
-    return [m for m in metrics(run_dir) if "reward" in m]
-
-
-def adapter(run_dir, step):
-    path = os.path.join(run_dir, "checkpoints", f"step_{step:06d}", "adapter", "adapter_model.safetensors")
-    return load_file(path)
-
+from helpers import ROOT, adapter, cli, config, metrics, torchrun_train, train_steps
 
 @pytest.mark.parametrize("objective", ["trajectory", "mean_field", "coupled", "spg", "wd1"])
 def test_two_rl_steps_update_the_adapter_with_ratio_one_at_first(tmp_path, objective):
@@ -169,18 +139,6 @@ def test_bad_trainer_settings_are_named(tmp_path):
         run_rl(config(tmp_path, "model.lora.target_modules=[attn_q]"))
 
 
-def cli(tmp_path, name, *overrides):
-    """`dlmrl train` in a subprocess of its own (so it can be SIGKILLed)."""
-    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # set by in-process tests
-    env = {k: v for k, v in os.environ.items() if k not in launcher}
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
-    config_file = tmp_path / "rl.yaml"
-    config_file.write_text("seed: 3\n")
-    args = [sys.executable, "-m", "reasoning.cli", "train", str(config_file), *TINY, f"output_dir={tmp_path}",
-            f"name={name}", "trainer.steps=6", "trainer.checkpoint_every=2", *overrides]
-    return subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 BRANCHED = ["rollout.branching.enabled=true", "rollout.branching.at=[0.3, 0.6]", "rollout.hints.enabled=true",
             "rollout.hints.fail_reward=0.2", "trainer.save_rollouts_every=1"]
 
@@ -225,26 +183,6 @@ def test_kill_and_resume_repeats_an_uninterrupted_run(tmp_path, extra=BRANCHED):
                 assert (x.seed, x.branch_step, x.sample_index) == (y.seed, y.branch_step, y.sample_index)
                 np.testing.assert_array_equal(x.event_token, y.event_token)
                 np.testing.assert_allclose(x.event_logp, y.event_logp, atol=1e-6)
-
-
-def torchrun_train(tmp_path, name: str, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`torchrun --nproc_per_node 2 -m reasoning.cli train` on a tiny base model saved under tmp_path."""
-    from reasoning.modeling import TinyModelConfig, build_char_tokenizer, build_tiny_model
-
-    base = tmp_path / "base"
-    tokenizer = build_char_tokenizer()
-    build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                                     max_positions=64), tokenizer).save_pretrained(base)
-    tokenizer.save_pretrained(base)
-    (tmp_path / "rl.yaml").write_text(f"name: {name}\n")
-    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    env = {k: v for k, v in os.environ.items() if k not in launcher}
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    return subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "-m", "reasoning.cli", "train", str(tmp_path / "rl.yaml"), *TINY,
-         f"output_dir={tmp_path}", f"model.path={base}", *overrides],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def test_two_trainer_processes_with_zero2(tmp_path):

@@ -17,8 +17,9 @@ from reasoning.sft import llada_loss, run_sft
 from reasoning.tasks import get_task
 from rollouts import DiffusionPolicy, TokenIds
 
-TINY = ["model.tiny.hidden_size=32", "model.tiny.num_layers=2", "model.tiny.num_heads=2",
-        "model.tiny.intermediate_size=64", "data.task=sudoku4", "data.train_size=512", "data.test_size=16",
+from helpers import tiny_sizes
+
+TINY = [tiny_sizes(max_positions=256), "data.task=sudoku4", "data.train_size=512", "data.test_size=16",
         "rollout.gen_length=20", "rollout.steps=10", "sft.batch_size=32", "sft.lr=3e-3", "sft.eval_every=0",
         "sft.log_every=1", "eval.n=16", "logging.progress=false"]
 
@@ -115,7 +116,7 @@ def test_sft_runs_under_zero_presets(tmp_path, preset):
 
 # --- block-diffusion SFT (sft.objective: block_diffusion) on a tiny SDAR-layout model ---------------------
 
-BLOCK = [*TINY, "model.family=sdar", "model.block_length=4", "sft.objective=block_diffusion",
+BLOCK = [*TINY, "model.family=sdar", "rollout.block_length=4", "sft.objective=block_diffusion",
          "rollout.cache=block"]
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from reasoning.schema import ConfigError
 from reasoning.tasks.base import ANSWER_FORMAT, Task, draw_distinct, row_field
+from reasoning.tasks.registry import register_task
 
 
+@register_task
 class Addition(Task):
     name = "addition"
     reward = "addition"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from reasoning.tasks.addition import Addition
 from reasoning.tasks.base import ANSWER_FORMAT
+from reasoning.tasks.registry import register_task
 
 INSTRUCTION = "Add a and b in rows: u = digit sums mod 10, g = carries made, c = carries in, s = sum.\n"
 
@@ -38,6 +39,7 @@ def written_rows(a: str, b: str) -> dict[str, str]:
     return {name: "".join(map(str, row)) for name, row in (("u", u), ("g", g), ("c", c), ("s", s))}
 
 
+@register_task
 class AdditionTrace(Addition):
     name = "addition_trace"
     default_digits = 12

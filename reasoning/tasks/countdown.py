@@ -9,6 +9,7 @@ import operator
 
 from reasoning.schema import ConfigError
 from reasoning.tasks.base import ANSWER_FORMAT, Task, draw_distinct, row_field
+from reasoning.tasks.registry import register_task
 
 # symbol, function, precedence (integer arithmetic: division is only taken when exact)
 _OPS = [("+", operator.add, 1), ("-", operator.sub, 1), ("*", operator.mul, 2), ("/", operator.floordiv, 2)]
@@ -46,6 +47,7 @@ def canonical_solutions(numbers: list[int], max_target: int) -> dict[int, str]:
     return found
 
 
+@register_task
 class Countdown(Task):
     name = "countdown"
     reward = "countdown"

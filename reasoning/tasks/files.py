@@ -17,6 +17,7 @@ from datasets import Dataset, DatasetDict, load_dataset
 import rewards
 from reasoning.schema import ConfigError, shown
 from reasoning.tasks.base import ANSWER_FORMAT, DataConfig, Task
+from reasoning.tasks.registry import register_task
 
 INSTRUCTION = "\nGive the final answer inside <answer></answer>."
 
@@ -166,17 +167,20 @@ class FileTask(Task):
         return ANSWER_FORMAT.format(answer.rsplit("####", 1)[-1].strip() if "####" in answer else answer)
 
 
+@register_task
 class GSM8K(FileTask):
     name = "gsm8k"
     reward = "gsm8k"
 
 
+@register_task
 class Math500(FileTask):
     name = "math500"
     reward = "math"
     default_prompt_field = "problem"
 
 
+@register_task
 class TRLDataset(Task):
     """A TRL GRPO dataset used unchanged: a `prompt` column (text, or a conversation as a list of
     {role, content} messages) and any other columns, which every reward receives as keyword

@@ -13,6 +13,7 @@ from functools import lru_cache
 from rewards.verifiers import SUDOKU_UNITS
 from reasoning.schema import ConfigError
 from reasoning.tasks.base import ANSWER_FORMAT, Task, draw_distinct, row_field
+from reasoning.tasks.registry import register_task
 
 
 @lru_cache(maxsize=1)
@@ -41,6 +42,7 @@ def split_grids(seed: int, test_fraction: float) -> dict[str, list[str]]:
     return {"test": grids[:n_test], "train": grids[n_test:]}
 
 
+@register_task
 class Sudoku4(Task):
     name = "sudoku4"
     reward = "sudoku4"

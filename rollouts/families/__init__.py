@@ -83,9 +83,10 @@ def detect(config: dict, path: str = "") -> str:
 
 
 def load_pretrained(path: str, dtype: torch.dtype = torch.float32, family: str = "auto",
-                    trust_remote_code: bool = False, block_length: int | None = None) -> torch.nn.Module:
+                    trust_remote_code: bool = False, attention_block: int | None = None) -> torch.nn.Module:
     """A model directory loaded as a DLM of `family` (default: detected from config.json).
-    `block_length`: a block-diffusion model's attention block length (None: the family's own)."""
+    `attention_block`: a block-diffusion model's attention block length (None: the family's own);
+    a model that attends over the whole canvas has none and ignores it."""
     if family != "auto" and family not in FAMILIES:
         raise ModelLoadError(f"config key 'model.family': unknown family '{family}' "
                              f"(expected auto, {', '.join(FAMILIES)})")
@@ -98,7 +99,10 @@ def load_pretrained(path: str, dtype: torch.dtype = torch.float32, family: str =
                              f"(auto_map); use family {native or 'remote'}" +
                              ("" if native else " with trust_remote_code: true"))
     module = FAMILIES[family]
-    if family in NATIVE:  # a stock transformers model + the snapshot's weights under mapped names
+    saved_native = family in NATIVE and config.get("dlm_family") == family and not module.matches(config)
+    if saved_native:  # dlmrl's own save_pretrained of the native model (a full fine-tune's checkpoint)
+        module = FAMILIES["bidirectional"]
+    if family in NATIVE and not saved_native:  # a stock transformers model + the snapshot's weights, renamed
         native_config = module.native_config(config, os.path.join(path, "config.json"))
         if hasattr(module, "load_snapshot"):  # tensors that are converted, not just renamed (fused q|k|v, experts)
             model = module.load_snapshot(path, native_config, dtype)
@@ -125,14 +129,18 @@ def load_pretrained(path: str, dtype: torch.dtype = torch.float32, family: str =
         model.config.dlm_family = family
     if getattr(model.config, "mask_token_id", None) is None and config.get("mask_token_id") is not None:
         model.config.mask_token_id = config["mask_token_id"]
-    if block_length is not None:
-        if not hasattr(model, "attention_block_length"):
-            raise ModelLoadError(f"config key 'model.block_length': only block-diffusion families (sdar, llada2) have "
-                                 f"attention blocks; '{path}' is a {family} model (leave it null)")
-        if block_length < 1:
-            raise ModelLoadError(f"config key 'model.block_length': expected a positive length, got {block_length}")
-        model.config.block_length = block_length
+    set_attention_block(model, attention_block)
     return model
+
+
+def set_attention_block(model: torch.nn.Module, length: int | None) -> None:
+    """Give a block-diffusion model the attention block `length` (None: keep its own); the upstream
+    samplers of SDAR and LLaDA2 take the block length as a decoding argument the same way."""
+    if length is None or not hasattr(model, "attention_block_length"):
+        return
+    if length < 1:
+        raise ModelLoadError(f"an attention block needs at least 1 position, got {length}")
+    model.config.block_length = length
 
 
 def misfit(path: str, family: str, stored: dict) -> str | None:

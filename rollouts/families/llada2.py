@@ -17,7 +17,7 @@ differ and two of its tensors are fused differently, so loading converts the sta
     mlp.experts.E.{gate,up}_proj / down_proj -> mlp.experts.gate_up_proj[E] / down_proj[E]
 
 Attention is block-causal (rollouts/families/block.py), block length 32 by default
-(`block_length` in config.json or `model.block_length` overrides it). config.json holds only the
+(`block_length` in config.json or `rollout.block_length` overrides it). config.json holds only the
 pad id; eos (`<|endoftext|>`) and mask (`<|mask|>`) ids come from the tokenizer. The snapshot's
 modeling code is never imported.
 """

@@ -9,7 +9,7 @@ transformers' own `Qwen3ForCausalLM` from the snapshot's config values and give 
 (rollouts/families/block.py: without one, from a padding mask, or SDAR's own (B, L, L) {0, 1}).
 
 config.json has no block length (every SDAR / TraDo release uses 4) and no mask id (the tokenizer's
-`<|MASK|>`): `model.block_length` (config attribute `block_length`) overrides the 4.
+`<|MASK|>`): `rollout.block_length` (config attribute `block_length`) overrides the 4.
 The snapshot's modeling code is never imported.
 """
 
