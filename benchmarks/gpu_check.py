@@ -139,7 +139,7 @@ def sampler_speed(kind: str, policy, prompts, gen: int, device: str) -> dict:
 def rl_steps(kind: str, model, ids, prompts, gen: int, device: str, shrink: bool) -> tuple[dict, object]:
     """One LoRA step per objective on 4 sampled answers (advantages +1/-1), and the bf16 replay check."""
     from reasoning.modeling import LoraConfig, apply_lora, enable_gradient_checkpointing
-    from reasoning.objectives import RolloutBatch, build_objective
+    from reasoning.objectives import StepBatch, build_objective
     from rollouts import make_policy, replay, sample
 
     model = apply_lora(model, LoraConfig(enabled=True, r=16, alpha=32), kind)
@@ -154,7 +154,7 @@ def rl_steps(kind: str, model, ids, prompts, gen: int, device: str, shrink: bool
     gap = max(float((r.float().cpu() - torch.as_tensor(t.event_logp[c])).abs().max())
               for r, t, c in zip(replayed.token_logp, trajectories, commits))
     out = {"replay_max_abs_diff": round(gap, 5)}
-    batch = RolloutBatch(trajectories, torch.tensor([1.0, -1.0, 1.0, -1.0]), cfg, stop=policy.ids.stop)
+    batch = StepBatch(trajectories, torch.tensor([1.0, -1.0, 1.0, -1.0]), cfg, stop=policy.ids.stop)
     for name in ("trajectory", "mean_field"):
         objective = build_objective(name)
         model.train()

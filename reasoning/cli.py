@@ -12,7 +12,7 @@ import sys
 from reasoning import interrupts
 from reasoning.eval_command import cmd_eval
 from reasoning.output import set_verbose
-from reasoning.schema import ConfigError
+from reasoning.schema import ConfigError, setting_error
 from reasoning.targets import load_run_checkpoint, load_target, to_accelerator
 
 
@@ -104,7 +104,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         files = export(model, base, args.output)
     except ModelLoadError as exc:
-        raise ConfigError(str(exc)) from None
+        raise (setting_error(exc, "model") or ConfigError(str(exc))) from None
     print(json.dumps({"checkpoint": os.path.abspath(source), "base_model": base, "output": args.output,
                       "files": files}))
     return 0

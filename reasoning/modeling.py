@@ -14,7 +14,7 @@ import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from reasoning.schema import ConfigError, suggest
+from reasoning.schema import ConfigError, setting_error, suggest
 from rollouts.families import FAMILIES, ModelLoadError, load_pretrained, load_tokenizer, lora_exclude
 
 SPECIAL_TOKENS = ["[PAD]", "[MASK]", "[EOS]", "[UNK]"]
@@ -155,7 +155,7 @@ def load_model(cfg: ModelConfig, attention_block: int | None = None):
         model = load_pretrained(cfg.path, dtype, cfg.family, cfg.trust_remote_code, attention_block)
         tokenizer = load_tokenizer(cfg.path, cfg.trust_remote_code)
     except ModelLoadError as exc:
-        raise ConfigError(str(exc)) from None
+        raise (setting_error(exc, "model") or ConfigError(str(exc))) from None
     return model, tokenizer
 
 

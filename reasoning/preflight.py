@@ -12,7 +12,7 @@ import os
 
 from reasoning.config import Config
 from reasoning.data import encode_prompt
-from reasoning.schema import ConfigError
+from reasoning.schema import ConfigError, setting_error
 from reasoning.tasks import get_task
 from rewards import RewardRunner, RewardSpec
 
@@ -64,7 +64,10 @@ def check_rl_inputs(cfg: Config):
     if cfg.ray.enabled and cfg.ray.address != "local" and int(os.environ.get("RANK", "0")) == 0:
         from rollouts.workers import connect_ray  # a cluster that is not there: a clear error now, not a hang
 
-        connect_ray(cfg.ray.address, timeout_s=cfg.ray.connect_timeout_s)
+        try:
+            connect_ray(cfg.ray.address, timeout_s=cfg.ray.connect_timeout_s)
+        except (ValueError, ConnectionError) as exc:
+            raise (setting_error(exc, "ray") or exc) from None
     return task, splits, reward_cfg
 
 
@@ -110,7 +113,7 @@ def check_rewards(reward_cfg, task, train) -> None:
     try:
         RewardRunner(reward_cfg).close()
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise (setting_error(exc, "rewards") or ConfigError(str(exc))) from None
     rows = [train[i] for i in range(min(2, len(train)))]
     completions = []
     for row in rows:

@@ -42,7 +42,7 @@ import torch
 
 from reasoning import interrupts
 from reasoning.credit import assign_credit, branch_metrics
-from reasoning.rollout_sources import AsyncRollouts, PromptSchedule, Rollouts, SyncRollouts
+from reasoning.rollout_sources import AsyncRollouts, PromptSchedule, Rollouts, SyncRollouts, start_workers
 from reasoning.checkpoint import check_resume_fits, complete_checkpoints, find_resume
 from reasoning.config import Config, deepspeed_config_path, write_resolved
 from reasoning.data import encode_prompt
@@ -56,6 +56,7 @@ from reasoning.output import PhaseProgress
 from reasoning.objectives import StepBatch, build_objective
 from reasoning.preflight import check_decoding, check_prompt_lengths, check_rl_inputs
 from reasoning.rundir import claim_run_dir
+from reasoning.step_timer import StepTimer, spans
 from reasoning.recipe import base_weights, begin, make_trainable
 from reasoning.sft import sft_warm_start
 from reasoning.update import Learner, UpdateResult, update
@@ -63,7 +64,7 @@ from rewards import RewardRunner
 from rollouts import Trajectory, make_policy, save_jsonl
 from rollouts.seeding import ROLLOUT, UPDATE, derive_seed
 from rollouts.branching import sample_tree
-from rollouts.workers import PolicySpec, WorkerPool, SampleJob, make_jobs, sample_jobs
+from rollouts.workers import PolicySpec, SampleJob, make_jobs, sample_jobs
 from reasoning.rl_run import Budget, Progress, RLRun, checkpoint, drop_stale, finish, restore
 
 def run_rl(cfg: Config) -> dict:
@@ -128,7 +129,7 @@ def setup(cfg: Config, model, tokenizer, task, splits, reward_cfg) -> RLRun:
     run = RLRun(cfg, task, splits["train"], splits["test"], tokenizer, learner, RewardRunner(reward_cfg),
                 PromptSchedule(len(splits["train"]), tr.prompts_per_step, cfg.seed), base_dir, progress, rank, world)
     if rank == 0 or not run.ray_serves_all_ranks:
-        run.workers = WorkerPool(
+        run.workers = start_workers(
             PolicySpec(path=base_dir, lora=peft_lora_config(cfg.model.lora, family) if run.lora else None,
                        shift_logits=cfg.model.shift_logits, family=cfg.model.family,
                        trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype,
@@ -257,41 +258,37 @@ def loop(run: RLRun) -> None:
 
 def rl_step(run: RLRun, step: int) -> dict:
     """One RL step — rollout → reward → advantages → update → sync — and its metrics (all ranks)."""
-    started, timeline = time.perf_counter(), {}
-    # rollout: this step's groups (sampled now, or earlier by the asynchronous producer)
-    rollouts = next_rollouts(run, step)
-    timing = {"rollout_wait": time.perf_counter() - started, "rollout": rollouts.sampled[1] - rollouts.sampled[0]}
-    spans(timeline, rollout=rollouts.sampled, sync=rollouts.synced, trainer_rollout=rollouts.trainer_sampling,
-          first_round=rollouts.preparing)
+    timer = StepTimer(run.clock)
+    with timer.time("rollout_wait"):
+        rollouts = next_rollouts(run, step)  # sampled now, or earlier by the asynchronous producer
+    timer.rollouts(rollouts)
+    collected, stale = gather_groups(run, step, rollouts, timer)  # rewards, hints, further prompts
+    credit = assign_advantages(run, collected.trained)
+    with timer.span("update"):
+        result = update(run.learner, training_batch(run, collected.trained, collected.sampled),
+                        torch.Generator().manual_seed(derive_seed(run.cfg.seed, step, UPDATE)))
+    timer.timing.update(result.timing, **publish(run, result, timer.timeline))
+    if run.source is not None:
+        run.source.step_done(step)
+    metrics = step_metrics(run, step, collected, result, rollouts, {**stale, **credit}, timer.timing, timer.timeline)
+    metrics["perf/tokens_per_s"] = metrics["completions/total_tokens"] / max(timer.elapsed(), 1e-9)
+    save_rollouts(run, step, collected)
+    return metrics
+
+
+def gather_groups(run: RLRun, step: int, rollouts: Rollouts, timer: StepTimer) -> tuple[StepGroups, dict]:
+    """The step's groups: split by prompt (or as the asynchronous producer scored and hinted them),
+    too-stale ones dropped, rewards in; groups with equal rewards teach nothing, so hints and further
+    prompts come in their place (reasoning/groups.py)."""
     first = rollouts.prepared  # scored and hinted by the asynchronous producer, or None: here
     sampled = first.groups if first is not None else split_groups(rollouts.indices, rollouts.trajectories,
                                                                  run.cfg.rollout.group_size)
     groups, stale = drop_stale(run, sampled)
     stale["async/trainer_sampled_fraction"] = rollouts.trainer_sampled / max(len(rollouts.trajectories), 1)
-    # reward; groups with equal rewards teach nothing: hints and further prompts (reasoning/groups.py)
-    t0 = time.perf_counter()
-    collected = run.collector.collect(step, groups, target=len(sampled), first=first)
-    timing["reward"] = time.perf_counter() - t0 - collected.extra_seconds
-    credit = assign_advantages(run, collected.trained)
-    # update, then the new weights to the workers
-    t0 = run.clock()
-    result = update(run.learner, training_batch(run, collected.trained, collected.sampled),
-                    torch.Generator().manual_seed(derive_seed(run.cfg.seed, step, UPDATE)))
-    spans(timeline, update=(t0, run.clock()))
-    timing.update(result.timing, **publish(run, result, timeline))
-    if run.source is not None:
-        run.source.step_done(step)
-    metrics = step_metrics(run, step, collected, result, rollouts, {**stale, **credit}, timing, timeline)
-    metrics["perf/tokens_per_s"] = metrics["completions/total_tokens"] / max(time.perf_counter() - started, 1e-9)
-    save_rollouts(run, step, collected)
-    return metrics
-
-
-def spans(timeline: dict[str, float], **intervals: tuple[float, float] | None) -> None:
-    """Record (start, end) intervals on the run's clock as timeline/<name>_start|_end (`dlmrl show`)."""
-    for name, interval in intervals.items():
-        if interval is not None:
-            timeline[f"{name}_start"], timeline[f"{name}_end"] = interval
+    with timer.time("reward") as reward:
+        collected = run.collector.collect(step, groups, target=len(sampled), first=first)
+        reward.exclude(collected.extra_seconds)  # sampling further prompts and hints is not reward time
+    return collected, stale
 
 
 def assign_advantages(run: RLRun, groups: list[Group]) -> dict[str, float]:

@@ -34,7 +34,8 @@ from typing import Callable
 import torch
 
 from rollouts import Trajectory
-from rollouts.workers import SampleJob
+from reasoning.schema import setting_error
+from rollouts.workers import SampleJob, WorkerPool
 from rollouts.seeding import DATA, derive_seed
 
 
@@ -71,7 +72,7 @@ class Rollouts:
 
     indices: list[int]
     trajectories: list[Trajectory]
-    sampled: tuple[float, float]  # (start, end) of the sampling, seconds on the run's clock
+    sampling: tuple[float, float]  # (start, end) of the sampling, seconds on the run's clock
     synced: tuple[float, float] | None = None  # the weight sync the producer did just before (async)
     trainer_sampled: int = 0  # trajectories the waiting trainer sampled itself (async, trainer_samples)
     trainer_sampling: tuple[float, float] | None = None  # when it did
@@ -192,12 +193,12 @@ class AsyncRollouts:
                         return
                     self._batch = None
                 trajectories = [t for part in batch.results for t in part]  # chunks are in job order
-                sampled = (start, self._clock())
+                sampling = (start, self._clock())
                 prepared = self._prepare(step, indices, trajectories) if self._prepare is not None else None
                 with self._cond:
-                    self._ready[step] = Rollouts(indices, trajectories, sampled, synced, batch.trainer_sampled,
+                    self._ready[step] = Rollouts(indices, trajectories, sampling, synced, batch.trainer_sampled,
                                                  prepared=prepared,
-                                                 preparing=(sampled[1], self._clock()) if prepared is not None else None)
+                                                 preparing=(sampling[1], self._clock()) if prepared is not None else None)
                     self._cond.notify_all()
         except BaseException as err:  # noqa: BLE001 — handed to the trainer thread by `get`
             with self._cond:
@@ -254,3 +255,14 @@ class AsyncRollouts:
             self._stop = True
             self._cond.notify_all()
         self._thread.join(timeout_s)
+
+
+def start_workers(*args, **kwargs) -> WorkerPool:
+    """The rollout workers; their errors about a `ray` setting name its config key."""
+    try:
+        return WorkerPool(*args, **kwargs)
+    except (ValueError, ConnectionError, RuntimeError) as exc:
+        mapped = setting_error(exc, "ray")
+        if mapped is None:
+            raise
+        raise mapped from None

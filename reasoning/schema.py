@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import keyword
 import types
 import typing
@@ -201,8 +202,22 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"config block {where}: {exc}") from exc
+        raise (setting_error(exc, prefix) or ConfigError(f"config block {where}: {exc}")) from exc
     return obj
+
+
+SETTING = re.compile(r"^(decoding|reward|ray|model) setting '([^']+)'")
+
+
+def setting_error(exc: BaseException, block: str) -> ConfigError | None:
+    """A lower layer's error about one of its settings ("reward setting 'timeout_s': ...", in its
+    own terms) as the config key it came from ("config key 'rewards.timeout_s': ..."); None if the
+    error is not about a setting. The only place config names meet rollouts/ and rewards/."""
+    message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    found = SETTING.match(message)
+    if found is None or not block:
+        return None
+    return ConfigError(f"config key '{block}.{found.group(2)}'{message[found.end():]}")
 
 
 def drop_unknown_keys(cls: type, data: Any, prefix: str = "") -> list[str]:

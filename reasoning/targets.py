@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from reasoning.schema import ConfigError
+from reasoning.schema import ConfigError, setting_error
 
 
 def load_run_checkpoint(path: str, overrides: list[str]):
@@ -28,7 +28,7 @@ def load_run_checkpoint(path: str, overrides: list[str]):
         model, tokenizer, _ = load_checkpoint(path, getattr(torch, cfg.model.dtype), cfg.model.family,
                                               cfg.model.trust_remote_code, cfg.rollout.block_length)
     except ModelLoadError as exc:
-        raise ConfigError(str(exc)) from None
+        raise (setting_error(exc, "model") or ConfigError(str(exc))) from None
     return cfg, model, tokenizer, run_dir
 
 

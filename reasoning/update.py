@@ -16,7 +16,7 @@ import torch
 
 from reasoning.distributed import any_rank, sum_over_ranks
 from reasoning.engine import engine_step
-from reasoning.objectives import Objective, RolloutBatch
+from reasoning.objectives import Objective, StepBatch
 from rollouts import DiffusionPolicy
 
 if TYPE_CHECKING:  # imported where the engine is built (reasoning/engine.py), not on every import
@@ -47,7 +47,7 @@ class UpdateResult:
     timing: dict[str, float] = field(default_factory=dict)  # logp (old/reference log-probs), update
 
 
-def update(learner: Learner, batch: RolloutBatch, generator: torch.Generator) -> UpdateResult:
+def update(learner: Learner, batch: StepBatch, generator: torch.Generator) -> UpdateResult:
     """`inner_steps` optimizer steps over `batch`; each = `micro_batches` accumulated backward passes.
 
     With several processes every rank makes the same number of backward/step calls (empty

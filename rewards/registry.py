@@ -195,11 +195,11 @@ class IntermediateConfig:
 
     def __post_init__(self) -> None:
         if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in self.at) or len(set(self.at)) != len(self.at):
-            raise ValueError(f"config key 'rewards.intermediate.at': expected distinct step numbers >= 0, got {self.at}")
+            raise ValueError(f"reward setting 'at': expected distinct step numbers >= 0, got {self.at}")
         if not (math.isfinite(self.weight) and self.weight >= 0):
-            raise ValueError(f"config key 'rewards.intermediate.weight': expected a number >= 0, got {self.weight}")
+            raise ValueError(f"reward setting 'weight': expected a number >= 0, got {self.weight}")
         if self.mode not in ("egspo", "mdpo"):
-            raise ValueError(f"config key 'rewards.intermediate.mode': expected egspo or mdpo, got {self.mode!r}")
+            raise ValueError(f"reward setting 'mode': expected egspo or mdpo, got {self.mode!r}")
         self.at = sorted(self.at)
 
     @property
@@ -219,6 +219,6 @@ class RewardsConfig:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            raise ValueError(f"config key 'rewards.timeout_s': expected a number of seconds > 0, got {self.timeout_s}")
+            raise ValueError(f"reward setting 'timeout_s': expected a number of seconds > 0, got {self.timeout_s}")
         if self.workers < 1:
-            raise ValueError(f"config key 'rewards.workers': expected >= 1, got {self.workers}")
+            raise ValueError(f"reward setting 'workers': expected >= 1, got {self.workers}")

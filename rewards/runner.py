@@ -114,9 +114,9 @@ class RewardRunner:
 
     def __init__(self, cfg: RewardsConfig):
         if not cfg.functions:
-            raise ValueError("config block 'rewards' lists no reward functions")
+            raise ValueError("reward setting 'functions': no reward functions are listed")
         if cfg.on_error not in ("zero", "skip", "raise"):
-            raise ValueError(f"config key 'rewards.on_error': expected zero, skip or raise, got {cfg.on_error!r}")
+            raise ValueError(f"reward setting 'on_error': expected zero, skip or raise, got {cfg.on_error!r}")
         self.cfg = cfg
         self.specs = cfg.functions
         self.fns = []
@@ -124,10 +124,10 @@ class RewardRunner:
             try:
                 self.fns.append(get(spec.reference, spec.args))
             except KeyError as exc:
-                raise ValueError(f"config key 'rewards.functions[{i}]': {exc.args[0]}") from None
+                raise ValueError(f"reward setting 'functions[{i}]': {exc.args[0]}") from None
         labels = [s.label for s in self.specs]
         if len(set(labels)) != len(labels):
-            raise ValueError(f"config block 'rewards': two functions share a name in {labels}")
+            raise ValueError(f"reward setting 'functions': two functions share a name in {labels}")
         self.pooled = [not runs_in_process(s.reference) for s in self.specs]
         self._pool = None
         self._pool_lock = threading.Lock()  # the asynchronous producer and the trainer may both score

@@ -134,7 +134,7 @@ def connect_ray(address: str = "local", num_cpus: int | None = None, timeout_s: 
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         return
     if not (address == "auto" or address.startswith("ray://")):
-        raise ValueError(f"config key 'ray.address': expected local, auto or ray://host:port, got {address!r}")
+        raise ValueError(f"ray setting 'address': expected local, auto or ray://host:port, got {address!r}")
     if address.startswith("ray://"):
         import socket
 
@@ -142,19 +142,19 @@ def connect_ray(address: str = "local", num_cpus: int | None = None, timeout_s: 
         try:
             socket.create_connection((host, int(port)), timeout=timeout_s).close()
         except (OSError, ValueError) as exc:
-            raise ConnectionError(f"config key 'ray.address': no Ray client server answers at {address} "
+            raise ConnectionError(f"ray setting 'address': no Ray client server answers at {address} "
                                   f"({exc})") from None
     try:
         ray.init(address=address, log_to_driver=False)
     except ConnectionError as exc:
-        raise ConnectionError(f"config key 'ray.address': {address!r} found no running Ray cluster "
+        raise ConnectionError(f"ray setting 'address': {address!r} found no running Ray cluster "
                               f"(start one with `ray start --head`, or use address local): {exc}") from None
 
 
 def check_gpus(cluster_gpus: float, num_workers: int, gpus: float) -> None:
     """Workers that ask for more GPUs than the cluster has: refused now, not at the placement timeout."""
     if gpus and cluster_gpus < gpus * num_workers:
-        raise RuntimeError(f"config key 'ray.gpus_per_worker': {num_workers} workers x {gpus} GPU(s) need "
+        raise RuntimeError(f"ray setting 'gpus_per_worker': {num_workers} workers x {gpus} GPU(s) need "
                            f"{gpus * num_workers:g} GPUs; the Ray cluster has {cluster_gpus:g}")
 
 
@@ -165,7 +165,7 @@ class WorkerPool:
                  address: str = "local", threads: int = 1, max_batch: int = 256, max_attempts: int = 3,
                  placement: str = "spread", connect_timeout_s: float = 30.0, gpus: float = 0.0):
         if num_workers < 1:
-            raise ValueError(f"config key 'ray.num_workers' must be >= 1, got {num_workers}")
+            raise ValueError(f"ray setting 'num_workers': expected >= 1, got {num_workers}")
         self.use_ray = use_ray
         self.max_attempts = max_attempts
         self.version: int | None = None  # None until the first sync: workers keep their own init
@@ -193,8 +193,8 @@ class WorkerPool:
             ray.get(self.placement_group.ready(), timeout=max(connect_timeout_s, 60.0))
         except ray.exceptions.GetTimeoutError:
             remove_placement_group(self.placement_group)
-            raise RuntimeError(f"config key 'ray.num_workers': the Ray cluster has no room for {num_workers} "
-                               f"workers of {threads} CPU(s) each (ray.threads_per_worker); "
+            raise RuntimeError(f"ray setting 'num_workers': the Ray cluster has no room for {num_workers} "
+                               f"workers of {threads} CPU(s) each (threads_per_worker); "
                                f"free CPUs: {ray.available_resources().get('CPU', 0)}") from None
         self.workers = [
             ray.remote(RolloutWorker).options(

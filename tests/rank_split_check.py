@@ -11,7 +11,7 @@ import torch
 
 from reasoning.config import deepspeed_config_path
 from reasoning.engine import build_engine
-from reasoning.objectives import RolloutBatch, build_objective
+from reasoning.objectives import StepBatch, build_objective
 from reasoning.update import Learner, update as _update
 from reasoning.advantages import group_advantages
 from rollouts import DecodingConfig, DiffusionPolicy, TokenIds, sample
@@ -40,7 +40,7 @@ for i, t in enumerate(trajectories):
 rewards = [float((t.final_tokens == 3).sum()) + 0.01 * i for i, t in enumerate(trajectories)]
 adv = group_advantages(rewards, group, normalize_std=True).values
 mine = [i for i, t in enumerate(trajectories) if t.prompt_index % world == rank]
-batch = RolloutBatch([trajectories[i] for i in mine], adv[mine], cfg, (2,))
+batch = StepBatch([trajectories[i] for i in mine], adv[mine], cfg, (2,))
 deltas = {}
 for name in names:
     engine.module.load_state_dict(start)

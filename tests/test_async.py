@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import ROOT, TINY, adapter, config, torchrun_train, train_steps
 
-from reasoning.objectives import RolloutBatch, build_objective
+from reasoning.objectives import StepBatch, build_objective
 from reasoning.rl import run_rl
 from reasoning.schema import ConfigError
 from rollouts import DecodingConfig, make_policy, sample
@@ -115,7 +115,7 @@ def test_a_waiting_trainer_samples_unclaimed_chunks_itself():
                 (p, g) for p in range(4) for g in range(4)]
             by_trainer = sum(who[step, t.prompt_index, t.sample_index] == "trainer" for t in rollouts.trajectories)
             assert rollouts.trainer_sampled == by_trainer and 0 < by_trainer < 16, by_trainer
-            assert rollouts.trainer_sampling[0] < rollouts.trainer_sampling[1] <= rollouts.sampled[1] + 0.05
+            assert rollouts.trainer_sampling[0] < rollouts.trainer_sampling[1] <= rollouts.sampling[1] + 0.05
             source.step_done(step)
     finally:
         source.close()
@@ -139,7 +139,7 @@ def test_importance_weights_are_exp_of_proximal_minus_behaviour(tiny_model, tiny
         t.policy_version = 0
         deltas.append(delta[torch.as_tensor(t.commits)])
     advantages = torch.tensor([1.0, -1.0])
-    batch = RolloutBatch(stale, advantages, decoding, (tiny_tokenizer.eos_token_id,), policy_version=1)
+    batch = StepBatch(stale, advantages, decoding, (tiny_tokenizer.eos_token_id,), policy_version=1)
     objective = build_objective("trajectory", importance_cap=5.0)
     prep = objective.prepare(policy, batch, torch.Generator().manual_seed(0))
     units = objective.units(batch, prep)
@@ -154,7 +154,7 @@ def test_importance_weights_are_exp_of_proximal_minus_behaviour(tiny_model, tiny
     assert float(loss) == pytest.approx(by_hand, abs=1e-4)
     assert stats.importance_masked == 2
     # fresh samples (same version) are not reweighted
-    fresh = RolloutBatch(trajectories, advantages, decoding, (tiny_tokenizer.eos_token_id,), policy_version=0)
+    fresh = StepBatch(trajectories, advantages, decoding, (tiny_tokenizer.eos_token_id,), policy_version=0)
     assert objective.prepare(policy, fresh, torch.Generator().manual_seed(0)).importance == {}
 
 

@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from reasoning.advantages import group_advantages
 from reasoning.config import load_config
-from reasoning.objectives import (OBJECTIVES, HintTokens, Objective, ObjectiveSettings, Prepared, RolloutBatch,
+from reasoning.objectives import (OBJECTIVES, HintTokens, Objective, ObjectiveSettings, Prepared, StepBatch,
                                   build_objective, k3, paper_defaults)
 from reasoning.schema import ConfigError
 from rollouts import DecodingConfig, DiffusionPolicy, TokenIds, replay, sample
@@ -61,7 +61,7 @@ def test_ppo_clip_passes_no_gradient_past_the_clip():
     adv = torch.tensor([1.0, 1.0, -1.0, -1.0, -1.0])
     objective = FixedUnits(ObjectiveSettings(clip_eps_low=eps, clip_eps_high=eps), [logp[i:i + 1] for i in range(5)])
     prep = Prepared(hints=HintTokens(), draws=None, old={0: [torch.zeros(1)] * 5})
-    batch = RolloutBatch([None] * 5, adv, DecodingConfig())
+    batch = StepBatch([None] * 5, adv, DecodingConfig())
     loss, stats = objective.loss(None, batch, prep, list(range(5)), total_units=5)
     loss.backward()
     ratio = logp.detach().exp()
@@ -97,7 +97,7 @@ def one_update(name, sign, cfg, trajectories, rewards):
     policy = tiny_policy()
     defaults = paper_defaults(name)
     adv = group_advantages(rewards, len(rewards), defaults["normalize_std"], defaults["leave_one_out"]).values
-    batch = RolloutBatch(trajectories, sign * adv, cfg, (EOS,))
+    batch = StepBatch(trajectories, sign * adv, cfg, (EOS,))
     objective = build_objective(name, clip_eps_low=defaults["clip_eps_low"], clip_eps_high=defaults["clip_eps_high"],
                                 spg_block=1)
     prep = objective.prepare(policy, batch, torch.Generator().manual_seed(0), inner_steps=1)
@@ -133,7 +133,7 @@ def batch_for(policy, cfg, n=8):
     trajectories.sort(key=lambda t: (t.prompt_index, t.sample_index))
     rewards = [float((t.final_tokens == GOOD).sum()) + 0.1 * i for i, t in enumerate(trajectories)]
     adv = group_advantages(rewards, n // 2, normalize_std=True).values
-    return RolloutBatch(trajectories, adv, cfg, (EOS,))
+    return StepBatch(trajectories, adv, cfg, (EOS,))
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))

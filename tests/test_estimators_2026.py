@@ -131,7 +131,7 @@ def test_mean_field_normalises_as_d1_over_every_token_of_the_batch():
     """d1's DiffuGRPOTrainer: the loss is the mean over every answer token of the batch, the groups
     without reward variance included. At the first inner step ρ = 1, so its value is
     −Σ_{trained tokens} A / (tokens of all answers). Counted here from the answers' tokens."""
-    from reasoning.objectives import RolloutBatch
+    from reasoning.objectives import StepBatch
     from test_estimators import batch_for, tiny_policy
     from rollouts import DecodingConfig
 
@@ -141,7 +141,7 @@ def test_mean_field_normalises_as_d1_over_every_token_of_the_batch():
     trained, dropped = full.trajectories[:4], full.trajectories[4:]  # the second prompt's group: no variance
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
     for normalize, denominator in (("batch", trained + dropped), ("informative", trained)):
-        batch = RolloutBatch(trained, advantages, cfg, (EOS,), uninformative=list(dropped))
+        batch = StepBatch(trained, advantages, cfg, (EOS,), uninformative=list(dropped))
         objective = build_objective("mean_field", normalize=normalize)
         prep = objective.prepare(policy, batch, torch.Generator().manual_seed(0), inner_steps=1)
         with torch.no_grad():
@@ -158,7 +158,7 @@ def test_mean_field_takes_its_optimizer_steps_when_no_group_is_informative():
     `normalize: informative` (and for every other objective) that update is skipped."""
     from reasoning.config import deepspeed_config_path
     from reasoning.engine import build_engine
-    from reasoning.objectives import RolloutBatch
+    from reasoning.objectives import StepBatch
     from reasoning.update import Learner, update
     from rollouts import DecodingConfig
     from test_estimators import batch_for, tiny_policy
@@ -174,7 +174,7 @@ def test_mean_field_takes_its_optimizer_steps_when_no_group_is_informative():
         informative = batch_for(policy, cfg, n=8)
         update(learner, informative, torch.Generator().manual_seed(0))
         before = [p.detach().clone() for p in engine.module.parameters()]
-        empty = RolloutBatch([], torch.zeros(0), cfg, (EOS,), uninformative=informative.trajectories)
+        empty = StepBatch([], torch.zeros(0), cfg, (EOS,), uninformative=informative.trajectories)
         result = update(learner, empty, torch.Generator().manual_seed(1))
         moved[normalize] = max(float((p - b).abs().max()) for p, b in zip(engine.module.parameters(), before))
         assert result.updated == (normalize == "batch")

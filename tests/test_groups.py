@@ -15,7 +15,7 @@ import torch
 
 from reasoning.config import load_config
 from reasoning.groups import GroupCollector, hint_pins, split_groups
-from reasoning.objectives import RolloutBatch, build_objective
+from reasoning.objectives import StepBatch, build_objective
 from reasoning.preflight import check_rl_inputs
 from reasoning.rl import run_rl
 from reasoning.data import encode_prompt
@@ -83,7 +83,7 @@ def test_pinned_tokens_carry_no_gradient_unless_entropy_selected(tiny_model, tin
     policy, decoding, pair, pinned = hinted_pair(tiny_model, tiny_tokenizer)
     written = [p for p in range(decoding.gen_length) if p not in pinned]
     extra = {"spg_draws": 16, "spg_block": 4} if objective_name == "spg" else {}
-    batch = RolloutBatch(pair, torch.tensor([1.0, -1.0]), decoding, (tiny_tokenizer.eos_token_id,))
+    batch = StepBatch(pair, torch.tensor([1.0, -1.0]), decoding, (tiny_tokenizer.eos_token_id,))
 
     none = build_objective(objective_name, **extra)
     grad, _ = logit_gradients(policy, none, batch)

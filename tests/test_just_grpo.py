@@ -10,7 +10,7 @@ import torch
 
 from reasoning.advantages import group_advantages
 from reasoning.config import load_config
-from reasoning.objectives import RolloutBatch, build_objective, paper_defaults
+from reasoning.objectives import StepBatch, build_objective, paper_defaults
 from reasoning.schema import ConfigError
 from rollouts import DecodingConfig, sample
 from test_estimators import EOS, MASK, PROMPT, tiny_policy
@@ -50,7 +50,7 @@ def test_its_gradient_is_the_exact_left_to_right_likelihood_over_l_times_informa
     assert 0 < sum(rewards) < len(rewards)
     adv = group_advantages(rewards, len(rewards), normalize_std=True, std_correction=1).values
     adv[0] = 0.0  # an answer with A = 0 does not count in v̄
-    batch = RolloutBatch(trajectories, adv, JUST_GRPO, (EOS,))
+    batch = StepBatch(trajectories, adv, JUST_GRPO, (EOS,))
     objective = build_objective("just_grpo")
     prep = objective.prepare(policy, batch, torch.Generator().manual_seed(0))
     units = objective.units(batch, prep)

@@ -23,7 +23,7 @@ class with `@register` (objectives/base.py's docstring shows one).
 """
 
 from reasoning.objectives.base import (OBJECTIVES, HintTokens, LossStats, Objective, ObjectiveSettings, Prepared,
-                                       RolloutBatch, StepBatch, build_objective, k3, loss_mask, objective_class, pinned_mask,
+                                       StepBatch, build_objective, k3, loss_mask, objective_class, pinned_mask,
                                        register, sample_generators)
 from reasoning.objectives.trajectory import TrajectoryObjective, TrajectorySettings
 from reasoning.objectives.just_grpo import JustGRPOObjective
@@ -32,7 +32,7 @@ from reasoning.objectives.ratio_free import SPGObjective, WD1Objective
 from reasoning.objectives.elbo import BGPOObjective, ESPOObjective, GDPOObjective
 
 __all__ = ["OBJECTIVES", "BGPOObjective", "CoupledObjective", "ESPOObjective", "GDPOObjective", "HintTokens", "JustGRPOObjective", "LossStats", "MeanFieldObjective", "Objective",
-           "ObjectiveSettings", "Prepared", "RolloutBatch", "SPGObjective", "StepBatch", "TrajectoryObjective",
+           "ObjectiveSettings", "Prepared", "SPGObjective", "StepBatch", "TrajectoryObjective",
            "TrajectorySettings", "WD1Objective", "build_objective", "k3", "loss_mask", "objective_class",
            "paper_defaults", "pinned_mask", "register", "sample_generators"]
 

@@ -22,12 +22,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from reasoning.objectives.batch import (RolloutBatch, StepBatch, full_mask_log_probs, loss_mask, pinned_mask,
+from reasoning.objectives.batch import (StepBatch, full_mask_log_probs, loss_mask, pinned_mask,
                                         sample_generators)
 from reasoning.schema import ConfigError
 from rollouts import DecodingConfig, DiffusionPolicy
 
-__all__ = ["OBJECTIVES", "HintTokens", "LossStats", "Objective", "ObjectiveSettings", "Prepared", "RolloutBatch",
+__all__ = ["OBJECTIVES", "HintTokens", "LossStats", "Objective", "ObjectiveSettings", "Prepared",
            "StepBatch", "build_objective", "full_mask_log_probs", "k3", "loss_mask", "objective_class", "pinned_mask",
            "register", "sample_generators"]
 
@@ -138,12 +138,12 @@ class Objective:
 
     # --- what differs between objectives -------------------------------------------------
 
-    def unit_log_probs(self, policy: DiffusionPolicy, batch: RolloutBatch, prep: Prepared, indices: list[int],
+    def unit_log_probs(self, policy: DiffusionPolicy, batch: StepBatch, prep: Prepared, indices: list[int],
                        inner: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per sample: log-probs of its scored units at inner step `inner` (with grad), entropies (detached)."""
         raise NotImplementedError
 
-    def draw(self, batch: RolloutBatch, hints: HintTokens, generator: torch.Generator, inner_steps: int) -> Any:
+    def draw(self, batch: StepBatch, hints: HintTokens, generator: torch.Generator, inner_steps: int) -> Any:
         """The randomness of every inner step of this update (fixed for θ, θ_old and the reference)."""
         return None
 
@@ -151,20 +151,20 @@ class Objective:
         """Whether the scored units change with the inner step (then θ_old is computed for each)."""
         return False
 
-    def behaviour_log_probs(self, batch: RolloutBatch, hints: HintTokens) -> list[torch.Tensor] | None:
+    def behaviour_log_probs(self, batch: StepBatch, hints: HintTokens) -> list[torch.Tensor] | None:
         """The sampler's own log-probs, when they are exactly what this objective scores."""
         return None
 
-    def recorded_log_probs(self, batch: RolloutBatch, hints: HintTokens) -> list[torch.Tensor] | None:
+    def recorded_log_probs(self, batch: StepBatch, hints: HintTokens) -> list[torch.Tensor] | None:
         """The sampler's log-probs of this objective's units, as the rollout computed them (the
         behaviour policy of a stale sample); None where the rollout records no such thing."""
         return None
 
-    def off_policy(self, batch: RolloutBatch) -> list[int]:
+    def off_policy(self, batch: StepBatch) -> list[int]:
         """Samples whose recorded log-probs are not θ_prox's: drawn by an older policy version."""
         return batch.stale()
 
-    def sample_units(self, batch: RolloutBatch, hints: HintTokens, i: int) -> int:
+    def sample_units(self, batch: StepBatch, hints: HintTokens, i: int) -> int:
         """How many loss units sample i contributes."""
         return int(self.answer_mask(batch, hints, i).sum())
 
@@ -173,7 +173,7 @@ class Objective:
         The trajectory objective gives each committed event its step's (reasoning/credit.py)."""
         return batch.advantages[i].expand(units)
 
-    def kl_units(self, ref: torch.Tensor, logp: torch.Tensor, batch: RolloutBatch, indices: list[int]) -> torch.Tensor:
+    def kl_units(self, ref: torch.Tensor, logp: torch.Tensor, batch: StepBatch, indices: list[int]) -> torch.Tensor:
         """The KL term per unit (β times its sum over the units, / the update's units, is added): k3."""
         return k3(ref, logp)
 
@@ -182,13 +182,13 @@ class Objective:
         moves the weights) when no group of the step is informative: d1's trainer does."""
         return False
 
-    def units(self, batch: RolloutBatch, prep: Prepared) -> int:
+    def units(self, batch: StepBatch, prep: Prepared) -> int:
         """Loss units of this process's batch (the trainer sums them over ranks)."""
         return sum(self.sample_units(batch, prep.hints, i) for i in range(len(batch.trajectories)))
 
     # --- shared ----------------------------------------------------------------------------
 
-    def prepare(self, policy: DiffusionPolicy, batch: RolloutBatch, generator: torch.Generator,
+    def prepare(self, policy: DiffusionPolicy, batch: StepBatch, generator: torch.Generator,
                 reference: contextlib.AbstractContextManager | None = None, inner_steps: int = 1,
                 chunk: int = 64) -> Prepared:
         """Hint tokens to train, randomness, old log-probs (θ at the start of the update) and, with a
@@ -211,7 +211,7 @@ class Objective:
                 prep.ref = {j: self._no_grad(policy, batch, prep, everything, j, chunk) for j in steps}
         return prep
 
-    def _decouple(self, batch: RolloutBatch, prep: Prepared, old_is_behaviour: bool) -> None:
+    def _decouple(self, batch: StepBatch, prep: Prepared, old_is_behaviour: bool) -> None:
         """Decoupled PPO (AReaL, arXiv 2505.24298 Eq. 5) for stale samples: clip around the proximal
         policy π_prox (θ at the start of this update) and weight each unit by the detached
         w = π_prox/π_behav, π_behav being what the sampler recorded; units with w above the cap are
@@ -245,7 +245,7 @@ class Objective:
 
     # --- hinted answers (rollout.hints) ------------------------------------------------------
 
-    def answer_mask(self, batch: RolloutBatch, hints: HintTokens, i: int) -> torch.Tensor:
+    def answer_mask(self, batch: StepBatch, hints: HintTokens, i: int) -> torch.Tensor:
         """(L,) bool: the answer tokens sample i trains — up to its first stop token, without pinned
         tokens (not the policy's actions) except the hint tokens selected by `train_hints: entropy`."""
         traj = batch.trajectories[i]
@@ -253,7 +253,7 @@ class Objective:
         keep = hints.keep.get(i)
         return mask | keep if keep is not None else mask
 
-    def _select_hints(self, policy, batch: RolloutBatch, chunk: int) -> HintTokens:
+    def _select_hints(self, policy, batch: StepBatch, chunk: int) -> HintTokens:
         """`train_hints: entropy`: per hinted sample, the top `hint_entropy_fraction` (at least one) of
         its hint tokens by the entropy of θ_old's fully masked one-step prediction (IGPO's filter)."""
         hints = HintTokens()
@@ -279,7 +279,7 @@ class Objective:
                 hints.old[i] = logp[row, chosen].gather(-1, torch.as_tensor(traj.final_tokens)[chosen, None])[:, 0]
         return hints
 
-    def hint_log_probs(self, policy, batch: RolloutBatch, hints: HintTokens, indices: list[int]) -> tuple[list, list]:
+    def hint_log_probs(self, policy, batch: StepBatch, hints: HintTokens, indices: list[int]) -> tuple[list, list]:
         """Per sample of `indices`: log-probs (with grad) and entropies of its trained hint tokens,
         scored from the fully masked canvas (empty for samples without any)."""
         empty = torch.zeros(0, device=policy.device)
@@ -297,7 +297,7 @@ class Objective:
 
     # --- the loss ----------------------------------------------------------------------------
 
-    def loss(self, policy: DiffusionPolicy, batch: RolloutBatch, prep: Prepared, indices: list[int],
+    def loss(self, policy: DiffusionPolicy, batch: StepBatch, prep: Prepared, indices: list[int],
              total_units: float, inner: int = 0) -> tuple[torch.Tensor, LossStats]:
         """This micro-batch's share of the PPO-clip loss: Σ over its units / `total_units` (global)."""
         new, entropy = self.unit_log_probs(policy, batch, prep, indices, inner)

@@ -37,8 +37,6 @@ class StepBatch:
         return [i for i, t in enumerate(self.trajectories) if t.policy_version < self.policy_version]
 
 
-RolloutBatch = StepBatch  # its name before step-level advantages
-
 
 def sample_generators(batch: StepBatch, generator: torch.Generator) -> list[torch.Generator]:
     """One generator per sample, seeded from the update's generator and the sample's (prompt, sample)

@@ -88,14 +88,14 @@ def load_pretrained(path: str, dtype: torch.dtype = torch.float32, family: str =
     `attention_block`: a block-diffusion model's attention block length (None: the family's own);
     a model that attends over the whole canvas has none and ignores it."""
     if family != "auto" and family not in FAMILIES:
-        raise ModelLoadError(f"config key 'model.family': unknown family '{family}' "
+        raise ModelLoadError(f"model setting 'family': unknown family '{family}' "
                              f"(expected auto, {', '.join(FAMILIES)})")
     config = read_config(path)
     if family == "auto":
         family = detect(config, path)
     elif family in ("bidirectional", "masked_lm") and config.get("auto_map") and not config.get("dlm_family"):
         native = native_family_for(config)
-        raise ModelLoadError(f"config key 'model.family': '{path}' is a checkpoint with its own modeling code "
+        raise ModelLoadError(f"model setting 'family': '{path}' is a checkpoint with its own modeling code "
                              f"(auto_map); use family {native or 'remote'}" +
                              ("" if native else " with trust_remote_code: true"))
     module = FAMILIES[family]

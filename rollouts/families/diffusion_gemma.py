@@ -23,7 +23,7 @@ def load(path: str, config: dict, dtype: torch.dtype, trust_remote_code: bool = 
     from transformers import DiffusionGemmaForBlockDiffusion
 
     if not matches(config):
-        raise ModelLoadError(f"config key 'model.family': '{path}' holds a '{config.get('model_type')}' model, "
+        raise ModelLoadError(f"model setting 'family': '{path}' holds a '{config.get('model_type')}' model, "
                              f"not diffusion_gemma")
     return DiffusionGemmaForBlockDiffusion.from_pretrained(path, dtype=dtype)
 

@@ -23,10 +23,10 @@ def load(path: str, config: dict, dtype: torch.dtype, trust_remote_code: bool = 
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     if not trust_remote_code:
-        raise ModelLoadError(f"config key 'model.trust_remote_code': the 'remote' family runs the modeling code "
+        raise ModelLoadError(f"model setting 'trust_remote_code': the 'remote' family runs the modeling code "
                              f"shipped in '{path}'; set model.trust_remote_code: true if you trust it")
     if not config.get("auto_map"):
-        raise ModelLoadError(f"config key 'model.family': '{path}/config.json' has no auto_map, so there is no "
+        raise ModelLoadError(f"model setting 'family': '{path}/config.json' has no auto_map, so there is no "
                              f"remote code to run; use family auto")
     try:
         loaded = AutoConfig.from_pretrained(path, trust_remote_code=True)
