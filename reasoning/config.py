@@ -216,8 +216,8 @@ class Config:
             raise ConfigError("config key 'trainer.objective.kl_coef' > 0 needs model.lora.enabled: the reference "
                               "policy is the model with its adapter disabled (a full fine-tune keeps no frozen copy)")
         objective.check_decoding(self.rollout_decoding())
-        stale = self.rollout.async_
-        if stale.enabled and stale.max_staleness > 0 and not objective.trains_stale:
+        asynchronous = self.rollout.async_
+        if asynchronous.enabled and asynchronous.max_staleness > 0 and not objective.trains_stale:
             raise ConfigError(f"config key 'rollout.async.max_staleness': objective '{tr.objective_name}' cannot correct "
                               f"stale rollouts (its surrogate's behaviour log-probs need the old weights; only "
                               f"'trajectory' records them); use objective trajectory or max_staleness 0")

@@ -48,6 +48,9 @@ def build_engine(
     ensure_distributed_env()
     import deepspeed
 
+    from reasoning.output import quiet_loggers
+
+    quiet_loggers()  # DeepSpeed sets its logger to INFO when it is first imported
     with open(ds_config_path) as fh:
         ds_config = json.load(fh)
     ds_config.update(

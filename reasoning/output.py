@@ -22,12 +22,24 @@ _QUIET_LOGGERS = ("transformers", "datasets", "huggingface_hub", "DeepSpeed", "d
                   "ray", "peft", "accelerate")
 
 
+_VERBOSE: list[bool | None] = [None]  # None: not set by a command line; the libraries keep their defaults
+
+
+def quiet_loggers() -> None:
+    """The libraries' loggers at the level in force (again: a library may reset its own on import)."""
+    if _VERBOSE[0] is None:
+        return
+    level = logging.INFO if _VERBOSE[0] else logging.ERROR
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
 def set_verbose(verbose: bool) -> None:
     """Quiet (False): library bars off, their INFO logs and known deprecation warnings hidden.
     Verbose (True): the libraries' own defaults."""
+    _VERBOSE[0] = verbose
     level = logging.INFO if verbose else logging.ERROR
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(level)
+    quiet_loggers()
     os.environ["TRANSFORMERS_VERBOSITY"] = "info" if verbose else "error"
     os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "0" if verbose else "1"
     try:

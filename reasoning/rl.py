@@ -262,7 +262,7 @@ def rl_step(run: RLRun, step: int) -> dict:
     with timer.time("rollout_wait"):
         rollouts = next_rollouts(run, step)  # sampled now, or earlier by the asynchronous producer
     timer.rollouts(rollouts)
-    collected, stale = gather_groups(run, step, rollouts, timer)  # rewards, hints, further prompts
+    collected, async_metrics = gather_groups(run, step, rollouts, timer)  # rewards, hints, further prompts
     credit = assign_advantages(run, collected.trained)
     with timer.span("update"):
         result = update(run.learner, training_batch(run, collected.trained, collected.sampled),
@@ -270,7 +270,8 @@ def rl_step(run: RLRun, step: int) -> dict:
     timer.timing.update(result.timing, **publish(run, result, timer.timeline))
     if run.source is not None:
         run.source.step_done(step)
-    metrics = step_metrics(run, step, collected, result, rollouts, {**stale, **credit}, timer.timing, timer.timeline)
+    metrics = step_metrics(run, step, collected, result, rollouts, {**async_metrics, **credit}, timer.timing,
+                           timer.timeline)
     metrics["perf/tokens_per_s"] = metrics["completions/total_tokens"] / max(timer.elapsed(), 1e-9)
     save_rollouts(run, step, collected)
     return metrics
@@ -283,12 +284,12 @@ def gather_groups(run: RLRun, step: int, rollouts: Rollouts, timer: StepTimer) -
     first = rollouts.prepared  # scored and hinted by the asynchronous producer, or None: here
     sampled = first.groups if first is not None else split_groups(rollouts.indices, rollouts.trajectories,
                                                                  run.cfg.rollout.group_size)
-    groups, stale = drop_stale(run, sampled)
-    stale["async/trainer_sampled_fraction"] = rollouts.trainer_sampled / max(len(rollouts.trajectories), 1)
+    groups, async_metrics = drop_stale(run, sampled)
+    async_metrics["async/trainer_sampled_fraction"] = rollouts.trainer_sampled / max(len(rollouts.trajectories), 1)
     with timer.time("reward") as reward:
         collected = run.collector.collect(step, groups, target=len(sampled), first=first)
         reward.exclude(collected.extra_seconds)  # sampling further prompts and hints is not reward time
-    return collected, stale
+    return collected, async_metrics
 
 
 def assign_advantages(run: RLRun, groups: list[Group]) -> dict[str, float]:
@@ -328,12 +329,12 @@ def publish(run: RLRun, result: UpdateResult, timeline: dict[str, float]) -> dic
 
 
 def step_metrics(run: RLRun, step: int, collected: StepGroups, result: UpdateResult, rollouts: Rollouts,
-                 stale: dict, timing: dict, timeline: dict) -> dict[str, float]:
+                 extra: dict, timing: dict, timeline: dict) -> dict[str, float]:
     """TRL's metric names plus ours (rollout, diffusion, async, timing, timeline), over all ranks."""
     epoch, cursor = run.schedule.position(step)
     workers = run.workers
     metrics = {**collected.reward_metrics, **collected.metrics, **result.metrics,
-               **rollout_metrics(rollouts.trajectories, run.learner.policy.ids.stop), **stale,
+               **rollout_metrics(rollouts.trajectories, run.learner.policy.ids.stop), **extra,
                **(branch_metrics(collected.sampled) if run.cfg.rollout.branching.enabled else {}),
                "frac_reward_zero_std": 1.0 - collected.metrics["train/informative_fraction"],
                "policy_version": run.progress.version,

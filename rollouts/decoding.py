@@ -118,10 +118,11 @@ class DecodingConfig:
         return conf / self.selection_temperature if self.selection_temperature > 0 else conf
 
 
-def commit_schedule(total: int, steps: int) -> list[int]:
-    """Split `total` over `steps` as evenly as possible, remainder first (LLaDA)."""
-    base, extra = divmod(total, steps)
-    return [base + (1 if i < extra else 0) for i in range(steps)]
+def commit_schedule(total: int, parts: int) -> list[int]:
+    """Split `total` (tokens, or steps) over `parts` (steps, or blocks) as evenly as possible,
+    remainder first (LLaDA)."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
