@@ -59,7 +59,9 @@ class PolicySpec:
         return make_policy(model, tokenizer, self.shift_logits)
 
     def resolved_device(self) -> str:
-        return self.device if self.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device != "auto":
+            return self.device
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def policy_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
