@@ -186,8 +186,10 @@ def test_a_task_an_objective_with_its_own_setting_and_a_family_from_this_file_tr
     tiny_model.config.toy_dlm = True
     tiny_model.save_pretrained(tmp_path / "ckpt")
     tiny_tokenizer.save_pretrained(tmp_path / "ckpt")
-    common = (f"model.path={tmp_path / 'ckpt'}", "rewards=[{name: toy_parity}]", "data.train_size=32",
-              "rollout.gen_length=16", "trainer.checkpoint_every=2")
+    # the task's own reward, plus a dense one: a random model never writes an <answer>, and an update
+    # needs groups whose rewards differ
+    common = (f"model.path={tmp_path / 'ckpt'}", "rewards=[{name: toy_parity}, {fn: 'reward_fns:digit_fraction'}]",
+              "data.train_size=32", "rollout.gen_length=16", "trainer.checkpoint_every=2")
     cfg = config(tmp_path, "data.task=toy_parity", "trainer.objective={name: toy_one_step, toy_temperature: 2.0}",
                  *common)
     assert cfg.objective_settings().toy_temperature == 2.0

@@ -368,7 +368,7 @@ def test_a_full_fine_tune_with_family_llada_exports_in_the_snapshot_format(tmp_p
     from reasoning.sft import run_sft
 
     cfg = load_config(None, [f"model.path={ckpt('llada')}", "model.family=llada", "data.task=addition",
-                             "data.train_size=16", "data.test_size=2", "rollout.gen_length=8", "sft.steps=2",
+                             "data.train_size=16", "data.test_size=2", "rollout.gen_length=24", "sft.steps=2",
                              "sft.batch_size=4", "sft.lr=1e-2", "sft.eval_every=0", "eval.n=2",
                              "logging.progress=false", f"output_dir={tmp_path}", "name=sft"])
     result = run_sft(cfg)

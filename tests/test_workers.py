@@ -89,7 +89,7 @@ def test_workers_decode_on_a_gpu_they_see_and_ask_ray_only_for_gpus_it_has(spec)
     assert PolicySpec(path=spec.path, device="cpu").resolved_device() == "cpu"
     check_gpus(cluster_gpus=1, num_workers=2, gpus=0.5)  # two workers share one GPU
     check_gpus(cluster_gpus=0, num_workers=2, gpus=0)  # CPU workers
-    with pytest.raises(RuntimeError, match=r"ray.gpus_per_worker.*need 4 GPUs; the Ray cluster has 1"):
+    with pytest.raises(RuntimeError, match=r"gpus_per_worker.*need 4 GPUs; the Ray cluster has 1"):
         check_gpus(cluster_gpus=1, num_workers=2, gpus=2)
 
 
