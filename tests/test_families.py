@@ -155,13 +155,13 @@ def test_diffusion_gemma_adapter_pads_and_self_conditions(tmp_path):
     """Prompt -> encoder, canvas -> decoder: left padding changes nothing, latent thinking is the model's
     self-conditioning, and LoRA wraps the text layers only (the vision tower has q_proj too)."""
     from reasoning.modeling import LoraConfig, apply_lora
-    from rollouts import BlockDiffusionPolicy
+    from rollouts import DiffusionGemmaPolicy
 
     path = str(tmp_path / "dg")
     save_diffusion_gemma(path, build_char_tokenizer())
     model, tokenizer = load_model(ModelConfig(family="diffusion_gemma", path=path))
     policy = make_policy(model.eval(), tokenizer)
-    assert isinstance(policy, BlockDiffusionPolicy) and policy.context_length == 96
+    assert isinstance(policy, DiffusionGemmaPolicy) and policy.context_length == 96
     prompt = torch.tensor([tokenizer("sudoku 1234")["input_ids"]])
     answer = torch.full((1, 6), policy.ids.mask)
     answer[0, 2] = tokenizer.convert_tokens_to_ids("3")

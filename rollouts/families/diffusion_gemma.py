@@ -1,5 +1,5 @@
 """transformers' native DiffusionGemma (`DiffusionGemmaForBlockDiffusion`): the prompt goes through
-its causal encoder, the canvas through its bidirectional decoder (see `BlockDiffusionPolicy`)."""
+its causal encoder, the canvas through its bidirectional decoder (see `DiffusionGemmaPolicy`)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def load(path: str, config: dict, dtype: torch.dtype, trust_remote_code: bool = 
     return DiffusionGemmaForBlockDiffusion.from_pretrained(path, dtype=dtype)
 
 
-class BlockDiffusionPolicy(DiffusionPolicy):
+class DiffusionGemmaPolicy(DiffusionPolicy):
     """The `diffusion_gemma` family: transformers' DiffusionGemmaForBlockDiffusion.
 
     That model splits the canvas in two: the prompt goes through its (causal) encoder
@@ -77,4 +77,4 @@ class BlockDiffusionPolicy(DiffusionPolicy):
         return self.answer_log_probs(logits, temperature)
 
 
-POLICY = BlockDiffusionPolicy
+POLICY = DiffusionGemmaPolicy
