@@ -19,6 +19,10 @@ from reasoning.targets import load_run_checkpoint, load_target, to_accelerator
 def _quiet_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights and data never come from a hub at run time
+    import torch  # every verb imports it anyway
+
+    if not torch.cuda.is_available():  # DeepSpeed warns when it has to find out the CPU itself
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def run_recipe(args: argparse.Namespace, recipe) -> int:

@@ -24,18 +24,10 @@ def register(cls: type[Objective]) -> type[Objective]:
 def objective_class(name: str, key: str = "trainer.objective") -> type[Objective]:
     """The registered class called `name` (a user's own as `module:Class` or `file.py:Class`, registered
     on first use), or an error that names the config key and the choices."""
-    if name not in OBJECTIVES and ":" in str(name):
-        from rewards.registry import load_attribute
+    from reasoning.objectives.base import Objective
+    from reasoning.plugins import register_user_class
 
-        try:
-            cls = load_attribute(name, "objective")
-        except KeyError as exc:
-            raise ValueError(f"config key '{key}': {exc.args[0]}") from None
-        from reasoning.objectives.base import Objective
-
-        if not (isinstance(cls, type) and issubclass(cls, Objective)):
-            raise ValueError(f"config key '{key}': '{name}' is not an Objective subclass (reasoning.objectives.Objective)")
-        OBJECTIVES[name] = cls
+    register_user_class(name, OBJECTIVES, Objective, key, "reasoning.objectives.Objective")
     if name not in OBJECTIVES:
         close = difflib.get_close_matches(str(name), list(OBJECTIVES), n=1, cutoff=0.5)
         raise ValueError(f"config key '{key}': expected one of {', '.join(OBJECTIVES)}, got {name!r}"

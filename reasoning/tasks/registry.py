@@ -3,6 +3,7 @@ user's own task is named `module:Class` or `path/to/file.py:Class`, as rewards t
 
 from __future__ import annotations
 
+from reasoning.plugins import register_user_class
 from reasoning.schema import ConfigError, suggest
 from reasoning.tasks.base import Task
 
@@ -22,16 +23,7 @@ def register_task(cls: type[Task]) -> type[Task]:
 def task_class(name: str, key: str = "data.task") -> type[Task]:
     """The registered class called `name` (a user's own as `module:Class`, registered on first use),
     or an error naming the config key and the choices."""
-    if name not in TASKS and ":" in str(name):
-        from rewards.registry import load_attribute
-
-        try:
-            cls = load_attribute(name, "task")
-        except KeyError as exc:
-            raise ConfigError(f"config key '{key}': {exc.args[0]}") from None
-        if not (isinstance(cls, type) and issubclass(cls, Task)):
-            raise ConfigError(f"config key '{key}': '{name}' is not a Task subclass (reasoning.tasks.Task)")
-        TASKS[name] = cls
+    register_user_class(name, TASKS, Task, key, "reasoning.tasks.Task")
     if name not in TASKS:
         raise ConfigError(f"config key '{key}': unknown task '{name}'{suggest(str(name), TASKS)} "
                           f"(or your own as module:Class)")
