@@ -146,7 +146,7 @@ def check_decoding(cfg: Config, tokenizer, model) -> None:
         try:
             block_decoding(policy, decoding)
         except ValueError as exc:
-            raise ConfigError(f"config block '{block}': {str(exc).replace('decoding setting', 'key')}") from None
+            raise (setting_error(exc, block) or ConfigError(f"config block '{block}': {exc}")) from None
 
 
 def check_prompt_lengths(cfg: Config, tokenizer, model, splits) -> None:

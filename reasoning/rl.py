@@ -225,10 +225,14 @@ def loop(run: RLRun) -> None:
     next_eval_s = (tr.eval_every_s * (math.floor(progress.trained_s / tr.eval_every_s) + 1)
                    if tr.eval_every_s else 0.0)
     by_time = bool(tr.max_seconds)  # a time budget: the bar runs over trained seconds
+
+    def shown(step: int, **fields) -> None:
+        bar.update(step, progress.trained_s if by_time else None, **fields)
+
     bar = PhaseProgress(f"rl {run.task.name}", tr.max_seconds if by_time else tr.steps, initial=progress.step,
                         enabled=cfg.logging.progress, unit="s" if by_time else "step")
     acc = f"eval/{run.task.name}/acc"
-    bar.update(progress.step, progress.trained_s if by_time else None, acc=progress.eval_metrics.get(acc))
+    shown(progress.step, acc=progress.eval_metrics.get(acc))
     for step in range(progress.step + 1, tr.steps + 1):
         step_start = time.perf_counter()
         metrics = rl_step(run, step)
@@ -237,13 +241,13 @@ def loop(run: RLRun) -> None:
             run.logger.log(step, metrics)
         # one clock for all ranks: they stop at the same step and the lr schedule reads the same budget
         progress.trained_s = max_over_ranks(progress.trained_s + time.perf_counter() - step_start, run.world)
-        bar.update(step, progress.trained_s if by_time else None, reward=metrics.get("reward"))
+        shown(step, reward=metrics.get("reward"))
         if tr.max_seconds and progress.trained_s >= tr.max_seconds:
             break
         if (tr.eval_every and step % tr.eval_every == 0 and step != tr.steps) or (
                 tr.eval_every_s and progress.trained_s >= next_eval_s):
             progress.eval_metrics = run_eval(run)
-            bar.update(step, progress.trained_s if by_time else None, acc=progress.eval_metrics.get(acc))
+            shown(step, acc=progress.eval_metrics.get(acc))
             run.logger.log(step, {"timing_s/trained": progress.trained_s})
             while tr.eval_every_s and next_eval_s <= progress.trained_s:
                 next_eval_s += tr.eval_every_s

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from reasoning.schema import ConfigError
+from reasoning.schema import ConfigError, setting_error
 from rollouts.branching import BranchingConfig
 from rollouts.decoding import DecodingConfig
 
@@ -109,7 +109,7 @@ class RolloutConfig(DecodingConfig):
         except ValueError as exc:
             if isinstance(exc, ConfigError):
                 raise
-            raise ConfigError(str(exc).replace("decoding setting '", "config key 'rollout.")) from None
+            raise (setting_error(exc, "rollout") or ConfigError(str(exc))) from None
         if self.branching.enabled and self.cache in ("prefix", "dual"):
             raise ConfigError(f"config key 'rollout.branching': a branch resumes a path mid-block, where the "
                               f"approximate cache: {self.cache} has no keys/values to resume from; use cache none "

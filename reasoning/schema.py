@@ -213,7 +213,7 @@ def setting_error(exc: BaseException, block: str) -> ConfigError | None:
     """A lower layer's error about one of its settings ("reward setting 'timeout_s': ...", in its
     own terms) as the config key it came from ("config key 'rewards.timeout_s': ..."); None if the
     error is not about a setting. The only place config names meet rollouts/ and rewards/."""
-    message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    message = str(exc)
     found = SETTING.match(message)
     if found is None or not block:
         return None
